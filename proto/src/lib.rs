@@ -1,0 +1,14 @@
+//! nodepass-proto: the pure half of NodePass. No I/O, no async: the URL grammar and
+//! canonical config ([`url`]), Go durations ([`duration`]), the tunnel wire codec
+//! ([`wire`]), the worker -> master report lines ([`report`]) and the NP_* tunables
+//! ([`tunables`]). The worker and master only move bytes; every decision about what the
+//! bytes mean lives here and is tested without a socket.
+
+pub mod duration;
+pub mod report;
+pub mod tunables;
+pub mod url;
+pub mod wire;
+
+/// The NodePass version whose wire protocol and API this implementation speaks.
+pub const REFERENCE_VERSION: &str = "v1.14.0";

@@ -1,0 +1,737 @@
+//! The tunnel wire protocol as values and codecs (REFERENCE.md 2, 4.1, 5): the HTTP
+//! handshake that opens a tunnel, the pool connection id, and the control-channel signals.
+//!
+//! Everything here is byte-exact with NodePass v1.14.0: the test vectors come from the
+//! captures in `shared/spec/go-wire-capture.md`, not from this code.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::url::{PoolType, TlsMode, TunnelKey};
+
+/// Lowercase hex of HMAC-SHA256 keyed with the tunnel key over an empty message: the
+/// bearer token of the handshake.
+pub fn auth_token(key: &TunnelKey) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a presented token in constant time (the reference compares the same way).
+pub fn verify_auth_token(key: &TunnelKey, presented: &str) -> bool {
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return false,
+    };
+    mac.update(b"");
+    let Ok(bytes) = hex::decode(presented) else {
+        return false;
+    };
+    mac.verify_slice(&bytes).is_ok()
+}
+
+/// The TLS fingerprint carried by `verify`: `sha256:` + uppercase hex pairs of SHA-256 over
+/// the leaf certificate DER, joined with `:`.
+pub fn cert_fingerprint(cert_der: &[u8]) -> String {
+    let digest = Sha256::digest(cert_der);
+    let pairs: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+    format!("sha256:{}", pairs.join(":"))
+}
+
+/// Which side accepts user traffic after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// `-`: reverse; the server listens on its target, the client dials.
+    Reverse,
+    /// `+`: forward; the client listens on its target, the server dials.
+    Forward,
+}
+
+impl Flow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flow::Reverse => "-",
+            Flow::Forward => "+",
+        }
+    }
+}
+
+/// What the server tells the client in the handshake response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelConfig {
+    pub flow: Flow,
+    pub max: u32,
+    pub tls: TlsMode,
+    pub pool_type: PoolType,
+}
+
+/// Why a handshake message could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("malformed HTTP message: {0}")]
+    Http(String),
+    #[error("handshake message too large")]
+    TooLarge,
+    #[error("tunnelHandshake: status {0}")]
+    Status(u16),
+    #[error("invalid tunnel config in handshake response: {0}")]
+    Body(String),
+}
+
+impl TunnelConfig {
+    /// The response body, byte-identical to Go's `json.Encoder` output (with its `\n`).
+    pub fn to_body(&self) -> String {
+        format!(
+            "{{\"flow\":\"{}\",\"max\":{},\"tls\":\"{}\",\"type\":\"{}\"}}\n",
+            self.flow.as_str(),
+            self.max,
+            self.tls.code(),
+            self.pool_type.code()
+        )
+    }
+
+    /// Parses a response body. Tolerant like Go's decoder (key case, unknown keys, spacing).
+    pub fn from_body(body: &[u8]) -> Result<Self, HandshakeError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| HandshakeError::Body(e.to_string()))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| HandshakeError::Body("not a JSON object".into()))?;
+        let get = |name: &str| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let flow = match get("flow").and_then(|v| v.as_str()) {
+            Some("-") => Flow::Reverse,
+            Some("+") => Flow::Forward,
+            other => return Err(HandshakeError::Body(format!("flow {other:?}"))),
+        };
+        let max = get("max")
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| HandshakeError::Body("max is not a number".into()))?;
+        let tls = get("tls")
+            .and_then(|v| v.as_str())
+            .and_then(TlsMode::from_code)
+            .ok_or_else(|| HandshakeError::Body("tls is not \"0\", \"1\" or \"2\"".into()))?;
+        let pool_type = get("type")
+            .and_then(|v| v.as_str())
+            .and_then(PoolType::from_code)
+            .ok_or_else(|| HandshakeError::Body("type is not \"0\"..\"3\"".into()))?;
+        Ok(TunnelConfig {
+            flow,
+            max,
+            tls,
+            pool_type,
+        })
+    }
+
+    /// The reference's log form: `FLOW=-|MAX=1024|TLS=0|TYPE=0`.
+    pub fn log_form(&self) -> String {
+        format!(
+            "FLOW={}|MAX={}|TLS={}|TYPE={}",
+            self.flow.as_str(),
+            self.max,
+            self.tls.code(),
+            self.pool_type.code()
+        )
+    }
+}
+
+/// The client's handshake request, exactly as the Go client sends it.
+pub fn handshake_request(host_header: &str, key: &TunnelKey) -> Vec<u8> {
+    format!(
+        "GET / HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: Go-http-client/1.1\r\nAuthorization: Bearer {}\r\nAccept-Encoding: gzip\r\n\r\n",
+        auth_token(key)
+    )
+    .into_bytes()
+}
+
+/// Largest handshake request or response head we read before giving up.
+pub const MAX_HANDSHAKE_HEAD: usize = 16 * 1024;
+
+/// The server's judgement of one handshake request (checked in the reference's order:
+/// method, path, token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeVerdict {
+    Accept,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+}
+
+/// Parses a request head from `buf`. `Ok(None)`: need more bytes. `Ok(Some((verdict, n)))`:
+/// a complete head of `n` bytes (any request body is ignored, as a GET has none).
+pub fn judge_handshake_request(
+    buf: &[u8],
+    key: &TunnelKey,
+) -> Result<Option<(HandshakeVerdict, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HANDSHAKE_HEAD {
+                return Err(HandshakeError::TooLarge);
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(HandshakeError::Http(e.to_string())),
+    };
+    let verdict = if req.method != Some("GET") {
+        HandshakeVerdict::MethodNotAllowed
+    } else if req.path != Some("/") {
+        HandshakeVerdict::NotFound
+    } else {
+        let token = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            Some(t) if verify_auth_token(key, t) => HandshakeVerdict::Accept,
+            _ => HandshakeVerdict::Unauthorized,
+        }
+    };
+    Ok(Some((verdict, n)))
+}
+
+/// The server's response bytes for a verdict. `date` is an HTTP date for the `Date:`
+/// header (the caller owns the clock).
+pub fn handshake_response(
+    verdict: &HandshakeVerdict,
+    config: &TunnelConfig,
+    date: &str,
+) -> Vec<u8> {
+    let (status, body, ctype) = match verdict {
+        HandshakeVerdict::Accept => ("200 OK", config.to_body(), "application/json"),
+        HandshakeVerdict::MethodNotAllowed => (
+            "405 Method Not Allowed",
+            "Method Not Allowed\n".to_string(),
+            "text/plain; charset=utf-8",
+        ),
+        HandshakeVerdict::NotFound => (
+            "404 Not Found",
+            "Not Found\n".to_string(),
+            "text/plain; charset=utf-8",
+        ),
+        HandshakeVerdict::Unauthorized => (
+            "401 Unauthorized",
+            "Unauthorized\n".to_string(),
+            "text/plain; charset=utf-8",
+        ),
+    };
+    let nosniff = if matches!(verdict, HandshakeVerdict::Accept) {
+        ""
+    } else {
+        "X-Content-Type-Options: nosniff\r\n"
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: {ctype}\r\n{nosniff}Date: {date}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Parses the server's handshake response. `Ok(None)`: need more bytes.
+pub fn parse_handshake_response(buf: &[u8]) -> Result<Option<TunnelConfig>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HANDSHAKE_HEAD {
+                return Err(HandshakeError::TooLarge);
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(HandshakeError::Http(e.to_string())),
+    };
+    let status = resp.code.unwrap_or(0);
+    if status != 200 {
+        return Err(HandshakeError::Status(status));
+    }
+    let len = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let body = &buf[n..];
+    match len {
+        Some(len) if len > MAX_HANDSHAKE_HEAD => Err(HandshakeError::TooLarge),
+        Some(len) if body.len() < len => Ok(None),
+        Some(len) => TunnelConfig::from_body(&body[..len]).map(Some),
+        // No length: the body runs to the end of the stream; parse once it is a full line.
+        None if body.ends_with(b"\n") => TunnelConfig::from_body(body).map(Some),
+        None if body.len() > MAX_HANDSHAKE_HEAD => Err(HandshakeError::TooLarge),
+        None => Ok(None),
+    }
+}
+
+/// The 4-byte id a server gives each pool connection; named by its 8-char lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolId(pub [u8; 4]);
+
+impl PoolId {
+    /// The id of the first entry a server pool hands out: the control channel.
+    pub const CONTROL: PoolId = PoolId([0; 4]);
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 8 {
+            return None;
+        }
+        let mut out = [0u8; 4];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(PoolId(out))
+    }
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PoolId({})", self.to_hex())
+    }
+}
+
+/// One control-channel message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// A user TCP connection from `remote` rides on pool entry `id`.
+    Tcp {
+        remote: String,
+        id: String,
+    },
+    /// A user UDP session from `remote` rides on pool entry `id`.
+    Udp {
+        remote: String,
+        id: String,
+    },
+    Ping,
+    Pong,
+    Flush,
+    /// TLS fingerprint check of pool entry `id`.
+    Verify {
+        id: String,
+        fp: String,
+    },
+    /// An action this version does not know; ignored by receivers (kept for logs).
+    Unknown {
+        action: String,
+    },
+}
+
+/// Why a control-channel line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    #[error("signal is not valid base64: {0}")]
+    Base64(String),
+    #[error("signal is not a JSON object: {0}")]
+    Json(String),
+    #[error("signal has no action")]
+    NoAction,
+    #[error("signal line too long ({0} bytes)")]
+    TooLong(usize),
+}
+
+/// Longest control-channel line accepted (a `verify` line is under 300 bytes).
+pub const MAX_SIGNAL_LINE: usize = 64 * 1024;
+
+impl Signal {
+    pub fn action(&self) -> &str {
+        match self {
+            Signal::Tcp { .. } => "tcp",
+            Signal::Udp { .. } => "udp",
+            Signal::Ping => "ping",
+            Signal::Pong => "pong",
+            Signal::Flush => "flush",
+            Signal::Verify { .. } => "verify",
+            Signal::Unknown { action } => action,
+        }
+    }
+
+    /// The JSON form with Go's field order (action, remote, id, fp) and `omitempty`.
+    pub fn to_json(&self) -> String {
+        let (remote, id, fp): (&str, &str, &str) = match self {
+            Signal::Tcp { remote, id } | Signal::Udp { remote, id } => (remote, id, ""),
+            Signal::Verify { id, fp } => ("", id, fp),
+            _ => ("", "", ""),
+        };
+        let mut out = String::from("{\"action\":");
+        go_json_string(&mut out, self.action());
+        for (name, value) in [("remote", remote), ("id", id), ("fp", fp)] {
+            if !value.is_empty() {
+                out.push_str(",\"");
+                out.push_str(name);
+                out.push_str("\":");
+                go_json_string(&mut out, value);
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    /// One wire line: base64(JSON XOR key) + `\n`.
+    pub fn encode(&self, key: &TunnelKey) -> Vec<u8> {
+        let mut json = self.to_json().into_bytes();
+        xor_with_key(&mut json, key.as_bytes());
+        let mut line = B64.encode(json).into_bytes();
+        line.push(b'\n');
+        line
+    }
+
+    /// Decodes one line (with or without its trailing `\n`).
+    pub fn decode(line: &[u8], key: &TunnelKey) -> Result<Signal, SignalError> {
+        if line.len() > MAX_SIGNAL_LINE {
+            return Err(SignalError::TooLong(line.len()));
+        }
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut raw = B64
+            .decode(line)
+            .map_err(|e| SignalError::Base64(e.to_string()))?;
+        xor_with_key(&mut raw, key.as_bytes());
+        Self::from_json(&raw)
+    }
+
+    /// Parses the JSON object like Go's decoder: field names case-insensitive, unknown
+    /// fields ignored, missing fields empty.
+    pub fn from_json(raw: &[u8]) -> Result<Signal, SignalError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(raw).map_err(|e| SignalError::Json(e.to_string()))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| SignalError::Json("not an object".into()))?;
+        let field = |name: &str| -> String {
+            // Go matches an exact name first, then a case-insensitive one.
+            obj.get(name)
+                .or_else(|| {
+                    obj.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v)
+                })
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let action = field("action");
+        let signal = match action.as_str() {
+            "" => return Err(SignalError::NoAction),
+            "tcp" => Signal::Tcp {
+                remote: field("remote"),
+                id: field("id"),
+            },
+            "udp" => Signal::Udp {
+                remote: field("remote"),
+                id: field("id"),
+            },
+            "ping" => Signal::Ping,
+            "pong" => Signal::Pong,
+            "flush" => Signal::Flush,
+            "verify" => Signal::Verify {
+                id: field("id"),
+                fp: field("fp"),
+            },
+            _ => Signal::Unknown { action },
+        };
+        Ok(signal)
+    }
+}
+
+/// XOR with the key repeated from offset 0 (an empty key leaves the data unchanged).
+pub fn xor_with_key(data: &mut [u8], key: &[u8]) {
+    if key.is_empty() {
+        return;
+    }
+    for (b, k) in data.iter_mut().zip(key.iter().cycle()) {
+        *b ^= k;
+    }
+}
+
+/// Go's `encoding/json` string escaping (HTML-safe: `<`, `>`, `&` as `\u00XX`).
+fn go_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k() -> TunnelKey {
+        TunnelKey::new("k")
+    }
+
+    // go-wire-capture.md section 1: HMAC-SHA256(key=b"k", msg=b"") checked with Python hmac.
+    #[test]
+    fn token_matches_capture() {
+        assert_eq!(
+            auth_token(&k()),
+            "8bb990c40a7d61cb97597a942125025be50ac8beb74436e3735b98893a7f6620"
+        );
+        assert!(verify_auth_token(
+            &k(),
+            "8bb990c40a7d61cb97597a942125025be50ac8beb74436e3735b98893a7f6620"
+        ));
+        assert!(!verify_auth_token(&k(), "0000"));
+        assert!(!verify_auth_token(&k(), "not hex"));
+        assert!(!verify_auth_token(
+            &TunnelKey::new("other"),
+            &auth_token(&k())
+        ));
+    }
+
+    // go-wire-capture.md section 1: the client's exact 173 request bytes.
+    #[test]
+    fn request_bytes_match_capture() {
+        let want = b"GET / HTTP/1.1\r\nHost: none\r\nUser-Agent: Go-http-client/1.1\r\nAuthorization: Bearer 8bb990c40a7d61cb97597a942125025be50ac8beb74436e3735b98893a7f6620\r\nAccept-Encoding: gzip\r\n\r\n";
+        let got = handshake_request("none", &k());
+        assert_eq!(got.len(), 173);
+        assert_eq!(got, want.to_vec());
+    }
+
+    // go-wire-capture.md section 1: the server's exact 172 response bytes.
+    #[test]
+    fn response_bytes_match_capture() {
+        let cfg = TunnelConfig {
+            flow: Flow::Reverse,
+            max: 1024,
+            tls: TlsMode::Off,
+            pool_type: PoolType::Tcp,
+        };
+        let want = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\nDate: Wed, 25 Nov 2026 07:31:23 GMT\r\nContent-Length: 45\r\n\r\n{\"flow\":\"-\",\"max\":1024,\"tls\":\"0\",\"type\":\"0\"}\n";
+        let got = handshake_response(
+            &HandshakeVerdict::Accept,
+            &cfg,
+            "Wed, 25 Nov 2026 07:31:23 GMT",
+        );
+        assert_eq!(got.len(), 172);
+        assert_eq!(got, want.to_vec());
+        assert_eq!(parse_handshake_response(want), Ok(Some(cfg)));
+        // Partial input asks for more.
+        assert_eq!(parse_handshake_response(&want[..100]), Ok(None));
+        assert_eq!(parse_handshake_response(&want[..170]), Ok(None));
+        let tls1 = TunnelConfig {
+            tls: TlsMode::SelfSigned,
+            ..cfg
+        };
+        assert_eq!(
+            tls1.to_body(),
+            "{\"flow\":\"-\",\"max\":1024,\"tls\":\"1\",\"type\":\"0\"}\n"
+        );
+    }
+
+    // go-wire-capture.md section 1: error responses and the check order.
+    #[test]
+    fn error_responses_match_capture() {
+        let cfg = TunnelConfig {
+            flow: Flow::Reverse,
+            max: 1024,
+            tls: TlsMode::Off,
+            pool_type: PoolType::Tcp,
+        };
+        let date = "X";
+        let unauthorized = handshake_response(&HandshakeVerdict::Unauthorized, &cfg, date);
+        assert_eq!(
+            unauthorized,
+            b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: X\r\nContent-Length: 13\r\n\r\nUnauthorized\n".to_vec()
+        );
+        let nf = handshake_response(&HandshakeVerdict::NotFound, &cfg, date);
+        assert!(nf.ends_with(b"Content-Length: 10\r\n\r\nNot Found\n"));
+        let mna = handshake_response(&HandshakeVerdict::MethodNotAllowed, &cfg, date);
+        assert!(mna.ends_with(b"Content-Length: 19\r\n\r\nMethod Not Allowed\n"));
+
+        let token = auth_token(&k());
+        let judge = |req: String| {
+            judge_handshake_request(req.as_bytes(), &k())
+                .unwrap()
+                .unwrap()
+                .0
+        };
+        assert_eq!(
+            judge("GET / HTTP/1.1\r\nAuthorization: Bearer 0000\r\n\r\n".into()),
+            HandshakeVerdict::Unauthorized
+        );
+        assert_eq!(
+            judge(format!(
+                "GET /x HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )),
+            HandshakeVerdict::NotFound
+        );
+        assert_eq!(
+            judge("POST /x HTTP/1.1\r\n\r\n".into()),
+            HandshakeVerdict::MethodNotAllowed
+        );
+        assert_eq!(
+            judge(format!(
+                "GET / HTTP/1.1\r\nHost: whatever\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )),
+            HandshakeVerdict::Accept
+        );
+        assert_eq!(
+            judge_handshake_request(b"GET / HTTP/1.1\r\n", &k()),
+            Ok(None)
+        );
+        assert!(judge_handshake_request(b"\x16\x03\x01\x00garbage\r\n\r\n", &k()).is_err());
+    }
+
+    #[test]
+    fn non_200_is_status_error() {
+        let resp = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\n\r\nUnauthorized\n";
+        assert_eq!(
+            parse_handshake_response(resp),
+            Err(HandshakeError::Status(401))
+        );
+        assert_eq!(
+            HandshakeError::Status(401).to_string(),
+            "tunnelHandshake: status 401"
+        );
+    }
+
+    // go-wire-capture.md section 3: every control line of the capture, key "k".
+    #[test]
+    fn signals_match_capture() {
+        let vectors: &[(&str, Signal)] = &[
+            ("EEkKCB8CBAVJUUkbAgUMSRY=", Signal::Ping),
+            ("EEkKCB8CBAVJUUkbBAUMSRY=", Signal::Pong),
+            (
+                "EEkKCB8CBAVJUUkfCBtJR0kZDgYEHw5JUUlaWVxFW0VbRVpRX1xYW11JR0kCD0lRSVxSU1pYCllTSRY=",
+                Signal::Tcp {
+                    remote: "127.0.0.1:47306".into(),
+                    id: "79813a28".into(),
+                },
+            ),
+            (
+                "EEkKCB8CBAVJUUkeDxtJR0kZDgYEHw5JUUlaWVxFW0VbRVpRXlJSWlJJR0kCD0lRSVJfU15cCAhdSRY=",
+                Signal::Udp {
+                    remote: "127.0.0.1:59919".into(),
+                    id: "94857cc6".into(),
+                },
+            ),
+        ];
+        for (line, signal) in vectors {
+            let mut wire = line.as_bytes().to_vec();
+            wire.push(b'\n');
+            assert_eq!(signal.encode(&k()), wire, "{signal:?}");
+            assert_eq!(Signal::decode(&wire, &k()).as_ref(), Ok(signal));
+        }
+    }
+
+    // Vectors computed outside this code, with Python:
+    //   import base64,json; k=b"k"
+    //   base64.b64encode(bytes(c ^ k[i % len(k)] for i,c in enumerate(b'{"action":"flush"}')))
+    //   -> b'EEkKCB8CBAVJUUkNBx4YA0kW'
+    //   ... b'{"action":"verify","id":"00000000","fp":"sha256:AB"}' with key b"secret"
+    //   -> b'CEcCEREdHAtBSEcCFhcKFBxWX0cKFkdOUVVTQlVEQ1VTUElWFRVBSEcHGwRRR1NOMidBDw=='
+    #[test]
+    fn signals_match_python_vectors() {
+        assert_eq!(
+            Signal::Flush.encode(&k()),
+            b"EEkKCB8CBAVJUUkNBx4YA0kW\n".to_vec()
+        );
+        let verify = Signal::Verify {
+            id: "00000000".into(),
+            fp: "sha256:AB".into(),
+        };
+        let key = TunnelKey::new("secret");
+        assert_eq!(
+            verify.to_json(),
+            r#"{"action":"verify","id":"00000000","fp":"sha256:AB"}"#
+        );
+        let line = verify.encode(&key);
+        assert_eq!(
+            line,
+            b"CEcCEREdHAtBSEcCFhcKFBxWX0cKFkdOUVVTQlVEQ1VTUElWFRVBSEcHGwRRR1NOMidBDw==\n".to_vec()
+        );
+        assert_eq!(Signal::decode(&line, &key), Ok(verify));
+    }
+
+    #[test]
+    fn decoding_is_tolerant_like_go() {
+        let plain = br#"{"ACTION":"tcp","Remote":"1.2.3.4:5","id":"0a0b0c0d","extra":1}"#;
+        assert_eq!(
+            Signal::from_json(plain),
+            Ok(Signal::Tcp {
+                remote: "1.2.3.4:5".into(),
+                id: "0a0b0c0d".into()
+            })
+        );
+        assert_eq!(
+            Signal::from_json(br#"{"action":"dance"}"#),
+            Ok(Signal::Unknown {
+                action: "dance".into()
+            })
+        );
+        assert_eq!(
+            Signal::from_json(br#"{"id":"x"}"#),
+            Err(SignalError::NoAction)
+        );
+        assert!(Signal::decode(b"!!!!\n", &k()).is_err());
+        assert!(Signal::decode(b"\n", &k()).is_err());
+    }
+
+    #[test]
+    fn go_escapes_html_characters() {
+        let s = Signal::Tcp {
+            remote: "<a&b>".into(),
+            id: "\"\n".into(),
+        };
+        assert_eq!(
+            s.to_json(),
+            r#"{"action":"tcp","remote":"\u003ca\u0026b\u003e","id":"\"\n"}"#
+        );
+    }
+
+    #[test]
+    fn pool_ids() {
+        assert_eq!(PoolId([0x79, 0x81, 0x3a, 0x28]).to_hex(), "79813a28");
+        assert_eq!(PoolId::CONTROL.to_hex(), "00000000");
+        assert_eq!(
+            PoolId::from_hex("94857cc6"),
+            Some(PoolId([0x94, 0x85, 0x7c, 0xc6]))
+        );
+        assert_eq!(PoolId::from_hex("94857cc"), None);
+        assert_eq!(PoolId::from_hex("zz857cc6"), None);
+    }
+
+    // Python: "sha256:" + ":".join("%02X" % b for b in hashlib.sha256(b"abc").digest())
+    #[test]
+    fn fingerprint_format() {
+        let fp = cert_fingerprint(b"abc");
+        assert_eq!(
+            fp,
+            "sha256:BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
+        );
+        assert_eq!(fp.len(), 7 + 95);
+    }
+}
