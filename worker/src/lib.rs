@@ -1,10 +1,117 @@
 //! nodepass-worker: runs one NodePass instance (server, client or single-end forwarder).
+//!
+//! [`run`] is the whole life of a worker process: start the output thread and logging,
+//! read the NP_* tunables, run the role on a tokio runtime until SIGTERM/SIGINT (or a fatal
+//! start error), stop within NP_SHUTDOWN_TIMEOUT and write the `exit` report.
+//!
+//! Module map: `tunnel/` the roles and their control logic, `transport/` the pool
+//! connections per `type`, `pool` the idle-entry bookkeeping, `relay` the byte mover,
+//! `policy/` slot/rate/read/block/proxy, `targets` dialing, `output` + `logging` what the
+//! process prints, `figures` the live counters.
 
-use nodepass_proto::url::TunnelUrl;
+pub mod figures;
+pub mod instance;
+pub mod logging;
+pub mod output;
+pub mod policy;
+pub mod relay;
+pub mod targets;
+pub mod tunnel;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nodepass_proto::report::{Exit, Report};
+use nodepass_proto::tunables::Tunables;
+use nodepass_proto::url::{Role, TunnelUrl};
+use tokio_util::sync::CancellationToken;
+
+use crate::instance::Instance;
 
 /// Runs one tunnel instance until SIGTERM/SIGINT. `report_mode` = `nodepass worker`:
 /// JSON report lines on stdout instead of human logs.
 pub fn run(url: TunnelUrl, report_mode: bool) -> anyhow::Result<()> {
-    let _ = (url, report_mode);
-    anyhow::bail!("the tunnel roles (server://, client://) are not available in this build yet")
+    output::start(report_mode);
+    logging::init(url.effective_log());
+    let (tun, warnings) = Tunables::from_env();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    raise_fd_limit();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("np-worker")
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| {
+            let r = rt.block_on(run_async(url, tun));
+            // Relays still running after the grace period are cut here.
+            rt.shutdown_timeout(Duration::from_millis(100));
+            r
+        });
+    let exit = match &result {
+        Ok(()) => Exit {
+            reason: "shutdown".into(),
+            error: false,
+        },
+        Err(e) => Exit {
+            reason: format!("{e:#}"),
+            error: true,
+        },
+    };
+    output::report(&Report::Exit(exit));
+    output::flush(Duration::from_secs(2));
+    result
+}
+
+async fn run_async(url: TunnelUrl, tun: Tunables) -> anyhow::Result<()> {
+    let name = match url.role {
+        Role::Server => "Server",
+        Role::Client => "Client",
+    };
+    let inst = Instance::new(url, tun);
+    tracing::info!("{name} started: {}", inst.url.to_config());
+    let shutdown = CancellationToken::new();
+    let mut role = tokio::spawn(tunnel::run_role(inst.clone(), shutdown.clone()));
+    let stopped_by_signal = tokio::select! {
+        r = &mut role => {
+            // The role only returns by itself on a fatal error.
+            return match r {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("the tunnel task failed: {e}")),
+            };
+        }
+        s = stop_signal() => s?,
+    };
+    tracing::debug!("received {stopped_by_signal}, stopping");
+    shutdown.cancel();
+    match tokio::time::timeout(inst.tun.shutdown_timeout, role).await {
+        Ok(_) => tracing::info!("{name} shutdown complete"),
+        Err(_) => tracing::error!("{name} shutdown error: timed out"),
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; returns which one.
+async fn stop_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Every relayed connection holds two sockets (and up to two pipes while data moves), so
+/// the default soft limit of 1024 descriptors is far too low: raise it to the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!("cannot raise the open-file limit to {hard}: {e}");
+            }
+        }
+    }
 }

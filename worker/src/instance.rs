@@ -1,0 +1,85 @@
+//! One running instance's shared state: its URL, the NP_* tunables, the live figures, the
+//! policies and the targets. Built once at start and shared (read-only apart from atomics)
+//! by every task of the instance through an `Arc<Instance>`.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use nodepass_proto::report::{Ready, Report};
+use nodepass_proto::tunables::Tunables;
+use nodepass_proto::url::{Role, TunnelUrl};
+
+use crate::figures::Figures;
+use crate::output;
+use crate::policy::{RelayPolicy, Slots};
+use crate::targets::Targets;
+
+pub struct Instance {
+    pub url: TunnelUrl,
+    pub tun: Tunables,
+    pub figures: Arc<Figures>,
+    pub slots: Slots,
+    pub policy: RelayPolicy,
+    pub targets: Targets,
+    /// Resolved mode (1 or 2) once known; 0 before.
+    mode: AtomicU8,
+    ready_sent: AtomicBool,
+}
+
+impl Instance {
+    pub fn new(url: TunnelUrl, tun: Tunables) -> Arc<Self> {
+        let figures = Arc::new(Figures::default());
+        let slots = Slots::new(url.effective_slot(), figures.clone());
+        let policy = RelayPolicy::new(url.effective_read(), url.effective_rate_bytes());
+        let targets = Targets::new(
+            url.targets.clone(),
+            url.effective_dial(),
+            tun.tcp_dial_timeout,
+            tun.udp_dial_timeout,
+        );
+        Arc::new(Instance {
+            url,
+            tun,
+            figures,
+            slots,
+            policy,
+            targets,
+            mode: AtomicU8::new(0),
+            ready_sent: AtomicBool::new(false),
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        self.url.role
+    }
+
+    pub fn mode(&self) -> u8 {
+        self.mode.load(Ordering::Relaxed)
+    }
+
+    pub fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::Relaxed);
+    }
+
+    /// Writes the `ready` report the first time the instance is up (not on restarts).
+    pub fn announce_ready(&self, listen: Vec<String>) {
+        if self.ready_sent.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        output::report(&Report::Ready(Ready {
+            mode: self.mode(),
+            role: self.role().as_str().to_string(),
+            listen,
+        }));
+    }
+
+    /// Buffer size of the buffered relay (NP_TCP_DATA_BUF_SIZE).
+    pub fn tcp_buf(&self) -> usize {
+        self.tun.tcp_data_buf_size
+    }
+
+    /// Largest UDP datagram carried (NP_UDP_DATA_BUF_SIZE).
+    pub fn udp_buf(&self) -> usize {
+        self.tun.udp_data_buf_size
+    }
+}

@@ -1,0 +1,539 @@
+//! The hot path: moves bytes both ways between a user/target-side connection (side A, the
+//! counted one) and the other end of a relay (a pool entry, or the target in single-end
+//! mode), until both directions have ended.
+//!
+//! - Counters: bytes read from A go to `rx`, bytes written to A go to `tx` (REFERENCE.md
+//!   4.6 counts exactly those sockets). One relaxed atomic add per chunk; no lock.
+//! - Half-close: when one direction reads EOF, the destination's write side is shut down
+//!   (TCP FIN, or TLS close_notify + FIN) and the other direction keeps flowing. The
+//!   reference fully closes TLS entries here and so cuts the answer short; we do not.
+//! - Zero copy: when both ends are plain TCP sockets the bytes go socket -> pipe -> socket
+//!   with splice(2) and never enter user space; otherwise a buffered copy with one buffer
+//!   per direction, allocated once per relay.
+//! - Policies: `read` (idle timeout per direction) and `rate` (shared token buckets) are
+//!   consulted per chunk through [`RelayPolicy`] without allocation or lock.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use crate::policy::RelayPolicy;
+
+/// Something the relay can move bytes through. `as_tcp` exposes a plain TCP socket (no
+/// TLS or framing on top) so that the relay can splice.
+pub trait RelayIo: AsyncRead + AsyncWrite + Unpin + Send {
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl RelayIo for TcpStream {
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+/// The counters of side A.
+#[derive(Clone, Copy)]
+pub struct Counters<'a> {
+    /// Bytes read from side A.
+    pub rx: &'a AtomicU64,
+    /// Bytes written to side A.
+    pub tx: &'a AtomicU64,
+}
+
+/// How a relay ended: bytes each way and whether a direction ended by the idle timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+    pub timed_out: bool,
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes out, {} bytes back", self.a_to_b, self.b_to_a)?;
+        if self.timed_out {
+            f.write_str(" (read timeout)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Relays between `a` (counted) and `b` until both directions end. An I/O error in either
+/// direction ends both (the connections are closed by the caller dropping them).
+pub async fn relay<A: RelayIo, B: RelayIo>(
+    a: &mut A,
+    b: &mut B,
+    counters: Counters<'_>,
+    policy: &RelayPolicy,
+    buf_size: usize,
+) -> io::Result<Totals> {
+    if let (Some(ta), Some(tb)) = (a.as_tcp(), b.as_tcp()) {
+        return splice_relay(ta, tb, counters, policy).await;
+    }
+    buffered_relay(a, b, counters, policy, buf_size).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Buffered copy (TLS and every other transport).
+
+/// One direction of a buffered relay.
+struct Pump {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    eof: bool,
+    done: bool,
+    timed_out: bool,
+    need_flush: bool,
+    total: u64,
+    /// Rate-limit pause, allocated the first time one is needed.
+    pause: Option<Pin<Box<Sleep>>>,
+    pausing: bool,
+    /// Idle timer, only with a `read` timeout; re-armed lazily from `last_read`.
+    idle: Option<Pin<Box<Sleep>>>,
+    last_read: Instant,
+}
+
+/// Which end of the pump is side A (counted).
+#[derive(Clone, Copy)]
+enum Counted {
+    Source,
+    Destination,
+}
+
+impl Pump {
+    fn new(buf_size: usize, policy: &RelayPolicy) -> Self {
+        let now = Instant::now();
+        Pump {
+            buf: vec![0u8; buf_size.max(1024)].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            eof: false,
+            done: false,
+            timed_out: false,
+            need_flush: false,
+            total: 0,
+            pause: None,
+            pausing: false,
+            idle: policy
+                .read_timeout
+                .map(|t| Box::pin(tokio::time::sleep_until(now + t))),
+            last_read: now,
+        }
+    }
+
+    fn start_pause(&mut self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        let deadline = Instant::now() + d;
+        match &mut self.pause {
+            Some(s) => s.as_mut().reset(deadline),
+            None => self.pause = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.pausing = true;
+    }
+
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+        counted: Counted,
+        counters: Counters<'_>,
+        policy: &RelayPolicy,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if self.pausing {
+                if let Some(p) = &mut self.pause {
+                    ready!(p.as_mut().poll(cx));
+                }
+                self.pausing = false;
+            }
+            while self.pos < self.cap {
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.total += n as u64;
+                self.need_flush = true;
+                if let Counted::Destination = counted {
+                    counters.tx.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *dst).poll_flush(cx))?;
+                // Half-close: the peer sees EOF in this direction only. A peer that has
+                // already gone makes shutdown fail; the direction is over either way.
+                let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let mut rb = ReadBuf::new(&mut self.buf);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *dst).poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    if let (Some(idle), Some(limit)) = (&mut self.idle, policy.read_timeout) {
+                        // The timer was armed at the first read; data since then only moved
+                        // `last_read`, so re-arm from there instead of on every chunk.
+                        while idle.as_mut().poll(cx).is_ready() {
+                            let deadline = self.last_read + limit;
+                            if deadline <= Instant::now() {
+                                self.timed_out = true;
+                                self.eof = true;
+                                break;
+                            }
+                            idle.as_mut().reset(deadline);
+                        }
+                        if self.eof {
+                            continue;
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        self.eof = true;
+                        continue;
+                    }
+                    self.pos = 0;
+                    self.cap = n;
+                    if self.idle.is_some() {
+                        self.last_read = Instant::now();
+                    }
+                    let mut pause = Duration::ZERO;
+                    match counted {
+                        Counted::Source => {
+                            counters.rx.fetch_add(n as u64, Ordering::Relaxed);
+                            if let Some(rl) = &policy.rate {
+                                pause = rl.charge_read(n);
+                            }
+                        }
+                        Counted::Destination => {
+                            if let Some(rl) = &policy.rate {
+                                pause = rl.charge_write(n);
+                            }
+                        }
+                    }
+                    self.start_pause(pause);
+                }
+            }
+        }
+    }
+}
+
+async fn buffered_relay<A: RelayIo, B: RelayIo>(
+    a: &mut A,
+    b: &mut B,
+    counters: Counters<'_>,
+    policy: &RelayPolicy,
+    buf_size: usize,
+) -> io::Result<Totals> {
+    let mut ab = Pump::new(buf_size, policy);
+    let mut ba = Pump::new(buf_size, policy);
+    std::future::poll_fn(|cx| {
+        if !ab.done {
+            if let Poll::Ready(Err(e)) =
+                ab.poll_pump(cx, &mut *a, &mut *b, Counted::Source, counters, policy)
+            {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if !ba.done {
+            if let Poll::Ready(Err(e)) =
+                ba.poll_pump(cx, &mut *b, &mut *a, Counted::Destination, counters, policy)
+            {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if ab.done && ba.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await?;
+    Ok(Totals {
+        a_to_b: ab.total,
+        b_to_a: ba.total,
+        timed_out: ab.timed_out || ba.timed_out,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// splice(2) between two plain TCP sockets.
+
+/// Bytes moved per splice call (the default pipe capacity).
+const SPLICE_CHUNK: usize = 1 << 16;
+
+async fn splice_relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    counters: Counters<'_>,
+    policy: &RelayPolicy,
+) -> io::Result<Totals> {
+    let ab = splice_dir(a, b, Some(counters.rx), None, policy, true);
+    let ba = splice_dir(b, a, None, Some(counters.tx), policy, false);
+    let ((a_to_b, t1), (b_to_a, t2)) = tokio::try_join!(ab, ba)?;
+    Ok(Totals {
+        a_to_b,
+        b_to_a,
+        timed_out: t1 || t2,
+    })
+}
+
+fn splice_flags() -> nix::fcntl::SpliceFFlags {
+    nix::fcntl::SpliceFFlags::SPLICE_F_MOVE | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK
+}
+
+/// Waits until `s` is readable, or the idle timeout passes (returns false then).
+async fn wait_readable(s: &TcpStream, idle: Option<Duration>) -> io::Result<bool> {
+    match idle {
+        None => s.readable().await.map(|_| true),
+        Some(t) => match tokio::time::timeout(t, s.readable()).await {
+            Ok(r) => r.map(|_| true),
+            Err(_) => Ok(false),
+        },
+    }
+}
+
+/// One direction: src -> pipe -> dst until EOF on src, then shut down dst's write side.
+/// Returns bytes moved and whether it ended by the idle timeout.
+async fn splice_dir(
+    src: &TcpStream,
+    dst: &TcpStream,
+    rx: Option<&AtomicU64>,
+    tx: Option<&AtomicU64>,
+    policy: &RelayPolicy,
+    src_counted: bool,
+) -> io::Result<(u64, bool)> {
+    // Created at the first byte: an idle held connection costs no pipe.
+    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
+    let mut total = 0u64;
+    let mut timed_out = false;
+    loop {
+        // Fill the (empty) pipe from the source.
+        let n = loop {
+            if pipe.is_none() {
+                if !wait_readable(src, policy.read_timeout).await? {
+                    timed_out = true;
+                    break 0;
+                }
+                pipe = Some(nix::unistd::pipe2(
+                    nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+                )?);
+            }
+            let Some((_, pw)) = &pipe else { unreachable!() };
+            match src.try_io(Interest::READABLE, || {
+                nix::fcntl::splice(
+                    src.as_fd(),
+                    None,
+                    pw.as_fd(),
+                    None,
+                    SPLICE_CHUNK,
+                    splice_flags(),
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_readable(src, policy.read_timeout).await? {
+                        timed_out = true;
+                        break 0;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if let Some(rx) = rx {
+            rx.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if let Some(rl) = &policy.rate {
+            let pause = if src_counted {
+                rl.charge_read(n)
+            } else {
+                rl.charge_write(n)
+            };
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        // Drain the pipe into the destination.
+        let Some((pr, _)) = &pipe else { unreachable!() };
+        let mut left = n;
+        while left > 0 {
+            match dst.try_io(Interest::WRITABLE, || {
+                nix::fcntl::splice(pr.as_fd(), None, dst.as_fd(), None, left, splice_flags())
+                    .map_err(io::Error::from)
+            }) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => {
+                    left -= m;
+                    total += m as u64;
+                    if let Some(tx) = tx {
+                        tx.fetch_add(m as u64, Ordering::Relaxed);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dst.writable().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // Half-close; a peer that already went away makes this fail harmlessly.
+    let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+    Ok((total, timed_out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A pair of connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.expect("connect"), s.expect("accept").0)
+    }
+
+    /// Wraps a TcpStream so the relay cannot see it is TCP: forces the buffered path.
+    struct Opaque(TcpStream);
+    impl AsyncRead for Opaque {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+    impl AsyncWrite for Opaque {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+    impl RelayIo for Opaque {}
+
+    /// Sends `payload` from the user end, half-closes, and checks the echo comes back in
+    /// full after the half-close (the other direction must survive it).
+    async fn half_close_echo(opaque: bool) {
+        let (mut user, a) = pair().await;
+        let (b, mut far) = pair().await;
+        let rx = AtomicU64::new(0);
+        let tx = AtomicU64::new(0);
+        let policy = RelayPolicy::default();
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = payload.clone();
+        let far_task = tokio::spawn(async move {
+            // Read everything until EOF, then answer with it: only works if the half-close
+            // did not also close the way back.
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.expect("far read");
+            far.write_all(&got).await.expect("far write");
+            got.len()
+        });
+        let user_task = tokio::spawn(async move {
+            user.write_all(&payload).await.expect("user write");
+            user.shutdown().await.expect("user shutdown");
+            let mut back = Vec::new();
+            user.read_to_end(&mut back).await.expect("user read");
+            back
+        });
+        let totals = if opaque {
+            let (mut a, mut b) = (Opaque(a), Opaque(b));
+            relay(
+                &mut a,
+                &mut b,
+                Counters { rx: &rx, tx: &tx },
+                &policy,
+                16384,
+            )
+            .await
+        } else {
+            let (mut a, mut b) = (a, b);
+            relay(
+                &mut a,
+                &mut b,
+                Counters { rx: &rx, tx: &tx },
+                &policy,
+                16384,
+            )
+            .await
+        }
+        .expect("relay");
+        assert_eq!(far_task.await.expect("far"), expected.len());
+        assert_eq!(user_task.await.expect("user"), expected);
+        assert_eq!(totals.a_to_b, expected.len() as u64);
+        assert_eq!(totals.b_to_a, expected.len() as u64);
+        assert_eq!(rx.load(Ordering::Relaxed), expected.len() as u64);
+        assert_eq!(tx.load(Ordering::Relaxed), expected.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn splice_path_half_close_and_counters() {
+        half_close_echo(false).await;
+    }
+
+    #[tokio::test]
+    async fn buffered_path_half_close_and_counters() {
+        half_close_echo(true).await;
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_ends_a_silent_relay() {
+        for opaque in [false, true] {
+            let (_user, a) = pair().await;
+            let (b, _far) = pair().await;
+            let rx = AtomicU64::new(0);
+            let tx = AtomicU64::new(0);
+            let policy = RelayPolicy::new(Duration::from_millis(100), 0);
+            let counters = Counters { rx: &rx, tx: &tx };
+            let totals = if opaque {
+                let (mut a, mut b) = (Opaque(a), Opaque(b));
+                relay(&mut a, &mut b, counters, &policy, 4096).await
+            } else {
+                let (mut a, mut b) = (a, b);
+                relay(&mut a, &mut b, counters, &policy, 4096).await
+            }
+            .expect("relay");
+            assert!(totals.timed_out, "opaque={opaque}");
+        }
+    }
+}

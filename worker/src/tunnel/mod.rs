@@ -1,0 +1,113 @@
+//! The tunnel roles and their life cycle. [`run_role`] starts the server or client role,
+//! and when a start ends in an error it logs `Server error: ...` / `Client error: ...`,
+//! waits NP_SERVICE_COOLDOWN and starts again, exactly like the reference, until the
+//! instance is asked to stop. A few errors are fatal instead (see [`Fatal`]): they are
+//! configuration mistakes that a restart cannot fix (tunnel port in use at the first
+//! start, unreadable certificate files), and the process exits with them.
+
+pub mod single;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nodepass_proto::url::{HostPort, Role, RunMode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::instance::Instance;
+
+/// Pause after a failed accept (out of file descriptors and the like) before retrying.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Marks an error that ends the process instead of the restart loop.
+#[derive(Debug)]
+pub struct Fatal;
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot start")
+    }
+}
+
+/// Whether an error was marked [`Fatal`].
+pub fn is_fatal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Fatal>().is_some()
+}
+
+/// The socket address to listen on for a `host:port` (empty host: all interfaces).
+pub async fn listen_addr(hp: &HostPort) -> anyhow::Result<SocketAddr> {
+    crate::targets::resolve(hp).await
+}
+
+/// A TCP listener with the reference's socket options (SO_REUSEADDR, as Go sets it).
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
+/// Runs the instance's role until `shutdown` fires. Returns an error only for a fatal one.
+pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let name = match inst.role() {
+        Role::Server => "Server",
+        Role::Client => "Client",
+    };
+    let mut first = true;
+    loop {
+        let session = shutdown.child_token();
+        let result = match inst.role() {
+            Role::Server => server_start(&inst, &session).await,
+            Role::Client => client_start(&inst, &session, first).await,
+        };
+        session.cancel();
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        match result {
+            Err(e) if first && is_fatal(&e) => return Err(e),
+            Err(e) => tracing::error!("{name} error: {e:#}"),
+            Ok(()) => tracing::error!("{name} error: the session ended"),
+        }
+        first = false;
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(inst.tun.service_cooldown) => {}
+        }
+        tracing::info!("{name} restart");
+    }
+}
+
+async fn server_start(_inst: &Arc<Instance>, _cancel: &CancellationToken) -> anyhow::Result<()> {
+    Err(anyhow::anyhow!(
+        "the server role is not available in this build yet"
+    ))
+    .context(Fatal)
+}
+
+async fn client_start(
+    inst: &Arc<Instance>,
+    cancel: &CancellationToken,
+    first: bool,
+) -> anyhow::Result<()> {
+    let mode = inst.url.effective_mode();
+    if mode != RunMode::Two {
+        match single::bind(inst).await {
+            Ok(listeners) => return single::run(inst.clone(), listeners, cancel.clone()).await,
+            Err(e) if mode == RunMode::One => {
+                return if first { Err(e.context(Fatal)) } else { Err(e) };
+            }
+            Err(e) => tracing::debug!("single-end bind failed, trying dual-end: {e:#}"),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "dual-end client mode is not available in this build yet"
+    ))
+    .context(Fatal)
+}

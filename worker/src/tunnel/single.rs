@@ -1,0 +1,301 @@
+//! Single-end forwarding (client mode 1, REFERENCE.md 6): the client listens on its tunnel
+//! address and relays TCP connections and UDP sessions straight to the target(s); no
+//! server, no pool. Every NP_REPORT_INTERVAL (first at once) it measures a TCP connect to
+//! the next target and publishes the figures.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::instance::Instance;
+use crate::policy::{block, proxy, SlotKind};
+use crate::relay::{self, Counters};
+use crate::{output, tunnel};
+
+/// The sockets of a single-end instance.
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub udp: Option<Arc<UdpSocket>>,
+}
+
+impl Listeners {
+    pub fn addrs(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(Ok(a)) = self.tcp.as_ref().map(|l| l.local_addr()) {
+            v.push(format!("tcp://{a}"));
+        }
+        if let Some(Ok(a)) = self.udp.as_ref().map(|u| u.local_addr()) {
+            v.push(format!("udp://{a}"));
+        }
+        v
+    }
+}
+
+/// Binds the tunnel address (TCP unless notcp, UDP unless noudp).
+pub async fn bind(inst: &Instance) -> anyhow::Result<Listeners> {
+    let addr = tunnel::listen_addr(&inst.url.tunnel).await?;
+    let tcp = if inst.url.effective_notcp() {
+        None
+    } else {
+        Some(
+            tunnel::bind_tcp(addr)
+                .with_context(|| format!("initTunnelListener: listen tcp {addr}"))?,
+        )
+    };
+    let udp = if inst.url.effective_noudp() {
+        None
+    } else {
+        Some(Arc::new(UdpSocket::bind(addr).await.with_context(
+            || format!("initTunnelListener: listen udp {addr}"),
+        )?))
+    };
+    Ok(Listeners { tcp, udp })
+}
+
+/// Serves until `cancel` fires or a listener fails.
+pub async fn run(
+    inst: Arc<Instance>,
+    listeners: Listeners,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    inst.set_mode(1);
+    inst.announce_ready(listeners.addrs());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(stats_loop(inst.clone(), cancel.clone()));
+    if let Some(l) = listeners.tcp {
+        tasks.spawn(tcp_loop(inst.clone(), l, cancel.clone()));
+    }
+    if let Some(u) = listeners.udp {
+        tasks.spawn(udp_loop(inst.clone(), u, cancel.clone()));
+    }
+    let res = tokio::select! {
+        _ = cancel.cancelled() => Ok(()),
+        Some(r) = tasks.join_next() => match r {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("singleControl: task failed: {e}")),
+        },
+    };
+    tasks.abort_all();
+    res
+}
+
+async fn stats_loop(inst: Arc<Instance>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let every = inst.tun.report_interval;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let ping = inst.targets.probe(every).await;
+        output::publish_stats(inst.figures.snapshot(1, ping, 0));
+    }
+}
+
+async fn tcp_loop(
+    inst: Arc<Instance>,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((conn, peer)) => {
+                tokio::spawn(tcp_once(inst.clone(), conn, peer));
+            }
+            Err(e) => {
+                // Out of fds and the like: say so and pause instead of spinning.
+                tracing::error!("singleTCPLoop: accept failed: {e}");
+                tokio::time::sleep(tunnel::RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
+    let Some(_slot) = inst.slots.try_acquire(SlotKind::Tcp) else {
+        tracing::error!(
+            "singleTCPLoop: TCP slot limit reached: {}/{}",
+            inst.slots.used(),
+            inst.slots.limit()
+        );
+        return;
+    };
+    let _ = user.set_nodelay(true);
+    if let Some(p) = block::detect(inst.url.effective_block(), &user).await {
+        tracing::warn!("singleTCPLoop: blocked {p} protocol from {peer}");
+        return;
+    }
+    let mut target = match inst.targets.dial_tcp().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("singleTCPLoop: dialWithRotation failed: {e:#}");
+            return;
+        }
+    };
+    let target_addr = target.peer_addr().ok();
+    if inst.url.effective_proxy() {
+        if let Some(dst) = target_addr {
+            if let Err(e) = target.write_all(proxy::v1_line(peer, dst).as_bytes()).await {
+                tracing::error!("singleTCPLoop: sendProxyV1Header failed: {e}");
+                return;
+            }
+        }
+    }
+    let shown = target_addr.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!("Starting exchange: {peer} <-> {shown}");
+    let f = &inst.figures;
+    let counters = Counters {
+        rx: &f.tcprx,
+        tx: &f.tcptx,
+    };
+    match relay::relay(
+        &mut user,
+        &mut target,
+        counters,
+        &inst.policy,
+        inst.tcp_buf(),
+    )
+    .await
+    {
+        Ok(t) => tracing::info!("Exchange complete: {t}"),
+        Err(e) => tracing::info!("Exchange complete: {e}"),
+    }
+}
+
+/// A UDP session: the connected socket to the target and its generation (so that the end
+/// of an old session never removes a newer one with the same key).
+struct Session {
+    socket: Arc<UdpSocket>,
+    generation: u64,
+}
+
+async fn udp_loop(
+    inst: Arc<Instance>,
+    listener: Arc<UdpSocket>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    // Sessions are owned by this loop alone; a session task reports its end on `ended`.
+    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let mut generation = 0u64;
+    let mut buf = vec![0u8; inst.udp_buf()];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            Some((key, gen)) = ended_rx.recv() => {
+                if sessions.get(&key).is_some_and(|s| s.generation == gen) {
+                    sessions.remove(&key);
+                }
+                continue;
+            }
+            r = listener.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; they are not fatal.
+                    tracing::debug!("singleUDPLoop: recv failed: {e}");
+                    continue;
+                }
+            },
+        };
+        inst.figures
+            .udprx
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        let socket = match sessions.get(&peer) {
+            Some(s) => s.socket.clone(),
+            None => {
+                let Some(slot) = inst.slots.try_acquire(SlotKind::Udp) else {
+                    tracing::error!(
+                        "singleUDPLoop: UDP slot limit reached: {}/{}",
+                        inst.slots.used(),
+                        inst.slots.limit()
+                    );
+                    continue;
+                };
+                let target = match inst.targets.dial_udp().await {
+                    Ok(t) => Arc::new(t),
+                    Err(e) => {
+                        tracing::error!("singleUDPLoop: dialWithRotation failed: {e:#}");
+                        continue;
+                    }
+                };
+                generation += 1;
+                sessions.insert(
+                    peer,
+                    Session {
+                        socket: target.clone(),
+                        generation,
+                    },
+                );
+                tracing::debug!("Starting transfer: {peer} <-> {:?}", target.peer_addr());
+                let (inst2, listener2, ended, cancel2, gen) = (
+                    inst.clone(),
+                    listener.clone(),
+                    ended_tx.clone(),
+                    cancel.clone(),
+                    generation,
+                );
+                let target2 = target.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    udp_replies(&inst2, &target2, &listener2, peer, &cancel2).await;
+                    let _ = ended.send((peer, gen));
+                });
+                target
+            }
+        };
+        if let Err(e) = socket.send(&buf[..n]).await {
+            tracing::error!("singleUDPLoop: write to target failed: {e}");
+            sessions.remove(&peer);
+        }
+    }
+}
+
+/// Carries the target's answers back to `peer` until the target is silent for
+/// NP_UDP_READ_TIMEOUT.
+async fn udp_replies(
+    inst: &Instance,
+    target: &UdpSocket,
+    listener: &UdpSocket,
+    peer: SocketAddr,
+    cancel: &CancellationToken,
+) {
+    let mut buf = vec![0u8; inst.udp_buf()];
+    loop {
+        let n = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(inst.tun.udp_read_timeout, target.recv(&mut buf)) => match r {
+                Err(_) => {
+                    tracing::debug!("UDP session abort: {peer} idle");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("singleUDPLoop: read from target failed: {e}");
+                    return;
+                }
+                Ok(Ok(n)) => n,
+            },
+        };
+        match listener.send_to(&buf[..n], peer).await {
+            Ok(m) => {
+                inst.figures
+                    .udptx
+                    .fetch_add(m as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!("singleUDPLoop: writeToUDP failed: {e}");
+                return;
+            }
+        }
+    }
+}
