@@ -6,9 +6,17 @@
 //! [`MasterUrl`]. Every parameter is kept as `Option<T>` (given or not) so that rendering can
 //! reproduce what the user wrote plus the defaults the reference adds; the `effective_*`
 //! accessors give the value a running instance uses.
+//!
+//! The splitting into scheme, userinfo, host, path, query and fragment follows Go's
+//! `net/url` (which the reference uses), so a URL the Go master accepts splits the same way
+//! here. Where Go silently turns a bad value into zero or a default, we refuse it with an
+//! error naming the parameter (see the README's list of deliberate differences). Rendering
+//! follows Go's `url.String()` and `Values.Encode()`, and keeps the user's spelling of each
+//! value (`read=1m` stays `1m`, not `1m0s`) as the Go master does, through [`Spelling`].
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::duration::{format_go_duration, parse_go_duration};
@@ -27,6 +35,15 @@ pub const MAX_POOL_LIMIT: u32 = 1 << 20;
 pub const MAX_SLOT_LIMIT: u32 = 1 << 24;
 /// Largest accepted `rate` in Mbps (1 Tbit/s).
 pub const MAX_RATE_MBPS: u32 = 1_000_000;
+
+/// Every query parameter a tunnel URL understands, in the order of the README table.
+pub const TUNNEL_PARAMS: &[&str] = &[
+    "log", "tls", "crt", "key", "dns", "sni", "lbs", "min", "max", "mode", "type", "dial", "read",
+    "rate", "slot", "proxy", "block", "notcp", "noudp",
+];
+
+/// The query parameters a master URL understands.
+pub const MASTER_PARAMS: &[&str] = &["log", "tls", "crt", "key"];
 
 /// A URL that could not be accepted, with what was wrong and what would be right.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +68,7 @@ pub enum UrlError {
         value: String,
         expected: &'static str,
     },
-    #[error("invalid percent-encoding in {0:?}")]
+    #[error("invalid percent-encoding in {0:?}: '%' must be followed by two hex digits, and the result must be UTF-8")]
     Escape(String),
 }
 
@@ -72,8 +89,8 @@ impl Role {
     }
 }
 
-/// A host and port. `host` is stored without IPv6 brackets; an empty host means "all
-/// interfaces" (listening) and is only valid for the tunnel or master address.
+/// A host and port. `host` is stored as written, without IPv6 brackets. An empty host (as in
+/// `:10101`) means all interfaces when listening and this machine when dialing, as in Go.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostPort {
     pub host: String,
@@ -232,6 +249,15 @@ impl RunMode {
             RunMode::Two => 2,
         }
     }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        match code {
+            "0" => Some(RunMode::Auto),
+            "1" => Some(RunMode::One),
+            "2" => Some(RunMode::Two),
+            _ => None,
+        }
+    }
 }
 
 /// The `type` parameter: the pool transport.
@@ -269,8 +295,9 @@ impl PoolType {
     }
 }
 
-/// The `dns` parameter: a resolve-cache TTL (the reference's meaning) or a list of DNS
-/// servers to resolve with (the API document's second meaning; our extension).
+/// The `dns` parameter: a resolve-cache TTL (the reference's meaning; zero = no cache) or
+/// a list of DNS servers to resolve with (the API document's second meaning; our
+/// extension). A server without a port uses port 53.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DnsSetting {
     Ttl(Duration),
@@ -316,6 +343,15 @@ impl LbStrategy {
             LbStrategy::Failover => 2,
         }
     }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        match code {
+            "0" => Some(LbStrategy::RoundRobin),
+            "1" => Some(LbStrategy::LeastLatency),
+            "2" => Some(LbStrategy::Failover),
+            _ => None,
+        }
+    }
 }
 
 /// The `dial` parameter: source IP for target dials.
@@ -323,6 +359,24 @@ impl LbStrategy {
 pub enum DialSource {
     Auto,
     Ip(IpAddr),
+}
+
+impl DialSource {
+    /// `auto` or an IP literal (IPv4, or IPv6 without brackets, as Go's `net.ParseIP`).
+    pub fn parse(v: &str) -> Option<Self> {
+        if v == "auto" {
+            Some(DialSource::Auto)
+        } else {
+            v.parse().ok().map(DialSource::Ip)
+        }
+    }
+
+    fn render(self) -> String {
+        match self {
+            DialSource::Auto => "auto".to_string(),
+            DialSource::Ip(ip) => ip.to_string(),
+        }
+    }
 }
 
 /// The `block` parameter: which protocols the incoming side refuses.
@@ -336,6 +390,25 @@ pub struct BlockSet {
 impl BlockSet {
     pub fn is_empty(self) -> bool {
         !(self.socks || self.http || self.tls)
+    }
+
+    /// `0`, or any combination of the digits 1 (SOCKS), 2 (HTTP) and 3 (TLS), in any order
+    /// and repeated or mixed with 0 as the reference tolerates (`31`, `103`); nothing else.
+    pub fn parse(v: &str) -> Option<Self> {
+        if v.is_empty() {
+            return None;
+        }
+        let mut set = BlockSet::default();
+        for c in v.chars() {
+            match c {
+                '0' => {}
+                '1' => set.socks = true,
+                '2' => set.http = true,
+                '3' => set.tls = true,
+                _ => return None,
+            }
+        }
+        Some(set)
     }
 
     fn render(self) -> String {
@@ -356,7 +429,8 @@ impl BlockSet {
     }
 }
 
-/// Every query parameter of a tunnel URL, `None` when not given.
+/// Every query parameter of a tunnel URL, `None` when not given (or given empty, which the
+/// reference also treats as not given).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TunnelParams {
     pub log: Option<LogLevel>,
@@ -380,6 +454,146 @@ pub struct TunnelParams {
     pub noudp: Option<bool>,
 }
 
+impl TunnelParams {
+    /// Validates `value` for the parameter `name` and stores it. `Ok(false)`: not a
+    /// parameter we know (the caller keeps it as unknown).
+    pub fn set(&mut self, name: &str, value: &str) -> Result<bool, UrlError> {
+        fn check<T>(
+            name: &'static str,
+            value: &str,
+            expected: &'static str,
+            parsed: Option<T>,
+        ) -> Result<Option<T>, UrlError> {
+            parsed.map(Some).ok_or_else(|| UrlError::Param {
+                name,
+                value: value.to_string(),
+                expected,
+            })
+        }
+        let v = value;
+        match name {
+            "log" => self.log = check("log", v, EXPECT_LOG, LogLevel::parse(v))?,
+            "tls" => self.tls = check("tls", v, EXPECT_TLS, TlsMode::from_code(v))?,
+            "crt" => self.crt = check("crt", v, EXPECT_FILE, non_empty(v))?,
+            "key" => self.key = check("key", v, EXPECT_FILE, non_empty(v))?,
+            "dns" => self.dns = check("dns", v, EXPECT_DNS, parse_dns(v))?,
+            "sni" => self.sni = check("sni", v, EXPECT_SNI, parse_sni(v))?,
+            "lbs" => self.lbs = check("lbs", v, EXPECT_LBS, LbStrategy::from_code(v))?,
+            "min" => self.min = check("min", v, EXPECT_POOL, parse_pool_size(v))?,
+            "max" => self.max = check("max", v, EXPECT_POOL, parse_pool_size(v))?,
+            "mode" => self.mode = check("mode", v, EXPECT_MODE, RunMode::from_code(v))?,
+            "type" => self.pool_type = check("type", v, EXPECT_TYPE, PoolType::from_code(v))?,
+            "dial" => self.dial = check("dial", v, EXPECT_DIAL, DialSource::parse(v))?,
+            "read" => self.read = check("read", v, EXPECT_READ, parse_go_duration(v).ok())?,
+            "rate" => {
+                let n = parse_uint(v).filter(|n| *n <= MAX_RATE_MBPS);
+                self.rate = check("rate", v, EXPECT_RATE, n)?;
+            }
+            "slot" => {
+                let n = parse_uint(v).filter(|n| *n <= MAX_SLOT_LIMIT);
+                self.slot = check("slot", v, EXPECT_SLOT, n)?;
+            }
+            "proxy" => self.proxy = check("proxy", v, EXPECT_FLAG, parse_flag(v))?,
+            "block" => self.block = check("block", v, EXPECT_BLOCK, BlockSet::parse(v))?,
+            "notcp" => self.notcp = check("notcp", v, EXPECT_FLAG, parse_flag(v))?,
+            "noudp" => self.noudp = check("noudp", v, EXPECT_FLAG, parse_flag(v))?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The canonical text of a given parameter (`None` when not given or not a parameter):
+    /// Go's duration form, the block digits in order, DNS servers without a `:53`.
+    pub fn text(&self, name: &str) -> Option<String> {
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        match name {
+            "log" => self.log.map(|l| l.as_str().to_string()),
+            "tls" => self.tls.map(|t| t.code().to_string()),
+            "crt" => self.crt.clone(),
+            "key" => self.key.clone(),
+            "dns" => self.dns.as_ref().map(DnsSetting::render),
+            "sni" => self.sni.clone(),
+            "lbs" => self.lbs.map(|l| l.code().to_string()),
+            "min" => self.min.map(|n| n.to_string()),
+            "max" => self.max.map(|n| n.to_string()),
+            "mode" => self.mode.map(|m| m.code().to_string()),
+            "type" => self.pool_type.map(|t| t.code().to_string()),
+            "dial" => self.dial.map(DialSource::render),
+            "read" => self.read.map(format_go_duration),
+            "rate" => self.rate.map(|n| n.to_string()),
+            "slot" => self.slot.map(|n| n.to_string()),
+            "proxy" => self.proxy.map(flag),
+            "block" => self.block.map(BlockSet::render),
+            "notcp" => self.notcp.map(flag),
+            "noudp" => self.noudp.map(flag),
+            _ => None,
+        }
+    }
+}
+
+const EXPECT_LOG: &str = "none, debug, info, warn, error or event";
+const EXPECT_TLS: &str = "0, 1 or 2";
+const EXPECT_FILE: &str = "a file path";
+const EXPECT_DNS: &str =
+    "a cache TTL such as 5m or 0 (no cache), or DNS servers as IP[:port] separated by commas";
+const EXPECT_SNI: &str = "a host name, an IP address or none";
+const EXPECT_LBS: &str = "0 (round robin), 1 (least latency) or 2 (failover)";
+const EXPECT_POOL: &str = "a whole number from 1 to 1048576";
+const EXPECT_MODE: &str = "0, 1 or 2";
+const EXPECT_TYPE: &str = "0 (tcp), 1 (quic), 2 (websocket) or 3 (http2)";
+const EXPECT_DIAL: &str = "auto or a local IP address";
+const EXPECT_READ: &str = "a duration such as 0, 30s or 1m30s";
+const EXPECT_RATE: &str = "a whole number of Mbps from 0 to 1000000 (0 = unlimited)";
+const EXPECT_SLOT: &str = "a whole number from 0 to 16777216 (0 = unlimited)";
+const EXPECT_FLAG: &str = "0 or 1";
+const EXPECT_BLOCK: &str = "0, or any of the digits 1 (socks), 2 (http), 3 (tls), e.g. 13";
+
+/// How a URL was written, where the reference master keeps the writing in the `url` and
+/// `config` it stores: each value as typed (`read=1m`, `block=31`), repeated and empty
+/// parameters, a password after the key, the path's percent-encoding, a fragment.
+///
+/// It never changes what a URL means, so it takes no part in equality: two URLs that
+/// differ only in spelling are equal. Rendering uses a spelled value only while it still
+/// means the current typed value, so editing the typed fields is always safe.
+#[derive(Clone, Default)]
+pub struct Spelling {
+    /// Query pairs as decoded, in order, repeats and empty values included.
+    query: Vec<(String, String)>,
+    /// Decoded username and password (the password only when a `:` was written).
+    userinfo: Option<(String, Option<String>)>,
+    /// The path as written (still percent-encoded), with its leading `/`.
+    path: Option<String>,
+    /// The fragment as written (still percent-encoded), without the `#`.
+    fragment: Option<String>,
+    /// The URL ended in a lone `?` (Go keeps it).
+    force_query: bool,
+}
+
+impl Spelling {
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.query
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+impl PartialEq for Spelling {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Spelling {}
+
+impl fmt::Debug for Spelling {
+    // The userinfo holds secrets; the rest is noise in debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Spelling { .. }")
+    }
+}
+
 /// A parsed `server://` or `client://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelUrl {
@@ -394,8 +608,11 @@ pub struct TunnelUrl {
     /// One or more target addresses, in order.
     pub targets: Vec<HostPort>,
     pub params: TunnelParams,
-    /// Query parameters we do not know, kept (sorted by key) so rendering loses nothing.
+    /// Query parameters we do not know: the first value of each, sorted by key. They are
+    /// ignored, and kept so rendering loses nothing.
     pub unknown: Vec<(String, String)>,
+    /// How the URL was written (see [`Spelling`]); `Spelling::default()` when built by hand.
+    pub spelling: Spelling,
 }
 
 /// What a master hands down to the instances it creates (REFERENCE.md 9.3).
@@ -408,7 +625,6 @@ pub struct Inherited {
     pub crt: Option<String>,
     pub key: Option<String>,
 }
-
 impl TunnelUrl {
     pub fn effective_log(&self) -> LogLevel {
         self.params.log.unwrap_or(LogLevel::Info)
@@ -534,98 +750,152 @@ impl TunnelUrl {
         self.render(true)
     }
 
-    fn render(&self, fill_defaults: bool) -> String {
-        let p = &self.params;
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        let server = self.role == Role::Server;
-        let client = !server;
-        let mut put = |name: &str, value: Option<String>, default: Option<String>| {
-            if let Some(v) = value.or(if fill_defaults { default } else { None }) {
-                pairs.push((name.to_string(), v));
+    /// The defaults the reference master fills into `config` for this role.
+    fn config_defaults(&self) -> Vec<(&'static str, String)> {
+        let mut d = vec![
+            ("block", "0".to_string()),
+            ("dial", "auto".to_string()),
+            ("dns", format_go_duration(DEFAULT_DNS_TTL)),
+            ("mode", "0".to_string()),
+            ("notcp", "0".to_string()),
+            ("noudp", "0".to_string()),
+            ("proxy", "0".to_string()),
+            ("rate", "0".to_string()),
+            ("read", format_go_duration(Duration::ZERO)),
+            ("slot", DEFAULT_SLOT.to_string()),
+        ];
+        match self.role {
+            Role::Client => {
+                d.push(("min", DEFAULT_MIN_POOL.to_string()));
+                d.push(("sni", "none".to_string()));
             }
-        };
-        let on = |b: bool| if b { "1" } else { "0" }.to_string();
-        put(
-            "block",
-            p.block.map(BlockSet::render),
-            Some("0".to_string()),
-        );
-        put("crt", p.crt.clone(), None);
-        put(
-            "dial",
-            p.dial.map(|d| match d {
-                DialSource::Auto => "auto".to_string(),
-                DialSource::Ip(ip) => ip.to_string(),
-            }),
-            Some("auto".to_string()),
-        );
-        put(
-            "dns",
-            p.dns.as_ref().map(DnsSetting::render),
-            Some(format_go_duration(DEFAULT_DNS_TTL)),
-        );
-        put("key", p.key.clone(), None);
-        put("lbs", p.lbs.map(|l| l.code().to_string()), None);
-        put("log", p.log.map(|l| l.as_str().to_string()), None);
-        put(
-            "max",
-            p.max.map(|v| v.to_string()),
-            server.then(|| DEFAULT_MAX_POOL.to_string()),
-        );
-        put(
-            "min",
-            p.min.map(|v| v.to_string()),
-            client.then(|| DEFAULT_MIN_POOL.to_string()),
-        );
-        put(
-            "mode",
-            p.mode.map(|m| m.code().to_string()),
-            Some("0".to_string()),
-        );
-        put("noudp", p.noudp.map(on), Some("0".to_string()));
-        put("notcp", p.notcp.map(on), Some("0".to_string()));
-        put("proxy", p.proxy.map(on), Some("0".to_string()));
-        put("rate", p.rate.map(|v| v.to_string()), Some("0".to_string()));
-        put(
-            "read",
-            p.read.map(format_go_duration),
-            Some("0s".to_string()),
-        );
-        put(
-            "slot",
-            p.slot.map(|v| v.to_string()),
-            Some(DEFAULT_SLOT.to_string()),
-        );
-        put("sni", p.sni.clone(), client.then(|| "none".to_string()));
-        put("tls", p.tls.map(|t| t.code().to_string()), None);
-        put(
-            "type",
-            p.pool_type.map(|t| t.code().to_string()),
-            server.then(|| "0".to_string()),
-        );
-        pairs.extend(self.unknown.iter().cloned());
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            Role::Server => {
+                d.push(("max", DEFAULT_MAX_POOL.to_string()));
+                d.push(("type", "0".to_string()));
+            }
+        }
+        d
+    }
+
+    /// Go's `url.String()` after the master rewrote the query with `Values.Encode()`.
+    fn render(&self, fill_defaults: bool) -> String {
+        let sp = &self.spelling;
+        // Key -> values, sorted by key as Go's Encode does; values keep their order.
+        let mut query: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for &name in TUNNEL_PARAMS {
+            let spelled = sp.values(name);
+            match self.params.text(name) {
+                Some(canonical) => {
+                    let keep = spelled.first().is_some_and(|first| {
+                        !first.is_empty() && canonical_text(name, first) == Some(canonical.clone())
+                    });
+                    let values = if keep {
+                        spelled.iter().map(|v| v.to_string()).collect()
+                    } else {
+                        vec![canonical]
+                    };
+                    query.insert(name.to_string(), values);
+                }
+                // Given empty: the reference keeps `name=` in the url and treats it as absent.
+                None if spelled.first().is_some_and(|v| v.is_empty()) => {
+                    query.insert(
+                        name.to_string(),
+                        spelled.iter().map(|v| v.to_string()).collect(),
+                    );
+                }
+                None => {}
+            }
+        }
+        for (k, v) in &self.unknown {
+            if TUNNEL_PARAMS.contains(&k.as_str()) {
+                continue;
+            }
+            let spelled = sp.values(k);
+            let values = if spelled.first() == Some(&v.as_str()) {
+                spelled.iter().map(|v| v.to_string()).collect()
+            } else {
+                vec![v.clone()]
+            };
+            query.insert(k.clone(), values);
+        }
+        if fill_defaults {
+            for (name, default) in self.config_defaults() {
+                let absent = query
+                    .get(name)
+                    .is_none_or(|vs| vs.first().is_none_or(|v| v.is_empty()));
+                if absent {
+                    query.insert(name.to_string(), vec![default]);
+                }
+            }
+        }
 
         let mut out = format!("{}://", self.role.as_str());
-        if self.key_in_url {
-            out.push_str(&escape_userinfo(self.key.as_str()));
-            out.push('@');
+        let password = |pw: &Option<String>| match pw {
+            Some(pw) => format!(":{}", go_escape(pw, Enc::UserPassword)),
+            None => String::new(),
+        };
+        match &sp.userinfo {
+            Some((user, pw)) if self.key_in_url && user == self.key.as_str() => {
+                out.push_str(&go_escape(user, Enc::UserPassword));
+                out.push_str(&password(pw));
+                out.push('@');
+            }
+            Some((user, pw)) if !self.key_in_url && user.is_empty() => {
+                out.push_str(&password(pw));
+                out.push('@');
+            }
+            _ if self.key_in_url => {
+                out.push_str(&go_escape(self.key.as_str(), Enc::UserPassword));
+                out.push('@');
+            }
+            _ => {}
         }
         out.push_str(&self.tunnel.to_string());
-        out.push('/');
-        out.push_str(
-            &self
-                .targets
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        if !pairs.is_empty() {
+        let spelled_path = sp.path.as_deref().filter(|raw| {
+            percent_decode(raw, false)
+                .ok()
+                .and_then(|p| parse_targets(&p).ok())
+                .as_ref()
+                == Some(&self.targets)
+        });
+        match spelled_path {
+            Some(raw) if valid_encoded(raw, Enc::Path) => out.push_str(raw),
+            Some(raw) => {
+                let decoded = percent_decode(raw, false).unwrap_or_default();
+                out.push_str(&go_escape(&decoded, Enc::Path));
+            }
+            None => {
+                // As if written canonically: host names and IP literals need no escaping.
+                out.push('/');
+                let joined: Vec<String> = self.targets.iter().map(ToString::to_string).collect();
+                out.push_str(&joined.join(","));
+            }
+        }
+        if !query.is_empty() || sp.force_query {
             out.push('?');
-            out.push_str(&encode_query(&pairs));
+            out.push_str(&encode_query(&query));
+        }
+        if let Some(raw) = &sp.fragment {
+            let decoded = percent_decode(raw, false).unwrap_or_default();
+            if !decoded.is_empty() {
+                out.push('#');
+                if valid_encoded(raw, Enc::Fragment) {
+                    out.push_str(raw);
+                } else {
+                    out.push_str(&go_escape(&decoded, Enc::Fragment));
+                }
+            }
         }
         out
+    }
+}
+
+/// The canonical text of `value` for parameter `name`, if it is valid.
+fn canonical_text(name: &str, value: &str) -> Option<String> {
+    let mut p = TunnelParams::default();
+    match p.set(name, value) {
+        Ok(true) => p.text(name),
+        _ => None,
     }
 }
 
@@ -669,6 +939,9 @@ impl MasterUrl {
 }
 
 /// Any NodePass URL.
+// Parsed once per process or API call, so the size difference of the variants costs nothing;
+// boxing would change the public shape others match on.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeUrl {
     Tunnel(TunnelUrl),
@@ -679,8 +952,8 @@ pub enum NodeUrl {
 pub fn parse(input: &str) -> Result<NodeUrl, UrlError> {
     let raw = RawUrl::split(input)?;
     match raw.scheme.as_str() {
-        "server" => parse_tunnel(&raw, Role::Server).map(NodeUrl::Tunnel),
-        "client" => parse_tunnel(&raw, Role::Client).map(NodeUrl::Tunnel),
+        "server" => parse_tunnel(raw, Role::Server).map(NodeUrl::Tunnel),
+        "client" => parse_tunnel(raw, Role::Client).map(NodeUrl::Tunnel),
         "master" => parse_master(&raw).map(NodeUrl::Master),
         _ => Err(UrlError::Scheme(raw.scheme.clone())),
     }
@@ -702,24 +975,37 @@ pub fn parse_master_url(input: &str) -> Result<MasterUrl, UrlError> {
     }
 }
 
-/// The pieces of a URL before any NodePass meaning is given to them.
+/// The pieces of a URL before any NodePass meaning is given to them, split as Go's
+/// `url.Parse` splits them.
 struct RawUrl {
     scheme: String,
-    userinfo: Option<String>,
+    userinfo: Option<(String, Option<String>)>,
     host: String,
+    /// Decoded path and the path as written.
     path: String,
+    raw_path: String,
     query: Vec<(String, String)>,
+    fragment: Option<String>,
+    force_query: bool,
 }
 
 impl RawUrl {
     fn split(input: &str) -> Result<Self, UrlError> {
         let syntax = || UrlError::Syntax(input.to_string());
-        if input.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(syntax());
+        if input.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(UrlError::Address {
+                what: "URL",
+                value: input.to_string(),
+                reason: "it contains a control character (percent-encode it, e.g. %0A)".to_string(),
+            });
         }
-        let (scheme, rest) = input.split_once("://").ok_or_else(syntax)?;
-        if scheme.is_empty()
-            || !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        // Go cuts the fragment first, then the scheme, then the query.
+        let (rest, fragment) = match input.split_once('#') {
+            Some((r, f)) => (r, Some(f)),
+            None => (input, None),
+        };
+        let (scheme, rest) = rest.split_once("://").ok_or_else(syntax)?;
+        if !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             || !scheme
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
@@ -727,31 +1013,36 @@ impl RawUrl {
             return Err(syntax());
         }
         let scheme = scheme.to_ascii_lowercase();
-        // A fragment is never meaningful here; drop it as Go's url.Parse does.
-        let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
-        let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = match before_query.find('/') {
-            Some(i) => before_query.split_at(i),
-            None => (before_query, ""),
+        let (rest, query, force_query) = if rest.ends_with('?') && rest.matches('?').count() == 1 {
+            (&rest[..rest.len() - 1], "", true)
+        } else {
+            let (r, q) = rest.split_once('?').unwrap_or((rest, ""));
+            (r, q, false)
+        };
+        let (authority, raw_path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
         };
         let (userinfo, host) = match authority.rfind('@') {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
         let userinfo = match userinfo {
-            Some(u) => {
-                let user = u.split_once(':').map_or(u, |(user, _)| user);
-                Some(percent_decode(user, false)?)
-            }
+            Some(u) => Some(split_userinfo(u)?),
             None => None,
         };
-        let path = percent_decode(path, false)?;
+        if let Some(f) = fragment {
+            percent_decode(f, false)?;
+        }
         Ok(RawUrl {
             scheme,
             userinfo,
             host: host.to_string(),
-            path,
+            path: percent_decode(raw_path, false)?,
+            raw_path: raw_path.to_string(),
             query: parse_query(query)?,
+            fragment: fragment.map(str::to_string),
+            force_query,
         })
     }
 
@@ -763,52 +1054,90 @@ impl RawUrl {
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
     }
-}
 
-const TUNNEL_PARAMS: &[&str] = &[
-    "log", "tls", "crt", "key", "dns", "sni", "lbs", "min", "max", "mode", "type", "dial", "read",
-    "rate", "slot", "proxy", "block", "notcp", "noudp",
-];
-const MASTER_PARAMS: &[&str] = &["log", "tls", "crt", "key"];
-
-fn unknown_params(raw: &RawUrl, known: &[&str]) -> Vec<(String, String)> {
-    let mut seen = std::collections::BTreeMap::new();
-    for (k, v) in &raw.query {
-        if !known.contains(&k.as_str()) && !k.is_empty() {
-            seen.entry(k.clone()).or_insert_with(|| v.clone());
+    fn unknown_params(&self, known: &[&str]) -> Vec<(String, String)> {
+        let mut seen = BTreeMap::new();
+        for (k, v) in &self.query {
+            if !known.contains(&k.as_str()) {
+                seen.entry(k.clone()).or_insert_with(|| v.clone());
+            }
         }
+        seen.into_iter().collect()
     }
-    seen.into_iter().collect()
 }
 
-fn parse_tunnel(raw: &RawUrl, role: Role) -> Result<TunnelUrl, UrlError> {
-    let tunnel = parse_host_port(&raw.host, "tunnel address", true)?;
-    let key_in_url = raw.userinfo.as_deref().is_some_and(|u| !u.is_empty());
-    let key = match raw.userinfo.as_deref().filter(|u| !u.is_empty()) {
+/// Go's userinfo rules: a limited character set, then `user[:password]`, each decoded.
+fn split_userinfo(u: &str) -> Result<(String, Option<String>), UrlError> {
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '-' | '.'
+                    | '_'
+                    | ':'
+                    | '~'
+                    | '!'
+                    | '$'
+                    | '&'
+                    | '\''
+                    | '('
+                    | ')'
+                    | '*'
+                    | '+'
+                    | ','
+                    | ';'
+                    | '='
+                    | '%'
+                    | '@'
+            )
+    };
+    if !u.chars().all(allowed) {
+        return Err(UrlError::Address {
+            what: "tunnel key",
+            value: u.to_string(),
+            reason: "it contains a character that must be percent-encoded (e.g. %23 for #)"
+                .to_string(),
+        });
+    }
+    Ok(match u.split_once(':') {
+        Some((user, pw)) => (
+            percent_decode(user, false)?,
+            Some(percent_decode(pw, false)?),
+        ),
+        None => (percent_decode(u, false)?, None),
+    })
+}
+
+fn parse_tunnel(raw: RawUrl, role: Role) -> Result<TunnelUrl, UrlError> {
+    let tunnel = parse_host_port(&raw.host, "tunnel address")?;
+    let user = raw.userinfo.as_ref().map(|(u, _)| u.as_str());
+    let key_in_url = user.is_some_and(|u| !u.is_empty());
+    let key = match user.filter(|u| !u.is_empty()) {
         Some(u) => TunnelKey::new(u),
+        // Ports are refused with leading zeros, so this is the port string as written.
         None => TunnelKey::derived_from_port(&tunnel.port.to_string()),
     };
-    let target_str = raw.path.strip_prefix('/').unwrap_or(&raw.path);
-    let mut targets = Vec::new();
-    for t in target_str.split(',') {
-        let t = t.trim();
-        if t.is_empty() {
-            continue;
-        }
-        targets.push(parse_host_port(t, "target address", false)?);
-    }
+    let targets = parse_targets(&raw.path)?;
     if targets.is_empty() {
         return Err(UrlError::NoTarget);
     }
     for t in &targets {
-        if t.port == tunnel.port && (t.is_loopback() || tunnel.is_unspecified()) {
+        // Dialing an empty or unspecified host reaches this machine, like loopback.
+        let local = t.is_loopback() || t.is_unspecified();
+        if t.port == tunnel.port && (local || tunnel.is_unspecified()) {
             return Err(UrlError::TargetConflict {
                 port: tunnel.port,
                 target: t.to_string(),
             });
         }
     }
-    let params = parse_tunnel_params(raw)?;
+    let mut params = TunnelParams::default();
+    for &name in TUNNEL_PARAMS {
+        if let Some(v) = raw.get(name) {
+            params.set(name, v)?;
+        }
+    }
+    let unknown = raw.unknown_params(TUNNEL_PARAMS);
     Ok(TunnelUrl {
         role,
         key,
@@ -816,130 +1145,57 @@ fn parse_tunnel(raw: &RawUrl, role: Role) -> Result<TunnelUrl, UrlError> {
         tunnel,
         targets,
         params,
-        unknown: unknown_params(raw, TUNNEL_PARAMS),
+        unknown,
+        spelling: Spelling {
+            query: raw.query,
+            userinfo: raw.userinfo,
+            path: Some(raw.raw_path),
+            fragment: raw.fragment,
+            force_query: raw.force_query,
+        },
     })
 }
 
-fn parse_tunnel_params(raw: &RawUrl) -> Result<TunnelParams, UrlError> {
-    let mut p = TunnelParams {
-        log: parse_log(raw)?,
-        tls: parse_tls(raw)?,
-        crt: raw.get("crt").map(str::to_string),
-        key: raw.get("key").map(str::to_string),
-        ..TunnelParams::default()
-    };
-    if let Some(v) = raw.get("dns") {
-        p.dns = Some(parse_dns(v)?);
-    }
-    p.sni = raw.get("sni").map(str::to_string);
-    p.lbs = opt(raw, "lbs", "0, 1 or 2", |v| match v {
-        "0" => Some(LbStrategy::RoundRobin),
-        "1" => Some(LbStrategy::LeastLatency),
-        "2" => Some(LbStrategy::Failover),
-        _ => None,
-    })?;
-    p.min = opt(raw, "min", "a whole number from 1 to 1048576", |v| {
-        parse_uint(v).filter(|n| (1..=MAX_POOL_LIMIT).contains(n))
-    })?;
-    p.max = opt(raw, "max", "a whole number from 1 to 1048576", |v| {
-        parse_uint(v).filter(|n| (1..=MAX_POOL_LIMIT).contains(n))
-    })?;
-    p.mode = opt(raw, "mode", "0, 1 or 2", |v| match v {
-        "0" => Some(RunMode::Auto),
-        "1" => Some(RunMode::One),
-        "2" => Some(RunMode::Two),
-        _ => None,
-    })?;
-    p.pool_type = opt(
-        raw,
-        "type",
-        "0 (tcp), 1 (quic), 2 (websocket) or 3 (http2)",
-        |v| PoolType::from_code(v),
-    )?;
-    p.dial = opt(raw, "dial", "auto or a local IP address", |v| {
-        if v == "auto" {
-            Some(DialSource::Auto)
-        } else {
-            v.parse().ok().map(DialSource::Ip)
+/// The target list of a decoded path: `/a:1,b:2`, each trimmed, empty entries dropped.
+fn parse_targets(path: &str) -> Result<Vec<HostPort>, UrlError> {
+    let list = path.strip_prefix('/').unwrap_or(path);
+    let mut targets = Vec::new();
+    for t in list.split(',') {
+        let t = t.trim();
+        if !t.is_empty() {
+            targets.push(parse_host_port(t, "target address")?);
         }
-    })?;
-    p.read = opt(raw, "read", "a duration such as 0, 30s or 1m30s", |v| {
-        parse_go_duration(v).ok()
-    })?;
-    p.rate = opt(
-        raw,
-        "rate",
-        "a whole number of Mbps from 0 to 1000000 (0 = unlimited)",
-        |v| parse_uint(v).filter(|n| *n <= MAX_RATE_MBPS),
-    )?;
-    p.slot = opt(
-        raw,
-        "slot",
-        "a whole number from 0 to 16777216 (0 = unlimited)",
-        |v| parse_uint(v).filter(|n| *n <= MAX_SLOT_LIMIT),
-    )?;
-    p.proxy = opt(raw, "proxy", "0 or 1", parse_flag)?;
-    p.block = opt(
-        raw,
-        "block",
-        "0, or any of the digits 1 (socks), 2 (http), 3 (tls), e.g. 13",
-        |v| parse_block(v),
-    )?;
-    p.notcp = opt(raw, "notcp", "0 or 1", parse_flag)?;
-    p.noudp = opt(raw, "noudp", "0 or 1", parse_flag)?;
-    Ok(p)
+    }
+    Ok(targets)
 }
 
 fn parse_master(raw: &RawUrl) -> Result<MasterUrl, UrlError> {
-    let listen = parse_host_port(&raw.host, "master address", true)?;
-    let prefix = if raw.path.is_empty() || raw.path == "/" {
+    let listen = parse_host_port(&raw.host, "master address")?;
+    let trimmed = raw.path.trim_end_matches('/');
+    let prefix = if trimmed.is_empty() {
         "/api".to_string()
     } else {
-        let trimmed = raw.path.trim_end_matches('/');
-        if trimmed.is_empty() {
-            "/api".to_string()
-        } else {
-            trimmed.to_string()
-        }
+        trimmed.to_string()
     };
+    let mut p = TunnelParams::default();
+    for &name in MASTER_PARAMS {
+        if let Some(v) = raw.get(name) {
+            p.set(name, v)?;
+        }
+    }
     Ok(MasterUrl {
         listen,
         prefix,
-        log: parse_log(raw)?,
-        tls: parse_tls(raw)?,
-        crt: raw.get("crt").map(str::to_string),
-        key: raw.get("key").map(str::to_string),
-        unknown: unknown_params(raw, MASTER_PARAMS),
+        log: p.log,
+        tls: p.tls,
+        crt: p.crt,
+        key: p.key,
+        unknown: raw.unknown_params(MASTER_PARAMS),
     })
 }
 
-fn parse_log(raw: &RawUrl) -> Result<Option<LogLevel>, UrlError> {
-    opt(
-        raw,
-        "log",
-        "none, debug, info, warn, error or event",
-        LogLevel::parse,
-    )
-}
-
-fn parse_tls(raw: &RawUrl) -> Result<Option<TlsMode>, UrlError> {
-    opt(raw, "tls", "0, 1 or 2", TlsMode::from_code)
-}
-
-fn opt<T>(
-    raw: &RawUrl,
-    name: &'static str,
-    expected: &'static str,
-    f: impl FnOnce(&str) -> Option<T>,
-) -> Result<Option<T>, UrlError> {
-    match raw.get(name) {
-        None => Ok(None),
-        Some(v) => f(v).map(Some).ok_or_else(|| UrlError::Param {
-            name,
-            value: v.to_string(),
-            expected,
-        }),
-    }
+fn non_empty(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_string())
 }
 
 fn parse_uint(v: &str) -> Option<u32> {
@@ -947,6 +1203,10 @@ fn parse_uint(v: &str) -> Option<u32> {
         return None;
     }
     v.parse().ok()
+}
+
+fn parse_pool_size(v: &str) -> Option<u32> {
+    parse_uint(v).filter(|n| (1..=MAX_POOL_LIMIT).contains(n))
 }
 
 fn parse_flag(v: &str) -> Option<bool> {
@@ -957,57 +1217,36 @@ fn parse_flag(v: &str) -> Option<bool> {
     }
 }
 
-fn parse_block(v: &str) -> Option<BlockSet> {
-    let mut set = BlockSet::default();
-    for c in v.chars() {
-        match c {
-            '0' => {}
-            '1' => set.socks = true,
-            '2' => set.http = true,
-            '3' => set.tls = true,
-            _ => return None,
-        }
-    }
-    Some(set)
+/// `none`, a host name or an IP literal: it becomes the handshake's `Host:` header and the
+/// TLS server name, so nothing else is let through.
+fn parse_sni(v: &str) -> Option<String> {
+    (v == "none" || v.parse::<IpAddr>().is_ok() || valid_hostname(v)).then(|| v.to_string())
 }
 
-fn parse_dns(v: &str) -> Result<DnsSetting, UrlError> {
+fn parse_dns(v: &str) -> Option<DnsSetting> {
     if let Ok(d) = parse_go_duration(v) {
-        return Ok(DnsSetting::Ttl(d));
+        return Some(DnsSetting::Ttl(d));
     }
-    let err = || UrlError::Param {
-        name: "dns",
-        value: v.to_string(),
-        expected: "a cache TTL such as 5m, or DNS servers as IP[:port] separated by commas",
-    };
     let mut servers = Vec::new();
     for part in v.split(',') {
         let part = part.trim();
         if part.is_empty() {
             continue;
         }
-        let addr = if let Ok(ip) = part.parse::<IpAddr>() {
-            SocketAddr::new(ip, 53)
-        } else {
-            part.parse::<SocketAddr>().map_err(|_| err())?
+        let addr = match part.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, 53),
+            Err(_) => part.parse::<SocketAddr>().ok()?,
         };
         if addr.port() == 0 {
-            return Err(err());
+            return None;
         }
         servers.push(addr);
     }
-    if servers.is_empty() {
-        return Err(err());
-    }
-    Ok(DnsSetting::Servers(servers))
+    (!servers.is_empty()).then_some(DnsSetting::Servers(servers))
 }
 
-/// `host:port`, `[v6]:port` or `:port` (when `allow_empty_host`).
-fn parse_host_port(
-    s: &str,
-    what: &'static str,
-    allow_empty_host: bool,
-) -> Result<HostPort, UrlError> {
+/// `host:port`, `[v6]:port` or `:port`.
+fn parse_host_port(s: &str, what: &'static str) -> Result<HostPort, UrlError> {
     let bad = |reason: &str| UrlError::Address {
         what,
         value: s.to_string(),
@@ -1020,7 +1259,10 @@ fn parse_host_port(
         let port = after
             .strip_prefix(':')
             .ok_or_else(|| bad("missing port (write [ipv6]:port)"))?;
-        if h.parse::<std::net::Ipv6Addr>().is_err() {
+        if h.contains('%') {
+            return Err(bad("IPv6 zone ids (%25...) are not supported"));
+        }
+        if h.parse::<Ipv6Addr>().is_err() {
             return Err(bad("not an IPv6 address inside [ ]"));
         }
         (h, port)
@@ -1033,19 +1275,15 @@ fn parse_host_port(
         }
         (h, port)
     };
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("the port must be a number from 1 to 65535"));
-    }
+    let port_ok = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
     let port: u16 = match port.parse() {
-        Ok(p) if p > 0 => p,
+        // A leading zero would change the derived tunnel key (the hash of the port as
+        // written), so `010101` is refused rather than silently read as 10101.
+        Ok(p) if port_ok && p > 0 && !port.starts_with('0') => p,
         _ => return Err(bad("the port must be a number from 1 to 65535")),
     };
-    if host.is_empty() {
-        if !allow_empty_host {
-            return Err(bad("missing host"));
-        }
-    } else if host.parse::<IpAddr>().is_err() && !valid_hostname(host) {
-        return Err(bad("not a valid hostname or IP address"));
+    if !host.is_empty() && host.parse::<IpAddr>().is_err() && !valid_hostname(host) {
+        return Err(bad("not a valid host name or IP address"));
     }
     Ok(HostPort {
         host: host.to_string(),
@@ -1053,23 +1291,42 @@ fn parse_host_port(
     })
 }
 
+/// Letters, digits, `-` and `_` in dot-separated labels (one trailing dot allowed); the
+/// last label must not be all digits, so a mistyped IPv4 address (`1.2.3.256`, `010.0.0.1`)
+/// is refused instead of being looked up as a name.
 fn valid_hostname(h: &str) -> bool {
-    h.len() <= 253
+    let h = h.strip_suffix('.').unwrap_or(h);
+    let labels_ok = !h.is_empty()
+        && h.len() <= 253
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        });
+    labels_ok
+        && !h
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Go's `url.ParseQuery`: pairs split on `&`, `key=value`, `+` is a space.
 fn parse_query(q: &str) -> Result<Vec<(String, String)>, UrlError> {
     let mut out = Vec::new();
     for pair in q.split('&') {
-        if pair.is_empty() || pair.contains(';') {
-            // Go drops pairs with ';' (and reports an error we ignore, like Query() does).
+        if pair.is_empty() {
             continue;
+        }
+        if pair.contains(';') {
+            // Go drops such a pair without a word; a silently lost setting is worse.
+            return Err(UrlError::Address {
+                what: "query parameter",
+                value: pair.to_string(),
+                reason: "';' does not separate parameters: use '&' (or %3B inside a value)"
+                    .to_string(),
+            });
         }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         out.push((percent_decode(k, true)?, percent_decode(v, true)?));
@@ -1090,6 +1347,7 @@ fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, UrlError> {
                 let hex = bytes
                     .get(i + 1..i + 3)
                     .and_then(|h| std::str::from_utf8(h).ok())
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or_else(|| UrlError::Escape(s.to_string()))?;
                 out.push(hex);
@@ -1108,55 +1366,90 @@ fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, UrlError> {
     String::from_utf8(out).map_err(|_| UrlError::Escape(s.to_string()))
 }
 
-/// Go's `url.QueryEscape`: unreserved bytes kept, space as `+`, the rest `%XX`.
-fn query_escape(s: &str) -> String {
+/// The parts of a URL Go escapes differently (`encodePath`, ... in `net/url`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Enc {
+    Path,
+    UserPassword,
+    QueryComponent,
+    Fragment,
+}
+
+/// Go's `shouldEscape` for the modes we render.
+fn should_escape(c: u8, mode: Enc) -> bool {
+    if c.is_ascii_alphanumeric() {
+        return false;
+    }
+    match c {
+        b'-' | b'_' | b'.' | b'~' => return false,
+        b'$' | b'&' | b'+' | b',' | b'/' | b':' | b';' | b'=' | b'?' | b'@' => {
+            return match mode {
+                Enc::Path => c == b'?',
+                Enc::UserPassword => matches!(c, b'@' | b'/' | b'?' | b':'),
+                Enc::QueryComponent => true,
+                Enc::Fragment => false,
+            };
+        }
+        _ => {}
+    }
+    !(mode == Enc::Fragment && matches!(c, b'!' | b'(' | b')' | b'*'))
+}
+
+/// Go's `escape`: `%XX` in upper case, and a space as `+` in query components.
+fn go_escape(s: &str, mode: Enc) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
+    for &b in s.as_bytes() {
+        if b == b' ' && mode == Enc::QueryComponent {
+            out.push('+');
+        } else if should_escape(b, mode) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+/// Go's `validEncoded`: whether a path or fragment as written can be kept as is.
+fn valid_encoded(s: &str, mode: Enc) -> bool {
+    s.bytes().all(|b| {
+        matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'['
+                | b']'
+                | b'%'
+        ) || !should_escape(b, mode)
+    })
+}
+
+/// Go's `url.Values.Encode`: keys sorted, each value `QueryEscape`d.
+fn encode_query(query: &BTreeMap<String, Vec<String>>) -> String {
+    let mut out = String::new();
+    for (k, values) in query {
+        for v in values {
+            if !out.is_empty() {
+                out.push('&');
             }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
+            out.push_str(&go_escape(k, Enc::QueryComponent));
+            out.push('=');
+            out.push_str(&go_escape(v, Enc::QueryComponent));
         }
     }
     out
 }
 
-/// Go's userinfo escaping: unreserved and sub-delims kept.
-fn escape_userinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'_'
-            | b'.'
-            | b'~'
-            | b'$'
-            | b'&'
-            | b'+'
-            | b','
-            | b';'
-            | b'='
-            | b'!'
-            | b'*'
-            | b'\''
-            | b'('
-            | b')' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// Go's `url.Values.Encode` for pairs already sorted by key.
-fn encode_query(pairs: &[(String, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
+#[cfg(test)]
+#[path = "url_tests.rs"]
+mod tests;
