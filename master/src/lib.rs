@@ -1,9 +1,345 @@
-//! nodepass-master: the supervisor with the REST + SSE API.
+//! nodepass-master: the control plane. It keeps instances in a sled store, runs each one as
+//! its own worker process (`nodepass worker <url>`) under a supervisor task, and serves the
+//! REST + SSE API of the reference master (NodePass v1.14.0) under `{prefix}/v1`.
+//!
+//! Start-up order: open the store (or restore the backup) -> end stray workers of a previous
+//! run -> load instances -> serve the API -> start `restart: true` instances. SIGTERM or
+//! SIGINT: `shutdown` event to SSE clients -> stop every worker -> save -> exit.
+//!
+//! Environment: `NP_STATE_DIR` (state directory, default `<exe dir>/nodepass-state`),
+//! `NODEPASS_WORKER_EXE` (the program run for instances, default this executable), and the
+//! reference's NP_* tunables (REFERENCE.md 8), which workers inherit.
 
-use nodepass_proto::url::MasterUrl;
+pub mod api;
+pub mod events;
+pub mod gojson;
+pub mod logging;
+pub mod model;
+pub mod state;
+pub mod store;
+pub mod supervisor;
+pub mod sysinfo;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nodepass_proto::tunables::Tunables;
+use nodepass_proto::url::{MasterUrl, TlsMode};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::state::{Master, Settings};
+use crate::store::{Snapshot, Store};
+use crate::supervisor::Command;
+
+/// Everything a master needs to start.
+#[derive(Debug, Clone)]
+pub struct MasterOptions {
+    pub url: MasterUrl,
+    /// State directory (sled database and backup).
+    pub state_dir: PathBuf,
+    /// Program run as `<worker_exe> worker <url>` per instance.
+    pub worker_exe: PathBuf,
+    pub tunables: Tunables,
+    /// Colour codes in the master's output.
+    pub colour: bool,
+}
+
+impl MasterOptions {
+    /// Options from the environment: NP_STATE_DIR, NODEPASS_WORKER_EXE and the NP_* tunables.
+    pub fn from_env(url: MasterUrl) -> Result<(Self, Vec<String>)> {
+        let exe = std::env::current_exe().context("Cannot find the path of this executable")?;
+        let worker_exe = std::env::var_os("NODEPASS_WORKER_EXE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| exe.clone());
+        let state_dir = match std::env::var_os("NP_STATE_DIR") {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => exe
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("nodepass-state"),
+        };
+        let (tunables, warnings) = Tunables::from_env();
+        Ok((
+            MasterOptions {
+                url,
+                state_dir,
+                worker_exe,
+                tunables,
+                colour: logging::colour_wanted(),
+            },
+            warnings,
+        ))
+    }
+}
+
+/// A master serving in the current runtime.
+pub struct RunningMaster {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    pub master: Arc<Master>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    periodic: JoinHandle<()>,
+}
+
+impl RunningMaster {
+    pub fn api_key(&self) -> String {
+        self.master.api_key()
+    }
+
+    /// The API base URL, e.g. `http://127.0.0.1:9090/api/v1`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.master.settings.url.effective_tls() == TlsMode::Off {
+            "http"
+        } else {
+            "https"
+        };
+        format!(
+            "{scheme}://{}{}",
+            self.addr,
+            self.master.settings.url.api_base()
+        )
+    }
+
+    /// Stops like SIGTERM does: `shutdown` event, workers stopped, state saved.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let m = self.master.clone();
+        m.events.close_all();
+        let stops = m.controls().into_iter().map(|(_, ctl)| {
+            let (tx, rx) = oneshot::channel();
+            let sent = ctl.send(Command::Shutdown(tx)).is_ok();
+            async move {
+                if sent {
+                    let _ = rx.await;
+                }
+            }
+        });
+        let bound = m.settings.tunables.shutdown_timeout + Duration::from_secs(3);
+        if tokio::time::timeout(bound, futures::future::join_all(stops))
+            .await
+            .is_err()
+        {
+            tracing::warn!("Some workers did not stop in time");
+        }
+        self.periodic.abort();
+        let saved = m.save_dirty().await;
+        match &saved {
+            Ok(()) => tracing::info!("Instances saved: {}", m.store.root().display()),
+            Err(e) => tracing::error!("Master shutdown error: {e:#}"),
+        }
+        if let Some(tx) = self.stop_server.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.server).await;
+        self.server.abort();
+        saved
+    }
+}
+
+/// Ends workers a previous master left behind (it was killed before it could stop them and
+/// PR_SET_PDEATHSIG did not fire, e.g. in a container without it): a pid still running
+/// `<exe> worker <url>` with the stored url is killed.
+fn end_strays(snapshot: &Snapshot) {
+    for rec in &snapshot.instances {
+        let Some(pid) = rec.pid else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.len() >= 3 && args[1] == b"worker" && args[2] == rec.instance.url.as_bytes() {
+            tracing::warn!(
+                "Ending stray worker pid {pid} of a previous run [{}]",
+                rec.instance.id
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Opens the store, starts the API and the instances; returns once the API listens.
+pub async fn start(opts: MasterOptions) -> Result<RunningMaster> {
+    let dir = opts.state_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .context("The state loader crashed")??;
+    if let Some(from) = &opened.restored_from {
+        tracing::warn!(
+            "State restored from the backup {} ({} instances)",
+            from.display(),
+            opened.snapshot.instances.len()
+        );
+    }
+    end_strays(&opened.snapshot);
+    let fresh = opened.snapshot.master.is_none();
+    let count = opened.snapshot.instances.len();
+    let settings = Settings {
+        inherited: opts.url.inherited(),
+        url: opts.url.clone(),
+        tunables: opts.tunables,
+        worker_exe: opts.worker_exe.clone(),
+        colour: opts.colour,
+    };
+    let (master, autostart) = Master::new(settings, opened.store, opened.snapshot);
+    master
+        .save_dirty()
+        .await
+        .context("Cannot save the new API key to the state directory")?;
+    let key = master.api_key();
+    if fresh {
+        tracing::info!("API Key created: {key}");
+    } else {
+        tracing::info!(
+            "Loaded {count} instances from {}",
+            master.store.root().display()
+        );
+        tracing::info!("API Key loaded: {key}");
+    }
+    if let Err(e) = master.store.write_backup(&master.snapshot()) {
+        tracing::warn!("{e:#}");
+    }
+
+    // Listen.
+    let listen = &opts.url.listen;
+    let bind = if listen.host.is_empty() {
+        format!("0.0.0.0:{}", listen.port)
+    } else {
+        listen.to_string()
+    };
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("Cannot listen on {bind} for the API"))?;
+    let addr = listener.local_addr()?;
+    let tls = tls::server_config(&opts.url)?;
+    match opts.url.effective_tls() {
+        TlsMode::Off => tracing::warn!("TLS code-0: unencrypted"),
+        TlsMode::SelfSigned => tracing::info!("TLS code-1: self-signed certificate"),
+        TlsMode::Files => tracing::info!("TLS code-2: certificate files"),
+    }
+    let router = api::router(master.clone());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = match tls {
+        None => tokio::spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!("API server failed: {e}");
+            }
+        }),
+        Some(cfg) => {
+            let tls_listener = tls::TlsListener::new(listener, cfg)?;
+            tokio::spawn(async move {
+                let r = axum::serve(tls_listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!("API server failed: {e}");
+                }
+            })
+        }
+    };
+    tracing::info!("Master started: {}{}", addr, opts.url.api_base());
+
+    // Start the instances that want to run; spaced a little so a big restore does not fork
+    // hundreds of workers in the same millisecond.
+    let m = master.clone();
+    tokio::spawn(async move {
+        for id in autostart {
+            let ctl = m.lock().instances.get(&id).map(|e| e.ctl.clone());
+            if let Some(ctl) = ctl {
+                let _ = ctl.send(Command::Start);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+
+    let periodic = tokio::spawn(periodic_tasks(master.clone()));
+    Ok(RunningMaster {
+        addr,
+        master,
+        stop_server: Some(stop_tx),
+        server,
+        periodic,
+    })
+}
+
+/// Saves counters every NP_REPORT_INTERVAL and writes the backup every NP_RELOAD_INTERVAL.
+async fn periodic_tasks(m: Arc<Master>) {
+    let mut save = tokio::time::interval(m.settings.tunables.report_interval);
+    let mut backup = tokio::time::interval(m.settings.tunables.reload_interval);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    backup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    backup.tick().await; // the first tick is immediate; a backup was just written
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = save.tick() => {
+                match m.save_dirty().await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("State saved again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::error!("{e:#}; changes are kept in memory and retried");
+                    }
+                    Err(_) => {}
+                }
+            }
+            _ = backup.tick() => {
+                let snap = m.snapshot();
+                let store = m.store.clone();
+                match tokio::task::spawn_blocking(move || store.write_backup(&snap)).await {
+                    Ok(Ok(())) => tracing::debug!("Backup written: {}", m.store.backup_path().display()),
+                    Ok(Err(e)) => tracing::error!("{e:#}"),
+                    Err(e) => tracing::error!("Backup task failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("Cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("Cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
 
 /// Runs the master until SIGTERM/SIGINT.
-pub fn run(url: MasterUrl) -> anyhow::Result<()> {
-    let _ = url;
-    anyhow::bail!("the master role (master://) is not available in this build yet")
+pub fn run(url: MasterUrl) -> Result<()> {
+    let (opts, warnings) = MasterOptions::from_env(url)?;
+    logging::init(opts.url.effective_log(), opts.colour);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nodepass-master")
+        .build()
+        .context("Cannot start the async runtime")?;
+    rt.block_on(async move {
+        let running = start(opts).await?;
+        wait_for_signal().await?;
+        running.shutdown().await?;
+        tracing::info!("Master shutdown complete");
+        Ok(())
+    })
 }

@@ -1,0 +1,149 @@
+//! `GET {base}/openapi.json` (OpenAPI 3.1, derived by utoipa from the handlers and the
+//! types they use) and `GET {base}/docs` (Swagger UI served from the binary: the vendored
+//! swagger-ui-dist assets of utoipa-swagger-ui, nothing loaded from a CDN). Both are public
+//! and, like the reference, answer whatever the method.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::server::Server;
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::Config;
+
+use crate::model::*;
+
+struct ApiKeyAuth;
+
+impl Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "ApiKeyAuth",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "The API key: printed in the master's log at start; the `url` of the `********` instance",
+            ))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "NodePass API",
+        description = "API for managing NodePass server and client instances (nodepass-rs, compatible with NodePass v1.14.0)",
+        version = "v1"
+    ),
+    paths(
+        super::instances::list_instances,
+        super::instances::create_instance,
+        super::instances::get_instance,
+        super::instances::patch_instance,
+        super::instances::put_instance,
+        super::instances::delete_instance,
+        super::events::events,
+        super::info::get_info,
+        super::info::set_master_alias,
+        super::tcping::probe_target,
+        openapi_doc,
+        docs_page,
+    ),
+    components(schemas(
+        Instance, Meta, Peer, Status, InstanceEvent, ErrorBody, CreateInstanceRequest,
+        PutInstanceRequest, PatchInstanceRequest, MetaPatch, MasterAliasRequest, MasterInfo,
+        TcpingResult
+    )),
+    modifiers(&ApiKeyAuth),
+    security(("ApiKeyAuth" = [])),
+    tags(
+        (name = "instances", description = "Tunnel instances, each run as its own worker process"),
+        (name = "events", description = "Server-Sent Events"),
+        (name = "master", description = "The master itself"),
+        (name = "docs", description = "This document and its viewer (no API key needed)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// This OpenAPI document (no API key needed).
+#[utoipa::path(get, path = "/openapi.json", tag = "docs", security(()),
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+#[allow(dead_code)]
+fn openapi_doc() {}
+
+/// Swagger UI for this document (no API key needed; served from the binary).
+#[utoipa::path(get, path = "/docs", tag = "docs", security(()),
+    responses((status = 200, description = "HTML page", content_type = "text/html")))]
+#[allow(dead_code)]
+fn docs_page() {}
+
+/// The document with its server URL set to `base`.
+pub fn openapi_doc_for(base: &str) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.servers = Some(vec![Server::new(base)]);
+    doc
+}
+
+/// The rendered document.
+pub fn openapi_json(base: &str) -> Vec<u8> {
+    serde_json::to_vec_pretty(&openapi_doc_for(base)).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+pub fn swagger_config(base: &str) -> Config<'static> {
+    Config::new([format!("{base}/openapi.json")])
+}
+
+pub async fn serve_openapi(doc: Arc<Vec<u8>>) -> Response {
+    let mut resp = Response::new(Body::from(doc.as_ref().clone()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn file_response(config: Arc<Config<'static>>, tail: &str, base_href: Option<&str>) -> Response {
+    match utoipa_swagger_ui::serve(tail, config) {
+        Ok(Some(file)) => {
+            let bytes = match base_href {
+                // Served at `{base}/docs` (no trailing slash): make the page's relative asset
+                // links resolve under `{base}/docs/`.
+                Some(href) => String::from_utf8_lossy(&file.bytes)
+                    .replacen("<head>", &format!("<head>\n    <base href=\"{href}\">"), 1)
+                    .into_bytes(),
+                None => file.bytes.into_owned(),
+            };
+            let mut resp = Response::new(Body::from(bytes));
+            if let Ok(v) = HeaderValue::from_str(&file.content_type) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            resp
+        }
+        Ok(None) => super::error(crate::state::ApiError::new(
+            StatusCode::NOT_FOUND,
+            "No such file of the API documentation",
+        )),
+        Err(e) => super::error(crate::state::ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Cannot render the API documentation: {e}"),
+        )),
+    }
+}
+
+/// `{base}/docs`: the Swagger UI page; `href` is `{base}/docs/`.
+pub async fn serve_index(config: Arc<Config<'static>>, href: Arc<String>) -> Response {
+    file_response(config, "index.html", Some(&href))
+}
+
+/// `{base}/docs/<file>`: the page's assets.
+pub async fn serve_file(config: Arc<Config<'static>>, req: Request) -> Response {
+    let path = req.uri().path();
+    let tail = path
+        .rsplit_once("/docs/")
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_default();
+    file_response(config, &tail, None)
+}

@@ -1,0 +1,154 @@
+//! The HTTP surface under `{prefix}/v1`, shaped like the reference master's Go ServeMux:
+//! exact paths for the collections, the `instances/` subtree for single instances, CORS
+//! headers on every handled answer, OPTIONS answered 200 before authentication, the API key
+//! checked (in constant time) before method and id checks, and Go's plain-text
+//! `404 page not found` (without CORS headers) for anything else.
+//!
+//! Handlers are thin: they parse, call [`crate::state::Master`], and render bare JSON plus
+//! `\n` exactly as Go's `json.Encoder` does.
+
+pub mod docs;
+pub mod events;
+pub mod info;
+pub mod instances;
+pub mod tcping;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+
+use crate::model::ErrorBody;
+use crate::state::{ApiError, Master};
+
+/// Builds the router for `master`.
+pub fn router(master: Arc<Master>) -> Router {
+    let base = master.settings.url.api_base();
+    let openapi = Arc::new(docs::openapi_json(&base));
+    let swagger = Arc::new(docs::swagger_config(&base));
+    let protected = Router::new()
+        .route(&format!("{base}/instances"), any(instances::collection))
+        .route(&format!("{base}/instances/"), any(instances::item))
+        .route(&format!("{base}/instances/{{*id}}"), any(instances::item))
+        .route(&format!("{base}/events"), any(events::events))
+        .route(&format!("{base}/info"), any(info::info))
+        .route(&format!("{base}/tcping"), any(tcping::tcping))
+        .route_layer(middleware::from_fn_with_state(master.clone(), guard));
+    let public = Router::new()
+        .route(
+            &format!("{base}/openapi.json"),
+            any(move || docs::serve_openapi(openapi.clone())),
+        )
+        .route(&format!("{base}/docs"), {
+            let s = swagger.clone();
+            let href = Arc::new(format!("{base}/docs/"));
+            any(move || docs::serve_index(s.clone(), href.clone()))
+        })
+        .route(&format!("{base}/docs/{{*file}}"), {
+            let s = swagger.clone();
+            any(move |req: Request| docs::serve_file(s.clone(), req))
+        })
+        .route_layer(middleware::from_fn(cors_only));
+    protected
+        .merge(public)
+        .fallback(not_found)
+        .with_state(master)
+}
+
+fn add_cors(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, PATCH, POST, PUT, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Authorization, X-API-Key, Cache-Control"),
+    );
+}
+
+fn preflight() -> Response {
+    let mut resp = Response::new(Body::empty());
+    add_cors(&mut resp);
+    resp
+}
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// CORS, OPTIONS, then the API key, for the protected routes.
+async fn guard(State(master): State<Arc<Master>>, req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        return preflight();
+    }
+    let given = req.headers().get(&X_API_KEY).map(HeaderValue::as_bytes);
+    let mut resp = match master.check_key(given) {
+        Ok(()) => next.run(req).await,
+        Err(e) => error(e),
+    };
+    add_cors(&mut resp);
+    resp
+}
+
+/// CORS and OPTIONS for the public routes.
+async fn cors_only(req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        return preflight();
+    }
+    let mut resp = next.run(req).await;
+    add_cors(&mut resp);
+    resp
+}
+
+/// Go's `http.NotFound`.
+async fn not_found() -> Response {
+    let mut resp = Response::new(Body::from("404 page not found\n"));
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// A JSON answer from already encoded bytes (a `\n` is appended, as Go's encoder does).
+pub fn json_bytes(status: StatusCode, mut body: Vec<u8>) -> Response {
+    body.push(b'\n');
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON answer.
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    json_bytes(status, crate::gojson::to_vec(value))
+}
+
+/// `{"error": "..."}` with the error's status.
+pub fn error(e: ApiError) -> Response {
+    json(e.status, &ErrorBody { error: e.message })
+}
+
+pub fn method_not_allowed() -> Response {
+    error(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+    ))
+}
