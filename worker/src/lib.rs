@@ -14,8 +14,10 @@ pub mod instance;
 pub mod logging;
 pub mod output;
 pub mod policy;
+pub mod pool;
 pub mod relay;
 pub mod targets;
+pub mod transport;
 pub mod tunnel;
 
 use std::time::Duration;

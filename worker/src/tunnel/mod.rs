@@ -5,6 +5,12 @@
 //! configuration mistakes that a restart cannot fix (tunnel port in use at the first
 //! start, unreadable certificate files), and the process exits with them.
 
+pub mod client;
+pub mod control;
+pub mod handshake;
+pub mod incoming;
+pub mod outgoing;
+pub mod server;
 pub mod single;
 
 use std::net::SocketAddr;
@@ -17,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::instance::Instance;
+use crate::transport::tls::ServerTls;
 
 /// Pause after a failed accept (out of file descriptors and the like) before retrying.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -53,17 +60,53 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(4096)
 }
 
+/// Waits for the control channel: the pool entry `00000000`, which is always the server's
+/// first accepted entry (REFERENCE.md 4.1), within NP_HANDSHAKE_TIMEOUT (+ the pool get
+/// timeout, as the reference waits for the first entry and then looks it up).
+pub async fn set_control(
+    inst: &Instance,
+    pool: &crate::pool::Pool,
+    cancel: &CancellationToken,
+) -> anyhow::Result<crate::transport::Conn> {
+    let wait = inst.tun.handshake_timeout + inst.tun.pool_get_timeout;
+    tokio::select! {
+        _ = cancel.cancelled() => anyhow::bail!("setControlConn: context canceled"),
+        c = pool.outgoing_get(nodepass_proto::wire::PoolId::CONTROL, wait) => {
+            c.ok_or_else(|| anyhow::anyhow!("setControlConn: handshake timeout"))
+        }
+    }
+}
+
 /// Runs the instance's role until `shutdown` fires. Returns an error only for a fatal one.
 pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let name = match inst.role() {
         Role::Server => "Server",
         Role::Client => "Client",
     };
+    // Made once per process, like the reference: the tls=1 certificate stays the same
+    // across restarts, and unusable tls=2 files are reported before anything listens.
+    let server_tls = match inst.role() {
+        Role::Server => {
+            crate::transport::ensure_supported(inst.url.effective_pool_type()).context(Fatal)?;
+            let tls = ServerTls::new(
+                inst.url.effective_tls(),
+                inst.url.params.crt.as_deref(),
+                inst.url.params.key.as_deref(),
+                inst.tun.reload_interval,
+            )
+            .context(Fatal)?;
+            if let Some(t) = &tls {
+                tracing::info!("TLS: {} with TLS 1.3", t.describe());
+            }
+            tls
+        }
+        Role::Client => None,
+    };
     let mut first = true;
     loop {
         let session = shutdown.child_token();
         let result = match inst.role() {
-            Role::Server => server_start(&inst, &session).await,
+            Role::Server => server::start(&inst, server_tls.clone(), &session, first).await,
             Role::Client => client_start(&inst, &session, first).await,
         };
         session.cancel();
@@ -84,13 +127,6 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
     }
 }
 
-async fn server_start(_inst: &Arc<Instance>, _cancel: &CancellationToken) -> anyhow::Result<()> {
-    Err(anyhow::anyhow!(
-        "the server role is not available in this build yet"
-    ))
-    .context(Fatal)
-}
-
 async fn client_start(
     inst: &Arc<Instance>,
     cancel: &CancellationToken,
@@ -106,8 +142,5 @@ async fn client_start(
             Err(e) => tracing::debug!("single-end bind failed, trying dual-end: {e:#}"),
         }
     }
-    Err(anyhow::anyhow!(
-        "dual-end client mode is not available in this build yet"
-    ))
-    .context(Fatal)
+    client::start(inst, cancel).await
 }

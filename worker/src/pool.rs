@@ -1,0 +1,268 @@
+//! The idle pool entries of one tunnel session, by id (REFERENCE.md 4.1): the transport
+//! puts ready entries in, the incoming side takes any idle one (oldest first, "IncomingGet")
+//! and names it in a signal, the outgoing side takes exactly the named one
+//! ("OutgoingGet"), waiting for it to arrive if needed.
+//!
+//! One short mutex guards the map; it is taken per pool operation (a connection or a
+//! signal), never per relayed chunk. Waiters sleep on a `Notify` woken by every `put`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nodepass_proto::wire::PoolId;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::transport::Conn;
+
+#[derive(Default)]
+struct State {
+    idle: HashMap<PoolId, Conn>,
+    /// Arrival order of the ids in `idle` (may hold ids already taken; skipped lazily).
+    order: VecDeque<PoolId>,
+    closed: bool,
+}
+
+pub struct Pool {
+    state: Mutex<State>,
+    arrived: Notify,
+    /// Idle entries allowed at once: the server's `max` (the client learns it in the
+    /// handshake).
+    max: usize,
+    errors: AtomicU32,
+}
+
+/// Why an entry was not taken into the pool.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PutError {
+    Full,
+    Duplicate,
+    Closed,
+}
+
+impl Pool {
+    pub fn new(max: usize) -> Self {
+        Pool {
+            state: Mutex::new(State::default()),
+            arrived: Notify::new(),
+            max: max.max(1),
+            errors: AtomicU32::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the map half-updated in a way that
+        // matters (each operation is one insert or remove), so recover from poisoning.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Idle entries now (the `pool` figure).
+    pub fn active(&self) -> usize {
+        self.lock().idle.len()
+    }
+
+    /// Whether `id` is idle in the pool now.
+    pub fn contains(&self, id: PoolId) -> bool {
+        self.lock().idle.contains_key(&id)
+    }
+
+    /// Adds a ready entry; on refusal the connection is handed back to be closed.
+    pub fn put(&self, id: PoolId, conn: Conn) -> Result<(), (PutError, Conn)> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err((PutError::Closed, conn));
+        }
+        if st.idle.len() >= self.max {
+            return Err((PutError::Full, conn));
+        }
+        if st.idle.contains_key(&id) {
+            return Err((PutError::Duplicate, conn));
+        }
+        st.idle.insert(id, conn);
+        st.order.push_back(id);
+        drop(st);
+        self.arrived.notify_waiters();
+        Ok(())
+    }
+
+    /// Takes the oldest idle entry that is still alive (not in `exclude`), waiting up to
+    /// `timeout` for one.
+    pub async fn incoming_get(&self, timeout: Duration) -> Option<(PoolId, Conn)> {
+        self.get_with(timeout, |st| take_oldest(st, &[])).await
+    }
+
+    /// Like [`incoming_get`](Self::incoming_get) but never returns an id in `exclude`.
+    pub async fn incoming_get_excluding(
+        &self,
+        timeout: Duration,
+        exclude: &[PoolId],
+    ) -> Option<(PoolId, Conn)> {
+        self.get_with(timeout, |st| take_oldest(st, exclude)).await
+    }
+
+    /// Takes the entry named `id`, waiting up to `timeout` for it to arrive.
+    pub async fn outgoing_get(&self, id: PoolId, timeout: Duration) -> Option<Conn> {
+        self.get_with(timeout, |st| st.idle.remove(&id).map(|c| (id, c)))
+            .await
+            .map(|(_, c)| c)
+    }
+
+    async fn get_with(
+        &self,
+        timeout: Duration,
+        mut take: impl FnMut(&mut State) -> Option<(PoolId, Conn)>,
+    ) -> Option<(PoolId, Conn)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a put between the look and the wait wakes us.
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return None;
+                }
+                if let Some(found) = take(&mut st) {
+                    return Some(found);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Closes every idle entry (in-use entries and the control channel are not here).
+    pub fn flush(&self) {
+        let drained: Vec<Conn> = {
+            let mut st = self.lock();
+            st.order.clear();
+            st.idle.drain().map(|(_, c)| c).collect()
+        };
+        drop(drained);
+    }
+
+    /// Flushes and refuses further entries; wakes every waiter (they get None).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.flush();
+        self.arrived.notify_waiters();
+    }
+
+    pub fn add_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn error_count(&self) -> u32 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_errors(&self) {
+        self.errors.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Pops the oldest idle id not in `exclude`, skipping (and closing) entries whose peer has
+/// already closed them: handing those out would only cost the peer a failed lookup.
+fn take_oldest(st: &mut State, exclude: &[PoolId]) -> Option<(PoolId, Conn)> {
+    let mut i = 0;
+    while i < st.order.len() {
+        let id = st.order[i];
+        if exclude.contains(&id) {
+            i += 1;
+            continue;
+        }
+        let _ = st.order.remove(i);
+        if let Some(conn) = st.idle.remove(&id) {
+            if conn.peer_closed() {
+                continue;
+            }
+            return Some((id, conn));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn conn() -> (Conn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = l.local_addr().expect("addr");
+        let (c, s) = tokio::join!(TcpStream::connect(a), l.accept());
+        (Conn::Tcp(c.expect("connect")), s.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn incoming_takes_oldest_outgoing_waits_for_its_id() {
+        let pool = std::sync::Arc::new(Pool::new(4));
+        let mut keep = Vec::new();
+        for i in 1..=2u8 {
+            let (c, far) = conn().await;
+            keep.push(far);
+            assert!(pool.put(PoolId([i; 4]), c).is_ok());
+        }
+        let (id, _c) = pool
+            .incoming_get(Duration::from_millis(10))
+            .await
+            .expect("one idle");
+        assert_eq!(id, PoolId([1; 4]));
+        // The named id arrives later: outgoing_get waits for it.
+        let p2 = pool.clone();
+        let waiter = tokio::spawn(async move {
+            p2.outgoing_get(PoolId([9; 4]), Duration::from_secs(5))
+                .await
+                .is_some()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (c, far) = conn().await;
+        keep.push(far);
+        assert!(pool.put(PoolId([9; 4]), c).is_ok());
+        assert!(waiter.await.expect("join"));
+        assert!(pool
+            .outgoing_get(PoolId([7; 4]), Duration::from_millis(10))
+            .await
+            .is_none());
+        assert_eq!(pool.active(), 1);
+    }
+
+    #[tokio::test]
+    async fn full_duplicate_and_dead_entries() {
+        let pool = Pool::new(1);
+        let (c1, far1) = conn().await;
+        let (c2, _far2) = conn().await;
+        assert!(pool.put(PoolId([1; 4]), c1).is_ok());
+        assert_eq!(
+            pool.put(PoolId([2; 4]), c2).err().map(|e| e.0),
+            Some(PutError::Full)
+        );
+        // The peer of the idle entry goes away: incoming_get skips it.
+        drop(far1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(pool.incoming_get(Duration::from_millis(10)).await.is_none());
+        assert_eq!(pool.active(), 0);
+        let (c3, _far3) = conn().await;
+        let (c4, _far4) = conn().await;
+        assert!(pool.put(PoolId([3; 4]), c3).is_ok());
+        pool.flush();
+        assert!(
+            pool.put(PoolId([3; 4]), c4).is_ok(),
+            "flush empties the pool"
+        );
+        pool.close();
+        let (c5, _far5) = conn().await;
+        assert_eq!(
+            pool.put(PoolId([5; 4]), c5).err().map(|e| e.0),
+            Some(PutError::Closed)
+        );
+    }
+}

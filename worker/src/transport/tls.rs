@@ -1,0 +1,420 @@
+//! TLS for pool connections (REFERENCE.md 1 `tls`, 4.2): TLS 1.3 only, ring provider, no
+//! ALPN.
+//!
+//! - Server tls=1: a self-signed certificate made once per process (ECDSA P-256, 128-bit
+//!   random serial, O = the reference version, valid one year, serverAuth, no SAN), as the
+//!   reference's cert library makes it.
+//! - Server tls=2: certificate chain and key from the `crt`/`key` PEM files, re-read on the
+//!   first handshake after NP_RELOAD_INTERVAL (a failed re-read keeps the old pair and logs
+//!   why). Unlike the reference, which silently falls back to tls=1, files that cannot be
+//!   loaded at start are a fatal error: the user asked for that certificate.
+//! - Client tls=1: encrypts without verifying the server (the fingerprint exchange on the
+//!   control channel is the check) and sends no SNI. tls=2: verifies the chain against the
+//!   system trust store (honouring SSL_CERT_FILE / SSL_CERT_DIR) for the `sni` name.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use nodepass_proto::url::TlsMode;
+use nodepass_proto::wire::cert_fingerprint;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's TLS setup for the life of the process.
+pub struct ServerTls {
+    config: Arc<rustls::ServerConfig>,
+    certs: Arc<CertSource>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
+impl ServerTls {
+    /// Builds the server side for `mode` (None for tls=0).
+    pub fn new(
+        mode: TlsMode,
+        crt: Option<&str>,
+        key: Option<&str>,
+        reload: Duration,
+    ) -> anyhow::Result<Option<Arc<ServerTls>>> {
+        let certs = match mode {
+            TlsMode::Off => return Ok(None),
+            TlsMode::SelfSigned => CertSource::fixed(self_signed()?),
+            TlsMode::Files => {
+                let (crt, key) = match (crt, key) {
+                    (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => (c, k),
+                    _ => anyhow::bail!(
+                        "tls=2 needs both crt= and key= (paths of PEM files); use tls=1 for a self-signed certificate"
+                    ),
+                };
+                CertSource::files(PathBuf::from(crt), PathBuf::from(key), reload)?
+            }
+        };
+        let certs = Arc::new(certs);
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 is unavailable in the crypto provider")?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        // Peers never resume sessions on pool connections; tickets would only be bytes.
+        config.send_tls13_tickets = 0;
+        Ok(Some(Arc::new(ServerTls {
+            config: Arc::new(config),
+            certs,
+        })))
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+
+    /// Fingerprint of the certificate currently served (for the `verify` signal).
+    pub fn fingerprint(&self) -> String {
+        let current = self.certs.current();
+        current
+            .cert
+            .first()
+            .map(|c| cert_fingerprint(c.as_ref()))
+            .unwrap_or_default()
+    }
+
+    /// Subject summary for the start-up log.
+    pub fn describe(&self) -> String {
+        match &self.certs.files {
+            None => "self-signed certificate (tls=1)".to_string(),
+            Some(f) => format!(
+                "certificate {} with key {} (tls=2)",
+                f.crt.display(),
+                f.key.display()
+            ),
+        }
+    }
+}
+
+/// Makes the tls=1 certificate.
+fn self_signed() -> anyhow::Result<Arc<CertifiedKey>> {
+    use rcgen::{
+        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+        KeyUsagePurpose, SerialNumber,
+    };
+    let key = KeyPair::generate().context("cannot generate the TLS key")?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, nodepass_proto::REFERENCE_VERSION);
+    params.distinguished_name = dn;
+    let serial: [u8; 16] = rand::random();
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(365);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .self_signed(&key)
+        .context("cannot make the self-signed certificate")?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| anyhow!("cannot use the generated key: {e}"))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .context("cannot load the generated key")?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}
+
+struct CertFiles {
+    crt: PathBuf,
+    key: PathBuf,
+    reload: Duration,
+}
+
+/// The certificate being served, reloadable for tls=2.
+struct CertSource {
+    current: RwLock<(Arc<CertifiedKey>, Instant)>,
+    files: Option<CertFiles>,
+}
+
+impl std::fmt::Debug for CertSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertSource")
+    }
+}
+
+impl CertSource {
+    fn fixed(ck: Arc<CertifiedKey>) -> Self {
+        CertSource {
+            current: RwLock::new((ck, Instant::now())),
+            files: None,
+        }
+    }
+
+    fn files(crt: PathBuf, key: PathBuf, reload: Duration) -> anyhow::Result<Self> {
+        let ck = load_pair(&crt, &key)?;
+        Ok(CertSource {
+            current: RwLock::new((ck, Instant::now())),
+            files: Some(CertFiles { crt, key, reload }),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Re-reads the files when the reload interval has passed (at most once per interval,
+    /// also when the re-read fails).
+    fn maybe_reload(&self) {
+        let Some(files) = &self.files else { return };
+        let due = {
+            let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
+            cur.1.elapsed() >= files.reload
+        };
+        if !due {
+            return;
+        }
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if cur.1.elapsed() < files.reload {
+            return; // another handshake reloaded it meanwhile
+        }
+        cur.1 = Instant::now();
+        match load_pair(&files.crt, &files.key) {
+            Ok(ck) => {
+                cur.0 = ck;
+                tracing::info!("TLS certificate reloaded from {}", files.crt.display());
+            }
+            Err(e) => tracing::error!("TLS certificate reload failed, keeping the old one: {e:#}"),
+        }
+    }
+}
+
+impl ResolvesServerCert for CertSource {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.maybe_reload();
+        Some(self.current())
+    }
+}
+
+/// Loads a PEM certificate chain and private key and checks that they belong together.
+pub fn load_pair(crt: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
+    let crt_pem = std::fs::read(crt)
+        .with_context(|| format!("cannot read the certificate file {} (crt=)", crt.display()))?;
+    let key_pem = std::fs::read(key)
+        .with_context(|| format!("cannot read the key file {} (key=)", key.display()))?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut crt_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate file", crt.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+            crt.display()
+        );
+    }
+    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .with_context(|| format!("{} is not a PEM key file", key.display()))?
+        .ok_or_else(|| {
+            anyhow!(
+                "{} holds no PEM private key (expected -----BEGIN PRIVATE KEY-----)",
+                key.display()
+            )
+        })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .with_context(|| format!("the key in {} is not usable", key.display()))?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().with_context(|| {
+        format!(
+            "the key in {} does not belong to the certificate in {}",
+            key.display(),
+            crt.display()
+        )
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// The client side: a connector and the server name to present.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+impl ClientTls {
+    /// tls=1: no verification, no SNI. tls=2: verify for `sni`. tls=0: None.
+    pub fn new(mode: TlsMode, sni: &str) -> anyhow::Result<Option<ClientTls>> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 is unavailable in the crypto provider")?;
+        let (config, name) = match mode {
+            TlsMode::Off => return Ok(None),
+            TlsMode::SelfSigned => {
+                let mut c = builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+                    .with_no_client_auth();
+                c.enable_sni = false;
+                // Any syntactically valid name: it is neither sent nor checked.
+                (c, ServerName::try_from("nodepass.invalid")?.to_owned())
+            }
+            TlsMode::Files => {
+                let roots = system_roots();
+                let c = builder.with_root_certificates(roots).with_no_client_auth();
+                let name = ServerName::try_from(sni.to_string())
+                    .map_err(|e| anyhow!("sni={sni:?} is not a valid TLS server name: {e}"))?;
+                (c, name)
+            }
+        };
+        Ok(Some(ClientTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: name,
+        }))
+    }
+
+    /// Verified TLS for `host` (the handshake over port 443).
+    pub fn verified(host: &str) -> anyhow::Result<ClientTls> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .context("TLS is unavailable in the crypto provider")?
+            .with_root_certificates(system_roots())
+            .with_no_client_auth();
+        Ok(ClientTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: ServerName::try_from(host.to_string())
+                .map_err(|e| anyhow!("{host:?} is not a valid TLS server name: {e}"))?,
+        })
+    }
+}
+
+/// The system trust store (with SSL_CERT_FILE / SSL_CERT_DIR honoured).
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!("trust store: {e}");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!(
+            "no trusted CA certificates found ({ignored} unusable); tls=2 verification will fail"
+        );
+    }
+    roots
+}
+
+/// tls=1 client: accept any certificate but still check the handshake signature, so the
+/// peer must hold the key of the certificate it shows (whose fingerprint is then compared
+/// on the control channel).
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_has_a_fingerprint() {
+        let tls = ServerTls::new(TlsMode::SelfSigned, None, None, Duration::from_secs(3600))
+            .expect("tls=1 setup")
+            .expect("some");
+        let fp = tls.fingerprint();
+        assert!(fp.starts_with("sha256:"), "{fp}");
+        assert_eq!(fp.len(), "sha256:".len() + 95);
+    }
+
+    #[test]
+    fn missing_or_bad_files_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let crt = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        let err = ServerTls::new(
+            TlsMode::Files,
+            crt.to_str(),
+            key.to_str(),
+            Duration::from_secs(1),
+        )
+        .expect_err("missing files");
+        assert!(format!("{err:#}").contains("cannot read the certificate file"));
+        std::fs::write(&crt, "not pem").expect("write");
+        std::fs::write(&key, "not pem").expect("write");
+        let err = ServerTls::new(
+            TlsMode::Files,
+            crt.to_str(),
+            key.to_str(),
+            Duration::from_secs(1),
+        )
+        .expect_err("bad files");
+        assert!(
+            format!("{err:#}").contains("holds no PEM certificate"),
+            "{err:#}"
+        );
+        let err = ServerTls::new(TlsMode::Files, None, None, Duration::from_secs(1))
+            .expect_err("no paths");
+        assert!(format!("{err:#}").contains("needs both crt= and key="));
+    }
+}

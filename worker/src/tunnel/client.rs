@@ -1,0 +1,158 @@
+//! The client role's dual-end mode (REFERENCE.md 3, 4.1): handshake with the server, keep
+//! a pool of pre-established entries with the reference's adaptive capacity and interval,
+//! take `00000000` as the control channel and run the session. In flow `+` the client is
+//! the incoming side and binds its first target address after the control channel is up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nodepass_proto::url::TlsMode;
+use nodepass_proto::wire::Flow;
+use tokio_util::sync::CancellationToken;
+
+use super::control::{self, Verifier};
+use super::server::{bind_users, AbortOnDrop};
+use super::{handshake, set_control};
+use crate::instance::Instance;
+use crate::pool::Pool;
+use crate::transport::tcp::TcpPoolClient;
+use crate::transport::tls::ClientTls;
+use crate::transport::{self, PoolClient};
+
+/// Adaptive pool sizing step (REFERENCE.md 4.1).
+const INTERVAL_STEP: Duration = Duration::from_millis(100);
+
+/// One start of the dual-end client; returns when the session ends.
+pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let url = &inst.url;
+    inst.set_mode(2);
+    inst.announce_ready(Vec::new());
+    tracing::info!("Pending tunnel handshake...");
+    let began = Instant::now();
+    let sni = url.effective_sni();
+    let config = tokio::select! {
+        _ = cancel.cancelled() => anyhow::bail!("tunnelHandshake: context canceled"),
+        c = handshake::request(&url.tunnel, &sni, &url.key, inst.tun.tcp_dial_timeout) => c?,
+    };
+    tracing::info!("Loading tunnel config: {}", config.log_form());
+    transport::ensure_supported(config.pool_type)?;
+    let client_tls = ClientTls::new(config.tls, &sni)?;
+    let verifier = match config.tls {
+        TlsMode::Off => Verifier::None,
+        m => Verifier::Client(m),
+    };
+    let pool = Arc::new(Pool::new(config.max as usize));
+    let opener: Arc<dyn PoolClient> = Arc::new(TcpPoolClient::new(
+        url.tunnel.clone(),
+        client_tls,
+        inst.tun.tcp_dial_timeout,
+        inst.tun.report_interval,
+    ));
+    let manager = tokio::spawn(manage(
+        pool.clone(),
+        opener,
+        url.effective_min() as usize,
+        config.max as usize,
+        inst.tun.min_pool_interval,
+        inst.tun.max_pool_interval,
+        cancel.clone(),
+    ));
+    let _stop_manager = AbortOnDrop(manager);
+    tracing::info!("Getting tunnel pool ready...");
+    let control_conn = set_control(inst, &pool, cancel).await?;
+    tracing::info!(
+        "Marking tunnel handshake as complete in {}ms",
+        began.elapsed().as_millis()
+    );
+    let users = if config.flow == Flow::Forward {
+        Some(bind_users(inst).await.context("commonStart")?)
+    } else {
+        None
+    };
+    control::run(
+        control::SessionSpec {
+            inst: inst.clone(),
+            pool,
+            flow: config.flow,
+            is_server: false,
+            verifier,
+            users,
+        },
+        control_conn,
+        cancel.clone(),
+    )
+    .await
+}
+
+/// Keeps the pool filled: each round adjusts the interval by how idle the pool is, opens
+/// `capacity - idle` entries at once, adjusts the capacity by how many of them worked,
+/// then sleeps the interval (REFERENCE.md 4.1).
+async fn manage(
+    pool: Arc<Pool>,
+    opener: Arc<dyn PoolClient>,
+    min: usize,
+    max: usize,
+    min_interval: Duration,
+    max_interval: Duration,
+    cancel: CancellationToken,
+) {
+    let (mut lo, mut hi) = (min.max(1), max.max(1));
+    if lo > hi {
+        std::mem::swap(&mut lo, &mut hi);
+    }
+    let or_second = |d: Duration| {
+        if d.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            d
+        }
+    };
+    let (mut ilo, mut ihi) = (or_second(min_interval), or_second(max_interval));
+    if ilo > ihi {
+        std::mem::swap(&mut ilo, &mut ihi);
+    }
+    let mut capacity = lo;
+    let mut interval = ilo;
+    loop {
+        let idle = pool.active();
+        if idle < (capacity as f64 * 0.2) as usize && interval > ilo {
+            interval = interval.saturating_sub(INTERVAL_STEP).max(ilo);
+        }
+        if idle > (capacity as f64 * 0.8) as usize && interval < ihi {
+            interval = (interval + INTERVAL_STEP).min(ihi);
+        }
+        let need = capacity.saturating_sub(idle);
+        let mut created = 0usize;
+        if need > 0 {
+            let opens = (0..need).map(|_| {
+                let (pool, opener) = (pool.clone(), opener.clone());
+                async move {
+                    match opener.open().await {
+                        Ok((id, conn)) => pool.put(id, conn).is_ok(),
+                        Err(e) => {
+                            tracing::debug!("Pool connection failed: {e:#}");
+                            false
+                        }
+                    }
+                }
+            });
+            let results = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = futures::future::join_all(opens) => r,
+            };
+            created = results.into_iter().filter(|ok| *ok).count();
+        }
+        let ratio = created as f64 / capacity as f64;
+        if ratio < 0.2 && capacity > lo {
+            capacity -= 1;
+        }
+        if ratio > 0.8 && capacity < hi {
+            capacity += 1;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

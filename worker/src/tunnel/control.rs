@@ -1,0 +1,419 @@
+//! One dual-end tunnel session after the handshake, shared by server and client
+//! (REFERENCE.md 5): the control channel (pool entry `00000000`), its single writer and its
+//! reader with the 3 x NP_REPORT_INTERVAL read deadline, the health loop (ping/pong, the
+//! flush rule), the TLS fingerprint exchange, and the start of the incoming side's accept
+//! loops. Any error ends the session; the role's restart loop takes it from there.
+//!
+//! The fingerprint exchange (5.4) follows the reference on the wire, without its
+//! deadlock: in the reference both sides pick their `verify` entry from the same idle set
+//! at the same tick and sometimes pick the same one, after which both wait for an entry
+//! the other has already taken. Here the server sends its `verify` as soon as the control
+//! channel is up, and our client never picks first: it sends its own `verify` only after
+//! it has handled the server's, choosing an entry other than the one the server named.
+//! Against a Go client our early pick is taken before its first tick, and the id it names
+//! is excluded if it arrives first, so the two picks cannot collide there either.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::anyhow;
+use nodepass_proto::url::TlsMode;
+use nodepass_proto::wire::{cert_fingerprint, Flow, PoolId, Signal, MAX_SIGNAL_LINE};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::instance::Instance;
+use crate::output;
+use crate::pool::Pool;
+use crate::transport::tls::ServerTls;
+use crate::transport::Conn;
+
+use super::{incoming, outgoing};
+
+/// How this side proves the certificate in the `verify` exchange.
+pub enum Verifier {
+    /// tls=0: no exchange.
+    None,
+    /// The server: compares against its own certificate.
+    Server(Arc<ServerTls>),
+    /// The client: compares against the certificate it saw on the named entry.
+    Client(TlsMode),
+}
+
+/// The incoming side's user-facing sockets (the target address of its side).
+#[derive(Default)]
+pub struct UserListeners {
+    pub tcp: Option<TcpListener>,
+    pub udp: Option<Arc<UdpSocket>>,
+}
+
+pub struct Session {
+    pub inst: Arc<Instance>,
+    pub pool: Arc<Pool>,
+    pub flow: Flow,
+    pub is_server: bool,
+    pub cancel: CancellationToken,
+    signals: mpsc::Sender<Signal>,
+    verifier: Verifier,
+    started: Instant,
+    /// ms since `started` when the last ping was sent.
+    checkpoint_ms: AtomicU64,
+    /// Ids the peer has named in its `verify` (never pick one of those for ours).
+    peer_verify_ids: Mutex<Vec<PoolId>>,
+    own_verify_sent: AtomicBool,
+    /// Flips to true once the peer's certificate fingerprint has been verified.
+    verified: watch::Sender<bool>,
+    /// Outgoing-side UDP sessions by user address, so a new one replaces an old one.
+    pub(super) udp_sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    pub(super) udp_generation: AtomicU64,
+}
+
+impl Session {
+    /// True when this side accepts the user traffic.
+    pub fn is_incoming(&self) -> bool {
+        match self.flow {
+            Flow::Reverse => self.is_server,
+            Flow::Forward => !self.is_server,
+        }
+    }
+
+    /// Queues a signal for the writer; a full queue drops it with a log line, as the
+    /// reference does.
+    pub fn send(&self, s: Signal) {
+        if let Err(e) = self.signals.try_send(s) {
+            match e {
+                mpsc::error::TrySendError::Full(_) => tracing::error!(
+                    "signal queue limit reached: {}",
+                    self.inst.tun.semaphore_limit
+                ),
+                mpsc::error::TrySendError::Closed(_) => {}
+            }
+        }
+    }
+
+    fn tls_on(&self) -> bool {
+        !matches!(self.verifier, Verifier::None)
+    }
+}
+
+/// What a role hands to [`run`].
+pub struct SessionSpec {
+    pub inst: Arc<Instance>,
+    pub pool: Arc<Pool>,
+    pub flow: Flow,
+    pub is_server: bool,
+    pub verifier: Verifier,
+    /// The incoming side's listeners (None on the outgoing side).
+    pub users: Option<UserListeners>,
+}
+
+/// Runs a session on `control` until an error or `cancel`.
+pub async fn run(
+    spec: SessionSpec,
+    control: Conn,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let SessionSpec {
+        inst,
+        pool,
+        flow,
+        is_server,
+        verifier,
+        users,
+    } = spec;
+    let (tx, rx) = mpsc::channel(inst.tun.semaphore_limit.max(1));
+    let (verified, _) = watch::channel(false);
+    let sess = Arc::new(Session {
+        inst,
+        pool,
+        flow,
+        is_server,
+        cancel: cancel.clone(),
+        signals: tx,
+        verifier,
+        started: Instant::now(),
+        checkpoint_ms: AtomicU64::new(0),
+        peer_verify_ids: Mutex::new(Vec::new()),
+        own_verify_sent: AtomicBool::new(false),
+        verified,
+        udp_sessions: Mutex::new(HashMap::new()),
+        udp_generation: AtomicU64::new(0),
+    });
+    if sess.tls_on() {
+        tracing::info!("TLS certificate fingerprint verifying...");
+    }
+    let peer = control
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (rd, wr) = tokio::io::split(control);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(writer(sess.clone(), wr, rx));
+    tasks.spawn(reader(sess.clone(), rd));
+    tasks.spawn(health(sess.clone()));
+    if sess.tls_on() && sess.is_server {
+        // The server picks first (see the module comment).
+        let s = sess.clone();
+        tasks.spawn(async move {
+            s.incoming_verify().await?;
+            // Done; the session goes on without this task.
+            std::future::pending().await
+        });
+    }
+    if let Some(users) = users {
+        let s = sess.clone();
+        tasks.spawn(async move {
+            if s.tls_on() {
+                let mut rx = s.verified.subscribe();
+                if rx.wait_for(|v| *v).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let mut loops = tokio::task::JoinSet::new();
+            if let Some(l) = users.tcp {
+                loops.spawn(incoming::tcp_loop(s.clone(), l));
+            }
+            if let Some(u) = users.udp {
+                loops.spawn(incoming::udp_loop(s.clone(), u));
+            }
+            match loops.join_next().await {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => Err(anyhow!("incoming loop failed: {e}")),
+                None => std::future::pending().await,
+            }
+        });
+    }
+    tracing::debug!("Control channel with {peer} is up");
+    let result = tokio::select! {
+        _ = cancel.cancelled() => Err(anyhow!("context canceled")),
+        Some(r) = tasks.join_next() => match r {
+            Ok(Ok(())) => Err(anyhow!("control channel closed")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow!("session task failed: {e}")),
+        },
+    };
+    cancel.cancel();
+    tasks.abort_all();
+    sess.pool.close();
+    result
+}
+
+async fn writer(
+    sess: Arc<Session>,
+    mut wr: tokio::io::WriteHalf<Conn>,
+    mut rx: mpsc::Receiver<Signal>,
+) -> anyhow::Result<()> {
+    let key = sess.inst.url.key.clone();
+    while let Some(sig) = rx.recv().await {
+        let line = sig.encode(&key);
+        if let Err(e) = wr.write_all(&line).await {
+            return Err(anyhow!("startWriter: write failed: {e}"));
+        }
+        if rx.is_empty() {
+            wr.flush()
+                .await
+                .map_err(|e| anyhow!("startWriter: write failed: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn reader(sess: Arc<Session>, rd: tokio::io::ReadHalf<Conn>) -> anyhow::Result<()> {
+    let key = sess.inst.url.key.clone();
+    let deadline = sess.inst.tun.report_interval * 3;
+    let mut rd = BufReader::new(rd);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let mut limited = (&mut rd).take(MAX_SIGNAL_LINE as u64 + 1);
+        let n = match tokio::time::timeout(deadline, limited.read_until(b'\n', &mut line)).await {
+            Err(_) => return Err(anyhow!("commonQueue: read timeout after {deadline:?}")),
+            Ok(Err(e)) => return Err(anyhow!("commonQueue: readBytes failed: {e}")),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return Err(anyhow!("commonQueue: readBytes failed: EOF"));
+        }
+        match Signal::decode(&line, &key) {
+            Ok(sig) => sess.dispatch(sig),
+            Err(e) => tracing::error!("commonQueue: decode signal failed: {e}"),
+        }
+    }
+}
+
+async fn health(sess: Arc<Session>) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(sess.inst.tun.report_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let errors = sess.pool.error_count() as usize;
+        if errors > sess.pool.active() / 2 {
+            sess.send(Signal::Flush);
+            sess.pool.flush();
+            sess.pool.reset_errors();
+            tick.tick().await;
+            tracing::debug!(
+                "Tunnel pool flushed: {} active connections",
+                sess.pool.active()
+            );
+        }
+        sess.checkpoint_ms
+            .store(sess.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        sess.send(Signal::Ping);
+    }
+}
+
+impl Session {
+    fn dispatch(self: &Arc<Self>, sig: Signal) {
+        let url = &self.inst.url;
+        match sig {
+            Signal::Tcp { remote, id } => {
+                if !url.effective_notcp() {
+                    tokio::spawn(outgoing::tcp(self.clone(), remote, id));
+                }
+            }
+            Signal::Udp { remote, id } => {
+                if !url.effective_noudp() {
+                    tokio::spawn(outgoing::udp(self.clone(), remote, id));
+                }
+            }
+            Signal::Ping => self.send(Signal::Pong),
+            Signal::Pong => {
+                let now = self.started.elapsed().as_millis() as u64;
+                let ping = now.saturating_sub(self.checkpoint_ms.load(Ordering::Relaxed));
+                output::publish_stats(self.inst.figures.snapshot(
+                    self.inst.mode(),
+                    ping,
+                    self.pool.active() as u64,
+                ));
+            }
+            Signal::Flush => {
+                self.pool.flush();
+                self.pool.reset_errors();
+                tracing::debug!("Tunnel pool flushed on the peer's request");
+            }
+            Signal::Verify { id, fp } => {
+                if self.tls_on() {
+                    let s = self.clone();
+                    tokio::spawn(async move { s.outgoing_verify(id, fp).await });
+                }
+            }
+            Signal::Unknown { action } => tracing::debug!("ignoring signal {action:?}"),
+        }
+    }
+
+    /// Our certificate view of `entry` for the exchange.
+    fn fingerprint_of(&self, entry: &Conn) -> String {
+        match &self.verifier {
+            Verifier::None => String::new(),
+            Verifier::Server(tls) => tls.fingerprint(),
+            Verifier::Client(_) => entry
+                .peer_cert_der()
+                .map(|d| cert_fingerprint(&d))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Takes an idle entry and names it in our `verify` with our fingerprint.
+    async fn incoming_verify(&self) -> anyhow::Result<()> {
+        if self.own_verify_sent.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let exclude = self
+            .peer_verify_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((id, entry)) = self
+            .pool
+            .incoming_get_excluding(self.inst.tun.pool_get_timeout, &exclude)
+            .await
+        else {
+            return Err(anyhow!(
+                "incomingVerify: incomingGet failed: IncomingGet: insufficient pool connections"
+            ));
+        };
+        let fp = self.fingerprint_of(&entry);
+        self.send(Signal::Verify {
+            id: id.to_hex(),
+            fp,
+        });
+        tracing::debug!("TLS verify signal: cid {id} ->");
+        drop(entry);
+        Ok(())
+    }
+
+    /// Checks the peer's `verify` against the named entry.
+    async fn outgoing_verify(self: Arc<Self>, id: String, fp: String) {
+        let Some(pid) = PoolId::from_hex(&id) else {
+            tracing::error!("outgoingVerify: invalid pool id {id:?}");
+            self.cancel.cancel();
+            return;
+        };
+        self.peer_verify_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pid);
+        tracing::debug!("TLS verify signal: cid {id} <-");
+        let go_tls2_server = fp.is_empty()
+            && !self.is_server
+            && matches!(self.verifier, Verifier::Client(TlsMode::Files));
+        if fp.is_empty() && !go_tls2_server {
+            tracing::error!("outgoingVerify: no fingerprint in signal");
+            self.cancel.cancel();
+            return;
+        }
+        let Some(entry) = self
+            .pool
+            .outgoing_get(pid, self.inst.tun.pool_get_timeout)
+            .await
+        else {
+            tracing::error!(
+                "outgoingVerify: request timeout: OutgoingGet: pool connection not found"
+            );
+            self.cancel.cancel();
+            return;
+        };
+        if go_tls2_server {
+            // NodePass v1.14.0 with tls=2 cannot name its own certificate (REFERENCE.md
+            // 5.4). The chain was verified for `sni` during the TLS handshake, so go on.
+            tracing::warn!(
+                "outgoingVerify: the server sent no fingerprint (a tls=2 server of the reference does that); relying on the verified certificate chain"
+            );
+        } else {
+            let ours = self.fingerprint_of(&entry);
+            let (server_fp, client_fp) = if self.is_server {
+                (ours.as_str(), fp.as_str())
+            } else {
+                (fp.as_str(), ours.as_str())
+            };
+            if server_fp != client_fp {
+                tracing::error!(
+                    "outgoingVerify: certificate fingerprint mismatch: server: {server_fp} - client: {client_fp}"
+                );
+                self.cancel.cancel();
+                return;
+            }
+            tracing::info!("TLS certificate fingerprint verified: {fp}");
+        }
+        drop(entry);
+        if !self.is_server {
+            // Our turn: the server's entry is out of our pool, so ours cannot collide.
+            // A reference tls=2 server cancels on any `verify` it gets; when it does not
+            // need ours (it is not the incoming side) we keep the tunnel up by not sending.
+            let server_needs_ours = self.flow == Flow::Reverse;
+            if !go_tls2_server || server_needs_ours {
+                if let Err(e) = self.incoming_verify().await {
+                    tracing::error!("{e:#}");
+                    self.cancel.cancel();
+                    return;
+                }
+            }
+        }
+        self.verified.send_replace(true);
+    }
+}

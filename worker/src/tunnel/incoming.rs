@@ -1,0 +1,194 @@
+//! The incoming side of a dual-end tunnel (REFERENCE.md 3, 4.6): accepts user TCP
+//! connections and UDP datagrams on its target address, takes an idle pool entry for each
+//! connection or UDP session, names it in a `tcp`/`udp` signal and relays at once (the
+//! bytes may reach the peer before the signal does; the peer's pool entry buffers them).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nodepass_proto::wire::Signal;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, WriteHalf};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use super::control::Session;
+use crate::policy::{block, SlotKind};
+use crate::relay::{self, Counters};
+use crate::transport::Conn;
+
+pub async fn tcp_loop(sess: Arc<Session>, listener: TcpListener) -> anyhow::Result<()> {
+    loop {
+        match listener.accept().await {
+            Ok((user, peer)) => {
+                tokio::spawn(tcp_once(sess.clone(), user, peer));
+            }
+            Err(e) => {
+                tracing::error!("commonTCPLoop: accept failed: {e}");
+                tokio::time::sleep(super::RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
+    let inst = &sess.inst;
+    let Some(_slot) = inst.slots.try_acquire(SlotKind::Tcp) else {
+        tracing::error!(
+            "commonTCPLoop: TCP slot limit reached: {}/{}",
+            inst.slots.used(),
+            inst.slots.limit()
+        );
+        return;
+    };
+    let _ = user.set_nodelay(true);
+    if let Some(p) = block::detect(inst.url.effective_block(), &user).await {
+        tracing::warn!("commonTCPLoop: blocked {p} protocol from {peer}");
+        return;
+    }
+    let Some((id, mut entry)) = sess.pool.incoming_get(inst.tun.pool_get_timeout).await else {
+        tracing::warn!(
+            "commonTCPLoop: request timeout: IncomingGet: insufficient pool connections"
+        );
+        return;
+    };
+    tracing::debug!(
+        "Tunnel connection: get {id} <- pool active {}",
+        sess.pool.active()
+    );
+    sess.send(Signal::Tcp {
+        remote: peer.to_string(),
+        id: id.to_hex(),
+    });
+    let far = entry.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!("Starting exchange: {peer} <-> {far}");
+    let f = &inst.figures;
+    let counters = Counters {
+        rx: &f.tcprx,
+        tx: &f.tcptx,
+    };
+    match relay::relay(
+        &mut user,
+        &mut entry,
+        counters,
+        &inst.policy,
+        inst.tcp_buf(),
+    )
+    .await
+    {
+        Ok(t) => tracing::info!("Exchange complete: {t}"),
+        Err(e) => tracing::info!("Exchange complete: {e}"),
+    }
+}
+
+struct UdpSession {
+    to_tunnel: WriteHalf<Conn>,
+    generation: u64,
+}
+
+pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Result<()> {
+    let inst = sess.inst.clone();
+    let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let mut generation = 0u64;
+    let mut buf = vec![0u8; inst.udp_buf()];
+    loop {
+        let (n, peer) = tokio::select! {
+            Some((key, gen)) = ended_rx.recv() => {
+                if sessions.get(&key).is_some_and(|s| s.generation == gen) {
+                    sessions.remove(&key);
+                }
+                continue;
+            }
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!("commonUDPLoop: readFromUDP failed: {e}");
+                    continue;
+                }
+            },
+        };
+        inst.figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
+        if let std::collections::hash_map::Entry::Vacant(vacant) = sessions.entry(peer) {
+            let Some(slot) = inst.slots.try_acquire(SlotKind::Udp) else {
+                tracing::error!(
+                    "commonUDPLoop: UDP slot limit reached: {}/{}",
+                    inst.slots.used(),
+                    inst.slots.limit()
+                );
+                continue;
+            };
+            let Some((id, entry)) = sess.pool.incoming_get(inst.tun.pool_get_timeout).await else {
+                tracing::warn!(
+                    "commonUDPLoop: request timeout: IncomingGet: insufficient pool connections"
+                );
+                continue;
+            };
+            let (from_tunnel, to_tunnel) = tokio::io::split(entry);
+            generation += 1;
+            let gen = generation;
+            vacant.insert(UdpSession {
+                to_tunnel,
+                generation: gen,
+            });
+            let (s2, sock2, ended) = (sess.clone(), socket.clone(), ended_tx.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                replies(&s2, from_tunnel, &sock2, peer).await;
+                let _ = ended.send((peer, gen));
+            });
+            sess.send(Signal::Udp {
+                remote: peer.to_string(),
+                id: id.to_hex(),
+            });
+            tracing::debug!("Starting transfer: {peer} over {id}");
+        }
+        let Some(s) = sessions.get_mut(&peer) else {
+            continue;
+        };
+        // Raw datagram, no framing: what the reference puts on the entry.
+        if let Err(e) = s.to_tunnel.write_all(&buf[..n]).await {
+            tracing::error!("commonUDPLoop: write to tunnel failed: {e}");
+            sessions.remove(&peer);
+            continue;
+        }
+        let _ = s.to_tunnel.flush().await;
+    }
+}
+
+/// Carries what comes back on the entry to the user until NP_UDP_READ_TIMEOUT of silence.
+async fn replies(
+    sess: &Session,
+    mut from_tunnel: tokio::io::ReadHalf<Conn>,
+    socket: &UdpSocket,
+    peer: SocketAddr,
+) {
+    let inst = &sess.inst;
+    let mut buf = vec![0u8; inst.udp_buf()];
+    loop {
+        let n = match tokio::time::timeout(inst.tun.udp_read_timeout, from_tunnel.read(&mut buf))
+            .await
+        {
+            Err(_) => {
+                tracing::debug!("UDP session abort: {peer} idle");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::error!("commonUDPLoop: read from tunnel failed: {e}");
+                return;
+            }
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => n,
+        };
+        match socket.send_to(&buf[..n], peer).await {
+            Ok(m) => {
+                inst.figures.udptx.fetch_add(m as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!("commonUDPLoop: writeToUDP failed: {e}");
+                return;
+            }
+        }
+    }
+}

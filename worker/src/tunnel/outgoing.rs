@@ -1,0 +1,213 @@
+//! The outgoing side of a dual-end tunnel (REFERENCE.md 5.2, 4.6): on a `tcp`/`udp` signal
+//! it takes the named pool entry, dials a target and relays. A named entry that does not
+//! arrive in NP_POOL_GET_TIMEOUT counts as a pool error (the flush rule uses the count).
+//!
+//! UDP: the reference keeps one target socket per user address and lets a new session
+//! share an old one's socket, so two sessions could steal each other's answers. Here a new
+//! session for the same user address ends the old one and gets its own socket.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nodepass_proto::wire::PoolId;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+use super::control::Session;
+use crate::policy::{proxy, SlotKind};
+use crate::relay::{self, Counters};
+use crate::transport::Conn;
+
+async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Conn> {
+    let Some(pid) = PoolId::from_hex(id) else {
+        tracing::error!("{what}: invalid pool id {id:?} in signal");
+        sess.pool.add_error();
+        return None;
+    };
+    match sess
+        .pool
+        .outgoing_get(pid, sess.inst.tun.pool_get_timeout)
+        .await
+    {
+        Some(c) => Some(c),
+        None => {
+            tracing::error!("{what}: request timeout: OutgoingGet: pool connection not found");
+            sess.pool.add_error();
+            None
+        }
+    }
+}
+
+pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
+    let Some(mut entry) = take_entry(&sess, &id, "commonTCPOnce").await else {
+        return;
+    };
+    let inst = &sess.inst;
+    let Some(_slot) = inst.slots.try_acquire(SlotKind::Tcp) else {
+        tracing::error!(
+            "commonTCPOnce: TCP slot limit reached: {}/{}",
+            inst.slots.used(),
+            inst.slots.limit()
+        );
+        return;
+    };
+    let mut target = match inst.targets.dial_tcp().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("commonTCPOnce: dialWithRotation failed: {e:#}");
+            return;
+        }
+    };
+    let target_addr = target.peer_addr().ok();
+    if inst.url.effective_proxy() {
+        let src: Option<SocketAddr> = remote.parse().ok();
+        match (src, target_addr) {
+            (Some(src), Some(dst)) => {
+                if let Err(e) = target.write_all(proxy::v1_line(src, dst).as_bytes()).await {
+                    tracing::error!("commonTCPOnce: sendProxyV1Header failed: {e}");
+                    return;
+                }
+            }
+            _ => {
+                tracing::error!(
+                    "commonTCPOnce: sendProxyV1Header failed: cannot parse remote {remote:?}"
+                );
+                return;
+            }
+        }
+    }
+    let shown = target_addr.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!("Starting exchange: {remote} <-> {shown}");
+    let f = &inst.figures;
+    let counters = Counters {
+        rx: &f.tcprx,
+        tx: &f.tcptx,
+    };
+    match relay::relay(
+        &mut target,
+        &mut entry,
+        counters,
+        &inst.policy,
+        inst.tcp_buf(),
+    )
+    .await
+    {
+        Ok(t) => tracing::info!("Exchange complete: {t}"),
+        Err(e) => tracing::info!("Exchange complete: {e}"),
+    }
+}
+
+pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
+    let Some(entry) = take_entry(&sess, &id, "commonUDPOnce").await else {
+        return;
+    };
+    let inst = sess.inst.clone();
+    // Replace an older session of the same user address.
+    let token = CancellationToken::new();
+    let generation = sess.udp_generation.fetch_add(1, Ordering::Relaxed);
+    if let Some((_, old)) = sess
+        .udp_sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(remote.clone(), (generation, token.clone()))
+    {
+        old.cancel();
+    }
+    let _cleanup = SessionCleanup {
+        sess: &sess,
+        remote: &remote,
+        generation,
+    };
+    let Some(_slot) = inst.slots.try_acquire(SlotKind::Udp) else {
+        tracing::error!(
+            "commonUDPOnce: UDP slot limit reached: {}/{}",
+            inst.slots.used(),
+            inst.slots.limit()
+        );
+        return;
+    };
+    let target = match inst.targets.dial_udp().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("commonUDPOnce: dialWithRotation failed: {e:#}");
+            return;
+        }
+    };
+    tracing::debug!("Starting transfer: {remote} <-> {:?}", target.peer_addr());
+    let (mut from_tunnel, mut to_tunnel) = tokio::io::split(entry);
+    let idle = inst.tun.udp_read_timeout;
+    let figures = &inst.figures;
+    let mut up = vec![0u8; inst.udp_buf()];
+    let mut down = vec![0u8; inst.udp_buf()];
+    // Each read from the entry is one datagram to the target (boundaries are not carried).
+    let tunnel_to_target = async {
+        loop {
+            let n = match tokio::time::timeout(idle, from_tunnel.read(&mut up)).await {
+                Err(_) | Ok(Ok(0)) => return,
+                Ok(Err(e)) => {
+                    tracing::error!("commonUDPOnce: read from tunnel failed: {e}");
+                    return;
+                }
+                Ok(Ok(n)) => n,
+            };
+            match target.send(&up[..n]).await {
+                Ok(m) => {
+                    figures.udptx.fetch_add(m as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!("commonUDPOnce: write to target failed: {e}");
+                    return;
+                }
+            }
+        }
+    };
+    let target_to_tunnel = async {
+        loop {
+            let n = match tokio::time::timeout(idle, target.recv(&mut down)).await {
+                Err(_) => return,
+                Ok(Err(e)) => {
+                    tracing::error!("commonUDPOnce: read from target failed: {e}");
+                    return;
+                }
+                Ok(Ok(n)) => n,
+            };
+            figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
+            if let Err(e) = to_tunnel.write_all(&down[..n]).await {
+                tracing::error!("commonUDPOnce: write to tunnel failed: {e}");
+                return;
+            }
+            let _ = to_tunnel.flush().await;
+        }
+    };
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = sess.cancel.cancelled() => {}
+        _ = tunnel_to_target => {}
+        _ = target_to_tunnel => {}
+    }
+    tracing::debug!("UDP session ended: {remote}");
+}
+
+/// Removes this session from the map when it ends, unless a newer one replaced it.
+struct SessionCleanup<'a> {
+    sess: &'a Session,
+    remote: &'a str,
+    generation: u64,
+}
+
+impl Drop for SessionCleanup<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .sess
+            .udp_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(self.remote)
+            .is_some_and(|(g, _)| *g == self.generation)
+        {
+            map.remove(self.remote);
+        }
+    }
+}
