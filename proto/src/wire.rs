@@ -474,6 +474,9 @@ fn go_json_string(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            // Go 1.22+ writes these two short forms too (encoding/json appendString).
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
             '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
                 out.push_str(&format!("\\u{:04x}", c as u32))
             }
@@ -710,6 +713,98 @@ mod tests {
             s.to_json(),
             r#"{"action":"tcp","remote":"\u003ca\u0026b\u003e","id":"\"\n"}"#
         );
+    }
+
+    // Computed with Go's own encoder (go1.27.3, the toolchain the reference binary was built
+    // with), using the reference's Signal struct and its encode(): json.Marshal, XOR with the
+    // key bytes, base64.StdEncoding. The program, run with `go run`:
+    //   type Signal struct {
+    //     ActionType string `json:"action"`; RemoteAddr string `json:"remote,omitempty"`
+    //     PoolConnID string `json:"id,omitempty"`; Fingerprint string `json:"fp,omitempty"` }
+    //   data, _ := json.Marshal(s); for i := range data { data[i] ^= key[i%len(key)] }
+    //   fmt.Println(string(jsonOf(s)), base64.StdEncoding.EncodeToString(data))
+    #[test]
+    fn signals_match_go_encoder_vectors() {
+        let fp = "sha256:BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD";
+        let vectors: Vec<(&str, Signal, &str, &str)> = vec![
+            (
+                // A multi-byte UTF-8 key: XOR runs over its bytes.
+                "ключ-🔑",
+                Signal::Tcp {
+                    remote: "[::1]:50000".into(),
+                    id: "0a0b0c0d".into(),
+                },
+                r#"{"action":"tcp","remote":"[::1]:50000","id":"0a0b0c0d"}"#,
+                "q5ix2KXnvukPyr3g8qCY/Jmj67zoWZW9rrOLgOqKjLTktx3Ar7a98tO0meus4eYdkq/3obSYrQ==",
+            ),
+            (
+                // The derived key of port 10101 and a full-length fingerprint.
+                "e68be2b4",
+                Signal::Verify {
+                    id: "4f3c2b1a".into(),
+                    fp: fp.into(),
+                },
+                r#"{"action":"verify","id":"4f3c2b1a","fp":"sha256:BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"}"#,
+                "HhRZARFbDVpHDBoUAEALUhwUFEAMVkAORwJeUQYAAAUEFBRAA0JADkdFUANXB1QOJ3cCVV0IUwJfdH5YXXRYBFQMeyRfdyMOUQcCVlQIVgRfcn1YUHZYdSAMClBfAFEOJwYCUlYIVAVfdwtYXARYBVIMDyNfCyEOJwICU1UIJHJfAAlYIwBYBFUMCVdfcyYWGA==",
+            ),
+            (
+                // Every escape Go's encoder makes, and an empty id left out.
+                "k",
+                Signal::Udp {
+                    remote: "a\u{8}\u{c}\u{0}\u{1f}<>&\u{2028}\u{2029}\"\\\n\r\té".into(),
+                    id: String::new(),
+                },
+                r#"{"action":"udp","remote":"a\b\f\u0000\u001f\u003c\u003e\u0026\u2028\u2029\"\\\n\r\té"}"#,
+                "EEkKCB8CBAVJUUkeDxtJR0kZDgYEHw5JUUkKNwk3DTceW1tbWzceW1taDTceW1tYCDceW1tYDjceW1tZXTceWVtZUzceWVtZUjdJNzc3BTcZNx+owkkW",
+            ),
+            (
+                // A key longer than the message.
+                "a-much-longer-key-than-the-message-itself-0123456789",
+                Signal::Flush,
+                r#"{"action":"flush"}"#,
+                "Gg8MFhcBQgJNVEUDHlgYDVtQ",
+            ),
+        ];
+        for (key, signal, json, line) in vectors {
+            let key = TunnelKey::new(key);
+            assert_eq!(signal.to_json(), json);
+            let mut wire = line.as_bytes().to_vec();
+            wire.push(b'\n');
+            assert_eq!(signal.encode(&key), wire, "{signal:?}");
+            assert_eq!(Signal::decode(&wire, &key), Ok(signal));
+        }
+    }
+
+    // Python: hmac.new("e68be2b4".encode(), b"", hashlib.sha256).hexdigest() and the same
+    // for "ключ-🔑".encode() (UTF-8 bytes).
+    #[test]
+    fn tokens_of_derived_and_unicode_keys() {
+        assert_eq!(
+            auth_token(&TunnelKey::derived_from_port("10101")),
+            "8940572756af096447802f92b4c843ac61de93b80af9d37a85ed994508656d7e"
+        );
+        assert_eq!(
+            auth_token(&TunnelKey::new("ключ-🔑")),
+            "524dd22dd3f927e58fabdf46842d702b72e9a0bfc8af400ae31eee7c7246b10f"
+        );
+    }
+
+    // Python: json.dumps({"flow":"+","max":1,"tls":"2","type":"3"}, separators=(",",":"))
+    // -> {"flow":"+","max":1,"tls":"2","type":"3"} (Go's encoder adds the trailing newline).
+    #[test]
+    fn forward_flow_body() {
+        let cfg = TunnelConfig {
+            flow: Flow::Forward,
+            max: 1,
+            tls: TlsMode::Files,
+            pool_type: PoolType::Http2,
+        };
+        assert_eq!(
+            cfg.to_body(),
+            "{\"flow\":\"+\",\"max\":1,\"tls\":\"2\",\"type\":\"3\"}\n"
+        );
+        assert_eq!(TunnelConfig::from_body(cfg.to_body().as_bytes()), Ok(cfg));
+        assert_eq!(cfg.log_form(), "FLOW=+|MAX=1|TLS=2|TYPE=3");
     }
 
     #[test]
