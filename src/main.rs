@@ -5,23 +5,30 @@
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use nodepass_proto::url::{self, NodeUrl};
 
 const EXAMPLES: &str = "\
 Examples:
-  nodepass \"server://secret@0.0.0.0:10101/127.0.0.1:8080?tls=1\"
-      tunnel server: clients handshake on :10101, users reach 127.0.0.1:8080 through it
+  nodepass \"server://secret@:10101/127.0.0.1:8080?tls=1\"
+      tunnel server: clients handshake on port 10101; users reach 127.0.0.1:8080 through it
   nodepass \"client://secret@server.example.com:10101/127.0.0.1:8080\"
       tunnel client for the server above
+  nodepass \"server://:10101/10.0.0.5:80,10.0.0.6:80?lbs=2&read=1m\"
+      two targets, the second as a backup; key derived from the port (same on both ends)
   nodepass \"client://127.0.0.1:1080/10.0.0.5:80\"
       single-end forwarding: listen on 127.0.0.1:1080, relay to 10.0.0.5:80
   nodepass \"master://0.0.0.0:9090/api?log=info\"
       master with the REST + SSE API at http://host:9090/api/v1 (API key printed at start)
+  nodepass worker \"server://...\"
+      what a master runs per instance: the same tunnel, JSON report lines on stdout
 
 URL: scheme://[key@]host:port/target[,target...]?param=value&...
+     IPv6 hosts in brackets ([::1]:10101); an empty host (:10101) listens on all interfaces.
 Parameters: log tls crt key dns sni lbs min max mode type dial read rate slot proxy block
-notcp noudp (see README.md for each one's meaning, default and range).";
+notcp noudp (see README.md for each one's meaning, default and range).
+A bad URL or argument exits with status 2 and a one-line message on stderr.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,28 +55,62 @@ enum Command {
     },
 }
 
+/// Exit status for anything wrong with the command line or the URL (as clap uses).
+const USAGE_ERROR: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap words a second URL as a subcommand clash; say what is wrong instead.
+    let positional: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let urls = positional.len() - usize::from(positional.first().is_some_and(|a| a == "worker"));
+    if urls > 1 {
+        eprintln!(
+            "nodepass: expected one URL, got {urls} arguments (quote the URL in the shell); try `nodepass --help` for examples"
+        );
+        return ExitCode::from(USAGE_ERROR);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                // Help and version go to stdout with status 0; a failed write has nowhere
+                // better to be reported.
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                // clap's own report spans several lines; keep the first, as one line.
+                let rendered = e.to_string();
+                let first = rendered.lines().next().unwrap_or("invalid arguments");
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                eprintln!("nodepass: {first}; try `nodepass --help` for examples");
+                return ExitCode::from(USAGE_ERROR);
+            }
+        },
+    };
     let (raw, worker_mode) = match (cli.command, cli.url) {
         (Some(Command::Worker { url }), _) => (url, true),
         (None, Some(url)) => (url, false),
         (None, None) => {
             eprintln!("nodepass: missing URL; try `nodepass --help` for examples");
-            return ExitCode::from(2);
+            return ExitCode::from(USAGE_ERROR);
         }
     };
     let parsed = match url::parse(&raw) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("nodepass: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(USAGE_ERROR);
         }
     };
     let result = match (parsed, worker_mode) {
         (NodeUrl::Tunnel(t), worker) => nodepass_worker::run(t, worker),
         (NodeUrl::Master(_), true) => {
             eprintln!("nodepass: a worker runs server:// or client:// URLs, not master://");
-            return ExitCode::from(2);
+            return ExitCode::from(USAGE_ERROR);
         }
         (NodeUrl::Master(m), false) => nodepass_master::run(m),
     };
