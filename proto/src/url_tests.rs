@@ -775,3 +775,29 @@ fn master_urls() {
     let m = parse_master_url("master://:9090?rate=abc").unwrap();
     assert_eq!(m.unknown, vec![("rate".to_string(), "abc".to_string())]);
 }
+
+// ---------------------------------------------------------------- documentation
+
+#[test]
+fn the_readme_examples_parse() {
+    for url in [
+        "server://s3cret@:10101/:8080?tls=1&mode=1",
+        "client://s3cret@server.example.com:10101/127.0.0.1:80?min=16",
+        "server://[::]:10101/db.internal:5432?type=1&mode=2",
+        "client://[2001:db8::1]:10101/127.0.0.1:5432",
+        "client://:8443/10.0.0.5:443,10.0.0.6:443?mode=1&lbs=2&rate=100&noudp=1&read=1m",
+        "server://:10101/app.internal:80?dns=10.0.0.53,10.0.1.53:5353&block=12",
+        "master://:9090/admin?tls=2&crt=/etc/np/cert.pem&key=/etc/np/key.pem",
+        "server://secret@:10101/127.0.0.1:8080?tls=1",
+        "client://secret@server.example.com:10101/127.0.0.1:8080",
+        "server://:10101/10.0.0.5:80,10.0.0.6:80?lbs=2&read=1m",
+        "client://127.0.0.1:1080/10.0.0.5:80",
+        "master://0.0.0.0:9090/api?log=info",
+    ] {
+        parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    assert_eq!(
+        parse_master_url("master://:9090/admin").unwrap().api_base(),
+        "/admin/v1"
+    );
+}
