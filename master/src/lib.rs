@@ -193,14 +193,20 @@ pub async fn start(opts: MasterOptions) -> Result<RunningMaster> {
         .await
         .context("Cannot save the new API key to the state directory")?;
     let key = master.api_key();
-    if fresh {
-        tracing::info!("API Key created: {key}");
+    let key_line = if fresh {
+        format!("API Key created: {key}")
     } else {
         tracing::info!(
             "Loaded {count} instances from {}",
             master.store.root().display()
         );
-        tracing::info!("API Key loaded: {key}");
+        format!("API Key loaded: {key}")
+    };
+    // The key is what an operator needs from the log: show it even when `log` hides info.
+    if tracing::enabled!(tracing::Level::INFO) {
+        tracing::info!("{key_line}");
+    } else {
+        tracing::warn!("{key_line}");
     }
     if let Err(e) = master.store.write_backup(&master.snapshot()) {
         tracing::warn!("{e:#}");

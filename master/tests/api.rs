@@ -598,3 +598,59 @@ fn state_survives_a_restart() {
     assert_eq!(k["alias"], "m1");
     assert_eq!(k["config"], mid);
 }
+
+#[test]
+fn a_slow_subscriber_is_dropped_and_never_blocks_the_others() {
+    let tm = TestMaster::start();
+    let id = create(&tm, CLIENT_URL)["id"].as_str().unwrap().to_string();
+    let path = format!("{}/events", tm.api.base);
+    // This one never reads until the end.
+    let mut slow = Sse::open(tm.api.addr, &path, &tm.api.key);
+    let mut fast = Sse::open(tm.api.addr, &path, &tm.api.key);
+    // Big events (about 14 KB each) so kernel buffers cannot hide the backlog.
+    let tags: String = (0..50)
+        .map(|i| format!(r#""t{i}":"{}""#, "v".repeat(250)))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Two update events per round: well past the 1024-frame ring plus what sockets buffer.
+    let rounds = 800;
+    // Four writers at once (their flushes overlap), each checking the fast reader keeps up.
+    let fast = std::sync::Mutex::new(fast);
+    std::thread::scope(|scope| {
+        for w in 0..4 {
+            let (tm, id, tags, fast) = (&tm, &id, &tags, &fast);
+            scope.spawn(move || {
+                for n in (w..rounds).step_by(4) {
+                    let body = format!(r#"{{"alias":"a{n}","meta":{{"tags":{{{tags}}}}}}}"#);
+                    let r = tm
+                        .api
+                        .call("PATCH", &format!("/instances/{id}"), Some(&body));
+                    assert_eq!(r.status, 200);
+                    if n % 100 == 99 {
+                        let want = format!("a{n}");
+                        fast.lock().unwrap().wait_for(Duration::from_secs(10), |e| {
+                            e.kind() == "update" && e.data["instance"]["alias"] == want.as_str()
+                        });
+                    }
+                }
+            });
+        }
+    });
+    // The slow one was cut off: it ends without having received every update.
+    let mut updates = 0;
+    while let Some(e) = slow.next_event(Duration::from_secs(10)) {
+        if e.kind() == "update" {
+            updates += 1;
+        }
+    }
+    assert!(
+        updates < 2 * rounds,
+        "slow subscriber got all {updates} updates"
+    );
+    // The master is fine and new subscribers work.
+    let mut again = Sse::open(tm.api.addr, &path, &tm.api.key);
+    assert_eq!(
+        again.next_event(Duration::from_secs(5)).unwrap().kind(),
+        "initial"
+    );
+}
