@@ -606,7 +606,7 @@ fn a_slow_subscriber_is_dropped_and_never_blocks_the_others() {
     let path = format!("{}/events", tm.api.base);
     // This one never reads until the end.
     let mut slow = Sse::open(tm.api.addr, &path, &tm.api.key);
-    let mut fast = Sse::open(tm.api.addr, &path, &tm.api.key);
+    let fast = Sse::open(tm.api.addr, &path, &tm.api.key);
     // Big events (about 14 KB each) so kernel buffers cannot hide the backlog.
     let tags: String = (0..50)
         .map(|i| format!(r#""t{i}":"{}""#, "v".repeat(250)))
