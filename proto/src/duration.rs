@@ -21,40 +21,69 @@ pub enum DurationError {
     Overflow,
 }
 
-/// Parses a Go duration string. Negative values are refused (no NodePass setting takes one).
+/// Parses a Go duration string exactly as Go's `time.ParseDuration` does (including its
+/// floating-point handling of fractions, so `0.999999999999h` gives the same nanoseconds).
+/// Negative values are refused (no NodePass setting takes one); `-0` is zero.
 pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
-    let mut rest = s;
-    if rest.is_empty() {
+    const LIMIT: u64 = 1 << 63;
+    if s.is_empty() {
         return Err(DurationError::Empty);
     }
-    if let Some(r) = rest.strip_prefix('+') {
-        rest = r;
-    } else if let Some(r) = rest.strip_prefix('-') {
-        // "-0" is zero in Go; any other negative is refused.
-        if r.chars().all(|c| c == '0') && !r.is_empty() {
-            return Ok(Duration::ZERO);
-        }
-        return Err(DurationError::Negative);
-    }
+    let (neg, mut rest) = match s.as_bytes()[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
     if rest == "0" {
         return Ok(Duration::ZERO);
     }
     if rest.is_empty() {
         return Err(DurationError::Syntax);
     }
-    let mut total: u128 = 0;
+    let mut total: u64 = 0;
     while !rest.is_empty() {
-        // integer part
+        let first = rest.as_bytes()[0];
+        if !(first == b'.' || first.is_ascii_digit()) {
+            return Err(DurationError::Syntax);
+        }
+        // Integer part: overflow is an error.
         let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let (int_str, r) = rest.split_at(int_len);
-        rest = r;
-        let mut frac_str = "";
+        let mut v: u64 = 0;
+        for d in rest[..int_len].bytes() {
+            if v > LIMIT / 10 {
+                return Err(DurationError::Overflow);
+            }
+            v = v * 10 + u64::from(d - b'0');
+            if v > LIMIT {
+                return Err(DurationError::Overflow);
+            }
+        }
+        rest = &rest[int_len..];
+        // Fraction: digits beyond what fits are skipped, not an error.
+        let (mut f, mut scale, mut post) = (0u64, 1f64, false);
         if let Some(r) = rest.strip_prefix('.') {
             let frac_len = r.bytes().take_while(u8::is_ascii_digit).count();
-            frac_str = &r[..frac_len];
+            let mut overflow = false;
+            for d in r[..frac_len].bytes() {
+                if overflow {
+                    continue;
+                }
+                if f > (LIMIT - 1) / 10 {
+                    overflow = true;
+                    continue;
+                }
+                let y = f * 10 + u64::from(d - b'0');
+                if y > LIMIT {
+                    overflow = true;
+                    continue;
+                }
+                f = y;
+                scale *= 10.0;
+            }
+            post = frac_len > 0;
             rest = &r[frac_len..];
         }
-        if int_str.is_empty() && frac_str.is_empty() {
+        if int_len == 0 && !post {
             return Err(DurationError::Syntax);
         }
         let unit_len = rest
@@ -63,7 +92,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
             .count();
         let (unit, r) = rest.split_at(unit_len);
         rest = r;
-        let scale: u128 = match unit {
+        let unit: u64 = match unit {
             "" => return Err(DurationError::MissingUnit),
             "ns" => 1,
             "us" | "µs" | "μs" => 1_000,
@@ -73,27 +102,33 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
             "h" => 3_600_000_000_000,
             other => return Err(DurationError::UnknownUnit(other.to_string())),
         };
-        let int: u128 = if int_str.is_empty() {
-            0
-        } else {
-            int_str.parse().map_err(|_| DurationError::Overflow)?
-        };
-        let mut value = int.checked_mul(scale).ok_or(DurationError::Overflow)?;
-        // Fraction: Go keeps as many digits as fit and truncates the rest.
-        let mut frac_scale = scale;
-        for d in frac_str.bytes().take(30) {
-            frac_scale /= 10;
-            if frac_scale == 0 {
-                break;
-            }
-            value += u128::from(d - b'0') * frac_scale;
+        if v > LIMIT / unit {
+            return Err(DurationError::Overflow);
         }
-        total = total.checked_add(value).ok_or(DurationError::Overflow)?;
-        if total > i64::MAX as u128 {
+        v *= unit;
+        if f > 0 {
+            // Go computes this in float64 and truncates; so do we, to match to the nanosecond.
+            v += (f as f64 * (unit as f64 / scale)) as u64;
+            if v > LIMIT {
+                return Err(DurationError::Overflow);
+            }
+        }
+        total += v;
+        if total > LIMIT {
             return Err(DurationError::Overflow);
         }
     }
-    Ok(Duration::from_nanos(total as u64))
+    if neg {
+        return if total == 0 {
+            Ok(Duration::ZERO)
+        } else {
+            Err(DurationError::Negative)
+        };
+    }
+    if total > LIMIT - 1 {
+        return Err(DurationError::Overflow);
+    }
+    Ok(Duration::from_nanos(total))
 }
 
 /// Renders a duration as Go's `time.Duration.String()` does: `0s`, `500ms`, `1.5s`,
@@ -216,6 +251,61 @@ mod tests {
             Err(DurationError::Overflow)
         );
         assert_eq!(parse_go_duration("3000000h"), Err(DurationError::Overflow));
+    }
+
+    // From Go itself (go1.27.3): fmt.Printf("%q %d %s\n", s, int64(d), d) for
+    // d, err := time.ParseDuration(s), "err" when err != nil.
+    #[test]
+    fn parses_and_formats_like_go_at_the_edges() {
+        let ok: &[(&str, u64, &str)] = &[
+            ("0.999999999999h", 3_599_999_999_996, "59m59.999999996s"),
+            ("0.3333333333333333333h", 1_200_000_000_000, "20m0s"),
+            ("1.0000000000000000001s", 1_000_000_000, "1s"),
+            ("0.1h", 360_000_000_000, "6m0s"),
+            ("0.00000000000001h", 0, "0s"),
+            ("1.000000001ms", 1_000_000, "1ms"),
+            ("1.5µs", 1_500, "1.5µs"),
+            ("1.9ns", 1, "1ns"),
+            ("0.7m", 42_000_000_000, "42s"),
+            ("1.1h1.1m1.1s", 4_027_100_000_000, "1h7m7.1s"),
+            (
+                "9223372036854775807ns",
+                9_223_372_036_854_775_807,
+                "2562047h47m16.854775807s",
+            ),
+            (
+                "2562047h47m16.854775807s",
+                9_223_372_036_854_775_807,
+                "2562047h47m16.854775807s",
+            ),
+            ("-0s", 0, "0s"),
+            ("+0", 0, "0s"),
+            ("-0", 0, "0s"),
+            (
+                "123456789.123456789123456789s",
+                123_456_789_123_456_789,
+                "34293h33m9.123456789s",
+            ),
+            ("0.000000000000000000000000001h", 0, "0s"),
+            ("2562047.78h", 9_223_372_008_000_000_000, "2562047h46m48s"),
+        ];
+        for (s, ns, shown) in ok {
+            let d = parse_go_duration(s);
+            assert_eq!(d, Ok(Duration::from_nanos(*ns)), "{s}");
+            assert_eq!(format_go_duration(Duration::from_nanos(*ns)), *shown, "{s}");
+        }
+        for s in [
+            "9223372036854775808ns",
+            "2562047h47m16.854775808s",
+            "00",
+            "0.5",
+            "1h-1m",
+            "1..5s",
+        ] {
+            assert!(parse_go_duration(s).is_err(), "{s}");
+        }
+        // Go accepts -1.5h; no NodePass setting takes a negative duration.
+        assert_eq!(parse_go_duration("-1.5h"), Err(DurationError::Negative));
     }
 
     #[test]
