@@ -186,7 +186,7 @@ pub fn judge_handshake_request(
     };
     let verdict = if req.method != Some("GET") {
         HandshakeVerdict::MethodNotAllowed
-    } else if req.path != Some("/") {
+    } else if req.path.map(request_path) != Some("/") {
         HandshakeVerdict::NotFound
     } else {
         let token = req
@@ -201,6 +201,19 @@ pub fn judge_handshake_request(
         }
     };
     Ok(Some((verdict, n)))
+}
+
+/// The path part of a request target, as Go's `r.URL.Path` sees it for the check: the
+/// query cut off, and the scheme and authority of an absolute-form target (`http://h/`)
+/// dropped.
+fn request_path(target: &str) -> &str {
+    let target = target.split_once('?').map_or(target, |(p, _)| p);
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            return rest.find('/').map_or("", |i| &rest[i..]);
+        }
+    }
+    target
 }
 
 /// The server's response bytes for a verdict. `date` is an HTTP date for the `Date:`
@@ -601,6 +614,25 @@ mod tests {
             )),
             HandshakeVerdict::Accept
         );
+        // Go checks r.URL.Path: a query string or an absolute-form target still means "/".
+        for target in ["/?x=1", "http://10.0.0.1:10101/", "https://h/?a"] {
+            assert_eq!(
+                judge(format!(
+                    "GET {target} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+                )),
+                HandshakeVerdict::Accept,
+                "{target}"
+            );
+        }
+        for target in ["/x?", "http://h", "http://h/x", "//"] {
+            assert_eq!(
+                judge(format!(
+                    "GET {target} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+                )),
+                HandshakeVerdict::NotFound,
+                "{target}"
+            );
+        }
         assert_eq!(
             judge_handshake_request(b"GET / HTTP/1.1\r\n", &k()),
             Ok(None)
