@@ -209,6 +209,11 @@ impl Pump {
                     }
                     return Poll::Pending;
                 }
+                // A TLS peer that closes without close_notify (the reference does when
+                // it tears a relay down) has still finished sending: treat it as EOF.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.eof = true;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
