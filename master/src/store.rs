@@ -84,6 +84,15 @@ impl Store {
                 root.display()
             )
         })?;
+        // The directory holds the API key: keep it private to the master's user.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(root) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
+                }
+            }
+        }
         let db_path = root.join("db");
         let backup = root.join("backup.json");
         let had_db = db_path.join("conf").exists();
@@ -224,7 +233,13 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(snap)?;
         (|| -> std::io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -307,6 +322,11 @@ mod tests {
         assert_eq!(opened.snapshot.master.as_ref(), Some(&master));
         assert_eq!(opened.snapshot.instances, vec![inst("aaaaaaaa")]);
         assert!(opened.restored_from.is_none());
+        // The API key is in there: private to the master's user.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("backup.json")), 0o600);
         drop(opened);
 
         // Corrupt the database: the error names the backup and how to recover.

@@ -1,0 +1,366 @@
+//! Master benchmark (run by hand; numbers go to benches/RESULTS.md):
+//!
+//!     cargo build --release --bin nodepass
+//!     cargo bench -p nodepass-master --bench master
+//!
+//! Drives the release `nodepass` binary as a separate process over real loopback HTTP:
+//! 1. GET /instances latency (p50/p99, a new connection per request) with 1000 instances
+//!    in the store, and the master's RSS with them;
+//! 2. SSE fan-out: 100 subscribers, 200 update events; time from the PATCH answer to the
+//!    event reaching the last subscriber (p50/p99);
+//! 3. 100 running single-end client workers: the master's RSS and the workers' idle RSS.
+//!
+//! NODEPASS_BIN overrides the binary path (default: target/release/nodepass beside this
+//! bench executable).
+
+#[path = "../../master/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nodepass_master::model::{Instance, Meta};
+use nodepass_master::store::{MasterRecord, Store, StoredInstance};
+use support::{free_port, Api, Sse};
+
+fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NODEPASS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("nodepass");
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --release --bin nodepass` first",
+        p.display()
+    );
+    p
+}
+
+struct MasterProc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    api: Api,
+}
+
+impl Drop for MasterProc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_master(state: &Path) -> MasterProc {
+    let port = free_port();
+    let mut child = Command::new(binary())
+        .arg(format!("master://127.0.0.1:{port}/api?log=info"))
+        .env("NP_STATE_DIR", state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the master");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = child.stdout.take().unwrap();
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            l2.lock().unwrap().push(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let key = loop {
+        if let Some(l) = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("API Key created: ") || l.contains("API Key loaded: "))
+        {
+            break l.rsplit(' ').next().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "master did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("Master started"))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    MasterProc {
+        child,
+        lines,
+        api: Api {
+            addr,
+            base: "/api/v1".into(),
+            key,
+        },
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn preload(state: &Path, n: usize) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opened = Store::open(state).unwrap();
+    let store = opened.store;
+    store.put_master(&MasterRecord::generate()).unwrap();
+    for i in 0..n {
+        let url = format!(
+            "client://127.0.0.1:{}/127.0.0.1:9?log=info&mode=1",
+            20000 + i
+        );
+        let config = nodepass_proto::url::parse_tunnel_url(&url)
+            .unwrap()
+            .to_config();
+        let mut tags = std::collections::BTreeMap::new();
+        tags.insert("bench".to_string(), format!("{i}"));
+        store
+            .put_instance(&StoredInstance {
+                instance: Instance {
+                    id: format!("{i:08x}"),
+                    alias: format!("instance-{i}"),
+                    kind: "client".into(),
+                    status: "stopped".into(),
+                    url,
+                    config,
+                    restart: false,
+                    meta: Meta {
+                        peer: Default::default(),
+                        tags,
+                    },
+                    mode: 1,
+                    ping: 0,
+                    pool: 0,
+                    tcps: 0,
+                    udps: 0,
+                    tcprx: 123_456_789,
+                    tcptx: 987_654_321,
+                    udprx: 0,
+                    udptx: 0,
+                },
+                pid: None,
+            })
+            .unwrap();
+    }
+    rt.block_on(store.flush()).unwrap();
+}
+
+fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful: only run
+    // when asked to benchmark.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("master bench: run with `cargo bench -p nodepass-master --bench master`");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    preload(&state, 1000);
+    let master = spawn_master(&state);
+    let api = master.api.clone();
+
+    // 1. GET /instances with 1000 instances.
+    let r = api.get("/instances");
+    assert_eq!(r.status, 200);
+    let count = r.json().as_array().unwrap().len();
+    let body_len = r.body.len();
+    for _ in 0..50 {
+        api.get("/instances");
+    }
+    let mut lat = Vec::new();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        let r = api.get("/instances");
+        lat.push(t.elapsed());
+        assert_eq!(r.status, 200);
+    }
+    lat.sort();
+    let rss_1000 = rss_kib(master.child.id());
+    println!(
+        "GET /instances ({count} instances, {body_len} bytes): p50 {} p99 {} max {}",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(*lat.last().unwrap())
+    );
+    println!(
+        "master RSS with {count} instances (stopped): {} KiB",
+        rss_1000
+    );
+
+    // 2. SSE fan-out to 100 subscribers.
+    let target = "00000000";
+    let (tx, rx) = mpsc::channel::<(usize, String, Instant)>();
+    let mut readers = Vec::new();
+    for s in 0..100 {
+        let tx = tx.clone();
+        let api = api.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut sse = Sse::open(api.addr, "/api/v1/events", &api.key);
+            assert_eq!(sse.status, 200);
+            tx.send((s, "ready".into(), Instant::now())).unwrap();
+            while let Some(e) = sse.next_event(Duration::from_secs(60)) {
+                if e.kind() == "update" {
+                    let alias = e.data["instance"]["alias"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    if alias.starts_with("fan-") {
+                        let done = alias == "fan-199";
+                        tx.send((s, alias, Instant::now())).unwrap();
+                        if done {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(tx);
+    for _ in 0..100 {
+        rx.recv().unwrap();
+    }
+    let mut sent = Vec::new();
+    let t0 = Instant::now();
+    for n in 0..200 {
+        let r = api.call(
+            "PATCH",
+            &format!("/instances/{target}"),
+            Some(&format!(r#"{{"alias":"fan-{n}"}}"#)),
+        );
+        assert_eq!(r.status, 200);
+        sent.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut last = vec![None::<Instant>; 200];
+    let mut got = 0usize;
+    while let Ok((_, alias, at)) = rx.recv_timeout(Duration::from_secs(30)) {
+        let n: usize = alias.trim_start_matches("fan-").parse().unwrap();
+        last[n] = Some(last[n].map_or(at, |l: Instant| l.max(at)));
+        got += 1;
+        if got == 200 * 100 {
+            break;
+        }
+    }
+    let total = t0.elapsed();
+    let mut fan: Vec<Duration> = last
+        .iter()
+        .zip(&sent)
+        .filter_map(|(l, s)| l.map(|l| l.saturating_duration_since(*s)))
+        .collect();
+    fan.sort();
+    println!(
+        "SSE fan-out: 100 subscribers x 200 events, {got} deliveries in {} ; PATCH answer -> last subscriber p50 {} p99 {}",
+        ms(total), ms(percentile(&fan, 0.5)), ms(percentile(&fan, 0.99))
+    );
+    for r in readers {
+        let _ = r.join();
+    }
+    drop(master);
+
+    // 3. 100 running workers.
+    let dir2 = tempfile::tempdir().unwrap();
+    let master = spawn_master(&dir2.path().join("state"));
+    let api = master.api.clone();
+    let echo = echo_server();
+    let rss_empty = rss_kib(master.child.id());
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let r = api.call(
+            "POST",
+            "/instances",
+            Some(&format!(
+                r#"{{"url":"client://127.0.0.1:{}/{echo}?mode=1"}}"#,
+                free_port()
+            )),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = api.get("/instances").json();
+        let running = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["status"] == "running")
+            .count();
+        if running == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {running} of 100 running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_100 = rss_kib(master.child.id());
+    let pids: Vec<u32> = master
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("Instance starting: "))
+        .filter_map(|l| l.rsplit("(pid ").next()?.trim_end_matches(')').parse().ok())
+        .collect();
+    let mut worker_rss: Vec<u64> = pids
+        .iter()
+        .map(|p| rss_kib(*p))
+        .filter(|r| *r > 0)
+        .collect();
+    worker_rss.sort();
+    println!("master RSS: empty {rss_empty} KiB, with 100 running workers {rss_100} KiB");
+    println!(
+        "worker idle RSS ({} workers): median {} KiB, min {} KiB, max {} KiB, sum {} KiB",
+        worker_rss.len(),
+        worker_rss[worker_rss.len() / 2],
+        worker_rss[0],
+        worker_rss[worker_rss.len() - 1],
+        worker_rss.iter().sum::<u64>()
+    );
+}
