@@ -85,6 +85,9 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
 struct UdpSession {
     to_tunnel: WriteHalf<Conn>,
     generation: u64,
+    /// Once the reply task has finished, the session is over even if its end message is
+    /// still queued: the next datagram starts a new session.
+    replies: tokio::task::JoinHandle<()>,
 }
 
 pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Result<()> {
@@ -110,6 +113,9 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             },
         };
         inst.figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
+        if sessions.get(&peer).is_some_and(|s| s.replies.is_finished()) {
+            sessions.remove(&peer);
+        }
         if let std::collections::hash_map::Entry::Vacant(vacant) = sessions.entry(peer) {
             let Some(slot) = inst.slots.try_acquire(SlotKind::Udp) else {
                 tracing::error!(
@@ -128,15 +134,16 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             let (from_tunnel, to_tunnel) = tokio::io::split(entry);
             generation += 1;
             let gen = generation;
-            vacant.insert(UdpSession {
-                to_tunnel,
-                generation: gen,
-            });
             let (s2, sock2, ended) = (sess.clone(), socket.clone(), ended_tx.clone());
-            tokio::spawn(async move {
+            let replies = tokio::spawn(async move {
                 let _slot = slot;
                 replies(&s2, from_tunnel, &sock2, peer).await;
                 let _ = ended.send((peer, gen));
+            });
+            vacant.insert(UdpSession {
+                to_tunnel,
+                generation: gen,
+                replies,
             });
             sess.send(Signal::Udp {
                 remote: peer.to_string(),

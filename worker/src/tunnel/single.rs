@@ -178,6 +178,9 @@ async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
 struct Session {
     socket: Arc<UdpSocket>,
     generation: u64,
+    /// The reply task; once it has finished the session is over even if its end message
+    /// is still queued (a datagram must then start a new session, not feed a dead one).
+    replies: tokio::task::JoinHandle<()>,
 }
 
 async fn udp_loop(
@@ -211,7 +214,8 @@ async fn udp_loop(
         inst.figures
             .udprx
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        let socket = match sessions.get(&peer) {
+        let live = sessions.get(&peer).filter(|s| !s.replies.is_finished());
+        let socket = match live {
             Some(s) => s.socket.clone(),
             None => {
                 let Some(slot) = inst.slots.try_acquire(SlotKind::Udp) else {
@@ -230,13 +234,6 @@ async fn udp_loop(
                     }
                 };
                 generation += 1;
-                sessions.insert(
-                    peer,
-                    Session {
-                        socket: target.clone(),
-                        generation,
-                    },
-                );
                 tracing::debug!("Starting transfer: {peer} <-> {:?}", target.peer_addr());
                 let (inst2, listener2, ended, cancel2, gen) = (
                     inst.clone(),
@@ -246,11 +243,19 @@ async fn udp_loop(
                     generation,
                 );
                 let target2 = target.clone();
-                tokio::spawn(async move {
+                let replies = tokio::spawn(async move {
                     let _slot = slot;
                     udp_replies(&inst2, &target2, &listener2, peer, &cancel2).await;
                     let _ = ended.send((peer, gen));
                 });
+                sessions.insert(
+                    peer,
+                    Session {
+                        socket: target.clone(),
+                        generation,
+                        replies,
+                    },
+                );
                 target
             }
         };
