@@ -124,6 +124,7 @@ pub struct ErrorBody {
 pub struct CreateInstanceRequest {
     pub alias: String,
     /// `server://...` or `client://...`
+    #[schema(required = true, min_length = 1, pattern = "^(server|client)://")]
     pub url: String,
 }
 
@@ -131,6 +132,8 @@ pub struct CreateInstanceRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct PutInstanceRequest {
+    /// The new `server://...` or `client://...` URL.
+    #[schema(required = true, min_length = 1, pattern = "^(server|client)://")]
     pub url: String,
 }
 

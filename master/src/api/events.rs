@@ -26,7 +26,7 @@ use crate::state::Master;
     ))]
 pub async fn events(State(m): State<Arc<Master>>, method: Method) -> Response {
     if method != Method::GET {
-        return method_not_allowed();
+        return method_not_allowed("GET");
     }
     // Subscribe before the snapshot so nothing between the two is missed (an event may
     // then arrive twice, which is harmless: events carry the whole instance).

@@ -20,7 +20,7 @@ pub async fn info(State(m): State<Arc<Master>>, method: Method, body: Bytes) -> 
     match method {
         Method::GET => get_info(m).await,
         Method::POST => set_master_alias(m, body).await,
-        _ => method_not_allowed(),
+        _ => method_not_allowed("GET, POST"),
     }
 }
 

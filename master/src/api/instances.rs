@@ -20,7 +20,7 @@ pub async fn collection(State(m): State<Arc<Master>>, method: Method, body: Byte
     match method {
         Method::GET => list_instances(m).await,
         Method::POST => create_instance(m, body).await,
-        _ => method_not_allowed(),
+        _ => method_not_allowed("GET, POST"),
     }
 }
 
@@ -46,7 +46,7 @@ pub async fn item(State(m): State<Arc<Master>>, method: Method, uri: Uri, body: 
         Method::PATCH => patch_instance(m, id, body).await,
         Method::PUT => put_instance(m, id, body).await,
         Method::DELETE => delete_instance(m, id).await,
-        _ => method_not_allowed(),
+        _ => method_not_allowed("GET, PATCH, PUT, DELETE"),
     }
 }
 

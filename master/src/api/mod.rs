@@ -146,9 +146,13 @@ pub fn error(e: ApiError) -> Response {
     json(e.status, &ErrorBody { error: e.message })
 }
 
-pub fn method_not_allowed() -> Response {
-    error(ApiError::new(
+/// 405 with the reference's message, plus the `Allow` header RFC 9110 asks for.
+pub fn method_not_allowed(allow: &'static str) -> Response {
+    let mut resp = error(ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "Method not allowed",
-    ))
+    ));
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
 }

@@ -21,7 +21,7 @@ pub async fn tcping(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     if method != Method::GET {
-        return method_not_allowed();
+        return method_not_allowed("GET");
     }
     let target = query
         .ok()
