@@ -32,6 +32,10 @@ pub struct Pool {
     /// handshake).
     max: usize,
     errors: AtomicU32,
+    /// Set once `00000000` has been taken as the control channel: a second entry with that
+    /// id in the same session (a restarted peer's first entry) must never become a data
+    /// entry, or user bytes would land on the peer's control channel.
+    control_taken: std::sync::atomic::AtomicBool,
 }
 
 /// Why an entry was not taken into the pool.
@@ -49,6 +53,7 @@ impl Pool {
             arrived: Notify::new(),
             max: max.max(1),
             errors: AtomicU32::new(0),
+            control_taken: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -81,7 +86,9 @@ impl Pool {
         if st.idle.len() >= self.max {
             return Err((PutError::Full, conn));
         }
-        if st.idle.contains_key(&id) {
+        if st.idle.contains_key(&id)
+            || (id == PoolId::CONTROL && self.control_taken.load(Ordering::Relaxed))
+        {
             return Err((PutError::Duplicate, conn));
         }
         st.idle.insert(id, conn);
@@ -108,9 +115,14 @@ impl Pool {
 
     /// Takes the entry named `id`, waiting up to `timeout` for it to arrive.
     pub async fn outgoing_get(&self, id: PoolId, timeout: Duration) -> Option<Conn> {
-        self.get_with(timeout, |st| st.idle.remove(&id).map(|c| (id, c)))
+        let got = self
+            .get_with(timeout, |st| st.idle.remove(&id).map(|c| (id, c)))
             .await
-            .map(|(_, c)| c)
+            .map(|(_, c)| c);
+        if got.is_some() && id == PoolId::CONTROL {
+            self.control_taken.store(true, Ordering::Relaxed);
+        }
+        got
     }
 
     async fn get_with(

@@ -382,7 +382,7 @@ impl Session {
             // NodePass v1.14.0 with tls=2 cannot name its own certificate (REFERENCE.md
             // 5.4). The chain was verified for `sni` during the TLS handshake, so go on.
             tracing::warn!(
-                "outgoingVerify: the server sent no fingerprint (a tls=2 server of the reference does that); relying on the verified certificate chain"
+                "TLS verify: the server sent no fingerprint (a tls=2 server of the reference does that); relying on the verified certificate chain"
             );
         } else {
             let ours = self.fingerprint_of(&entry);
