@@ -9,6 +9,7 @@ use nodepass_proto::report::{Ready, Report};
 use nodepass_proto::tunables::Tunables;
 use nodepass_proto::url::{Role, TunnelUrl};
 
+use crate::dns::Dns;
 use crate::figures::Figures;
 use crate::output;
 use crate::policy::{RelayPolicy, Slots};
@@ -21,6 +22,8 @@ pub struct Instance {
     pub slots: Slots,
     pub policy: RelayPolicy,
     pub targets: Targets,
+    /// The resolve cache shared by target and tunnel dials.
+    pub dns: Arc<Dns>,
     /// Resolved mode (1 or 2) once known; 0 before.
     mode: AtomicU8,
     ready_sent: AtomicBool,
@@ -31,13 +34,17 @@ impl Instance {
         let figures = Arc::new(Figures::default());
         let slots = Slots::new(url.effective_slot(), figures.clone());
         let policy = RelayPolicy::new(url.effective_read(), url.effective_rate_bytes());
+        let dns = Arc::new(Dns::new(&url.effective_dns()));
         let targets = Targets::new(
             url.targets.clone(),
+            url.effective_lbs(),
+            dns.clone(),
             url.effective_dial(),
             tun.tcp_dial_timeout,
             tun.udp_dial_timeout,
         );
         Arc::new(Instance {
+            dns,
             url,
             tun,
             figures,

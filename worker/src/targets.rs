@@ -2,33 +2,33 @@
 //! starts at the next target in turn (an atomic counter) and fails over through the rest
 //! in order; a single target is dialed directly (REFERENCE.md 1, `dialWithRotation`).
 //!
+//! `lbs` (our extension) changes the order: 1 tries the target with the lowest measured
+//! connect time first, 2 always starts at the first target (primary/backup).
+//!
 //! `dial=<ip>` binds the local source address; the first failure with it logs once and
 //! turns it off for the life of the process, as the reference does.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
-use nodepass_proto::url::{DialSource, HostPort};
+use nodepass_proto::url::{DialSource, HostPort, LbStrategy};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-/// Resolves a host:port (IP literals without a lookup).
-pub async fn resolve(hp: &HostPort) -> anyhow::Result<SocketAddr> {
-    if let Some(sa) = hp.socket_addr() {
-        return Ok(sa);
-    }
-    let mut addrs = tokio::net::lookup_host((hp.host.as_str(), hp.port))
-        .await
-        .with_context(|| format!("cannot resolve {hp}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| anyhow!("{hp} resolves to no address"))
-}
+use crate::dns::Dns;
+
+/// Latency figure of a target whose last dial failed: sorts after every working one.
+const FAILED: u64 = u64::MAX / 2;
 
 #[derive(Debug)]
 pub struct Targets {
     addrs: Vec<HostPort>,
+    lbs: LbStrategy,
+    dns: Arc<Dns>,
+    /// Smoothed connect time per target in microseconds (0 = not measured yet).
+    latency: Vec<AtomicU64>,
     next: AtomicU64,
     source: Option<IpAddr>,
     source_failed: AtomicBool,
@@ -39,12 +39,17 @@ pub struct Targets {
 impl Targets {
     pub fn new(
         addrs: Vec<HostPort>,
+        lbs: LbStrategy,
+        dns: Arc<Dns>,
         dial: DialSource,
         tcp_timeout: Duration,
         udp_timeout: Duration,
     ) -> Self {
         Targets {
+            latency: addrs.iter().map(|_| AtomicU64::new(0)).collect(),
             addrs,
+            lbs,
+            dns,
             next: AtomicU64::new(0),
             source: match dial {
                 DialSource::Auto => None,
@@ -78,6 +83,43 @@ impl Targets {
 
     pub fn get(&self, i: usize) -> Option<&HostPort> {
         self.addrs.get(i)
+    }
+
+    /// The order in which one dial tries the targets.
+    fn order(&self) -> Vec<usize> {
+        let n = self.addrs.len();
+        match self.lbs {
+            LbStrategy::RoundRobin => {
+                let start = self.next_index();
+                (0..n).map(|i| (start + i) % n).collect()
+            }
+            LbStrategy::Failover => (0..n).collect(),
+            LbStrategy::LeastLatency => {
+                let mut v: Vec<usize> = (0..n).collect();
+                // Unmeasured targets (0) first, so each gets measured once.
+                v.sort_by_key(|&i| self.latency[i].load(Ordering::Relaxed));
+                v
+            }
+        }
+    }
+
+    fn record(&self, i: usize, took: Option<Duration>) {
+        let Some(slot) = self.latency.get(i) else {
+            return;
+        };
+        match took {
+            None => slot.store(FAILED, Ordering::Relaxed),
+            Some(d) => {
+                let new = (d.as_micros() as u64).max(1);
+                let old = slot.load(Ordering::Relaxed);
+                let v = if old == 0 || old >= FAILED {
+                    new
+                } else {
+                    (old * 3 + new) / 4
+                };
+                slot.store(v, Ordering::Relaxed);
+            }
+        }
     }
 
     fn source(&self) -> Option<IpAddr> {
@@ -120,7 +162,7 @@ impl Targets {
     }
 
     async fn tcp_to(&self, hp: &HostPort) -> anyhow::Result<TcpStream> {
-        let addr = resolve(hp).await?;
+        let addr = self.dns.resolve(hp).await?;
         match self.tcp_once(addr, self.source()).await {
             Err(e) if self.drop_source(&e) => self.tcp_once(addr, None).await,
             other => other,
@@ -148,7 +190,7 @@ impl Targets {
     }
 
     async fn udp_to(&self, hp: &HostPort) -> anyhow::Result<UdpSocket> {
-        let addr = resolve(hp).await?;
+        let addr = self.dns.resolve(hp).await?;
         match self.udp_once(addr, self.source()).await {
             Err(e) if self.drop_source(&e) => self.udp_once(addr, None).await,
             other => other,
@@ -160,13 +202,18 @@ impl Targets {
         if self.addrs.len() == 1 {
             return self.tcp_to(&self.addrs[0]).await;
         }
-        let start = self.next_index();
         let mut last = None;
-        for i in 0..self.addrs.len() {
-            let hp = &self.addrs[(start + i) % self.addrs.len()];
-            match self.tcp_to(hp).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
+        for i in self.order() {
+            let started = Instant::now();
+            match self.tcp_to(&self.addrs[i]).await {
+                Ok(s) => {
+                    self.record(i, Some(started.elapsed()));
+                    return Ok(s);
+                }
+                Err(e) => {
+                    self.record(i, None);
+                    last = Some(e);
+                }
             }
         }
         Err(self.all_failed(last))
@@ -177,11 +224,9 @@ impl Targets {
         if self.addrs.len() == 1 {
             return self.udp_to(&self.addrs[0]).await;
         }
-        let start = self.next_index();
         let mut last = None;
-        for i in 0..self.addrs.len() {
-            let hp = &self.addrs[(start + i) % self.addrs.len()];
-            match self.udp_to(hp).await {
+        for i in self.order() {
+            match self.udp_to(&self.addrs[i]).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
@@ -200,11 +245,14 @@ impl Targets {
     /// The single-end `ping`: ms to TCP-connect to the next target (0 on failure),
     /// with `timeout` (the report interval).
     pub async fn probe(&self, timeout: Duration) -> u64 {
-        let Some(hp) = self.get(self.next_index()) else {
+        let Some(&i) = self.order().first() else {
+            return 0;
+        };
+        let Some(hp) = self.get(i) else {
             return 0;
         };
         let started = std::time::Instant::now();
-        let Ok(addr) = resolve(hp).await else {
+        let Ok(addr) = self.dns.resolve(hp).await else {
             return 0;
         };
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -238,8 +286,13 @@ mod tests {
             .expect("bind");
         let dead_addr = dead.local_addr().expect("addr");
         drop(dead);
+        let dns = Arc::new(Dns::new(&nodepass_proto::url::DnsSetting::Ttl(
+            Duration::ZERO,
+        )));
         let t = Targets::new(
             vec![hp(&dead_addr.to_string()), hp(&live_addr.to_string())],
+            LbStrategy::RoundRobin,
+            dns.clone(),
             DialSource::Auto,
             Duration::from_secs(2),
             Duration::from_secs(2),
@@ -248,8 +301,24 @@ mod tests {
             let s = t.dial_tcp().await.expect("one target is alive");
             assert_eq!(s.peer_addr().expect("peer"), live_addr);
         }
+        for lbs in [LbStrategy::LeastLatency, LbStrategy::Failover] {
+            let t = Targets::new(
+                vec![hp(&dead_addr.to_string()), hp(&live_addr.to_string())],
+                lbs,
+                dns.clone(),
+                DialSource::Auto,
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+            );
+            for _ in 0..3 {
+                let s = t.dial_tcp().await.expect("one target is alive");
+                assert_eq!(s.peer_addr().expect("peer"), live_addr);
+            }
+        }
         let only_dead = Targets::new(
             vec![hp(&dead_addr.to_string()), hp(&dead_addr.to_string())],
+            LbStrategy::RoundRobin,
+            dns,
             DialSource::Auto,
             Duration::from_secs(2),
             Duration::from_secs(2),

@@ -146,6 +146,7 @@ impl PoolServer for TcpPoolServer {
 
 /// Client side of the TCP pool.
 pub struct TcpPoolClient {
+    dns: Arc<crate::dns::Dns>,
     server: HostPort,
     tls: Option<ClientTls>,
     dial_timeout: Duration,
@@ -154,12 +155,14 @@ pub struct TcpPoolClient {
 
 impl TcpPoolClient {
     pub fn new(
+        dns: Arc<crate::dns::Dns>,
         server: HostPort,
         tls: Option<ClientTls>,
         dial_timeout: Duration,
         keepalive: Duration,
     ) -> Self {
         TcpPoolClient {
+            dns,
             server,
             tls,
             dial_timeout,
@@ -169,7 +172,7 @@ impl TcpPoolClient {
 
     async fn open_entry(&self) -> anyhow::Result<(PoolId, Conn)> {
         // Re-resolved per dial, like the reference, so a moved server is followed.
-        let addr = crate::targets::resolve(&self.server).await?;
+        let addr = self.dns.resolve(&self.server).await?;
         let tcp = tokio::time::timeout(self.dial_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow!("dial tcp {addr}: i/o timeout"))?

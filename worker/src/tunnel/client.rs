@@ -33,7 +33,7 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     let sni = url.effective_sni();
     let config = tokio::select! {
         _ = cancel.cancelled() => anyhow::bail!("tunnelHandshake: context canceled"),
-        c = handshake::request(&url.tunnel, &sni, &url.key, inst.tun.tcp_dial_timeout) => c?,
+        c = handshake::request(&inst.dns, &url.tunnel, &sni, &url.key, inst.tun.tcp_dial_timeout) => c?,
     };
     tracing::info!("Loading tunnel config: {}", config.log_form());
     transport::ensure_supported(config.pool_type)?;
@@ -44,6 +44,7 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     };
     let pool = Arc::new(Pool::new(config.max as usize));
     let opener: Arc<dyn PoolClient> = Arc::new(TcpPoolClient::new(
+        inst.dns.clone(),
         url.tunnel.clone(),
         client_tls,
         inst.tun.tcp_dial_timeout,

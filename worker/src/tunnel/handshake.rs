@@ -124,12 +124,13 @@ async fn answer(
 
 /// Client: performs the handshake with the server at `server`.
 pub async fn request(
+    dns: &crate::dns::Dns,
     server: &HostPort,
     host_header: &str,
     key: &TunnelKey,
     dial_timeout: Duration,
 ) -> anyhow::Result<TunnelConfig> {
-    let addr = crate::targets::resolve(server).await?;
+    let addr = dns.resolve(server).await?;
     let tcp = tokio::time::timeout(dial_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow!("tunnelHandshake: dial tcp {addr}: i/o timeout"))?

@@ -45,7 +45,7 @@ pub fn is_fatal(e: &anyhow::Error) -> bool {
 
 /// The socket address to listen on for a `host:port` (empty host: all interfaces).
 pub async fn listen_addr(hp: &HostPort) -> anyhow::Result<SocketAddr> {
-    crate::targets::resolve(hp).await
+    crate::dns::resolve_once(hp).await
 }
 
 /// A TCP listener with the reference's socket options (SO_REUSEADDR, as Go sets it).
@@ -105,6 +105,8 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
     let mut first = true;
     loop {
         let session = shutdown.child_token();
+        // Each start resolves names afresh, like the reference.
+        inst.dns.clear();
         let result = match inst.role() {
             Role::Server => server::start(&inst, server_tls.clone(), &session, first).await,
             Role::Client => client_start(&inst, &session, first).await,
