@@ -6,6 +6,13 @@
 //! `?tls=1`), POSTing each input URL to `/api/v1/instances`, and keeping the `url` and
 //! `config` of the 201 answer. Each record: `master`, `input`, `status`, `url`, `config`.
 //! The same is checked against the transcript in shared/spec/go-master-transcript.md.
+//!
+//! `data/go-net-url.json` widens this to odd inputs: 380 URLs from the fuzz corpus that we
+//! accept (odd escapes, repeated and empty parameters, spaces, fragments, IPv6, several
+//! targets), with `url` and `config` computed by Go 1.27's `net/url` doing what the master's
+//! enhanceURL/generateConfigURL do for a master without log or TLS: `u, _ := url.Parse(in);
+//! u.RawQuery = u.Query().Encode(); url := u.String()`, then each role default set where
+//! `q.Get(k) == ""`, `Encode()`, `String()` again.
 
 use nodepass_proto::url::{parse_master_url, parse_tunnel_url};
 
@@ -80,4 +87,24 @@ fn config_matches_the_transcript() {
         t.to_url(),
         "client://127.0.0.1:42113/127.0.0.1:41001?log=info"
     );
+}
+
+#[derive(serde::Deserialize)]
+struct NetUrlRecord {
+    input: String,
+    url: String,
+    config: String,
+}
+
+#[test]
+fn odd_inputs_render_as_go_net_url_renders_them() {
+    let records: Vec<NetUrlRecord> =
+        serde_json::from_str(include_str!("data/go-net-url.json")).expect("vector file is JSON");
+    assert_eq!(records.len(), 380);
+    for r in records {
+        let t = parse_tunnel_url(&r.input)
+            .unwrap_or_else(|e| panic!("{:?} should parse: {e}", r.input));
+        assert_eq!(t.to_url(), r.url, "url of {:?}", r.input);
+        assert_eq!(t.to_config(), r.config, "config of {:?}", r.input);
+    }
 }
