@@ -288,8 +288,20 @@ async fn buffered_relay<A: RelayIo, B: RelayIo>(
 // ---------------------------------------------------------------------------------------
 // splice(2) between two plain TCP sockets.
 
-/// Bytes moved per splice call (the default pipe capacity).
-const SPLICE_CHUNK: usize = 1 << 16;
+/// Pipe capacity asked for (the usual unprivileged maximum): fewer, larger splices.
+/// The pages are the kernel's and only exist while bytes are in flight.
+const PIPE_SIZE: usize = 1 << 20;
+/// What a pipe holds when the kernel refuses the larger size.
+const DEFAULT_PIPE_SIZE: usize = 1 << 16;
+
+/// A pipe for one direction and how many bytes it holds.
+fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
+    let size = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+        .map(|n| n as usize)
+        .unwrap_or(DEFAULT_PIPE_SIZE);
+    Ok((r, w, size))
+}
 
 async fn splice_relay(
     a: &TcpStream,
@@ -333,7 +345,7 @@ async fn splice_dir(
     src_counted: bool,
 ) -> io::Result<(u64, bool)> {
     // Created at the first byte: an idle held connection costs no pipe.
-    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
+    let mut pipe: Option<(OwnedFd, OwnedFd, usize)> = None;
     let mut total = 0u64;
     let mut timed_out = false;
     loop {
@@ -344,21 +356,14 @@ async fn splice_dir(
                     timed_out = true;
                     break 0;
                 }
-                pipe = Some(nix::unistd::pipe2(
-                    nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
-                )?);
+                pipe = Some(new_pipe()?);
             }
-            let Some((_, pw)) = &pipe else { unreachable!() };
+            let Some((_, pw, size)) = &pipe else {
+                return Err(io::Error::other("relay pipe missing"));
+            };
             match src.try_io(Interest::READABLE, || {
-                nix::fcntl::splice(
-                    src.as_fd(),
-                    None,
-                    pw.as_fd(),
-                    None,
-                    SPLICE_CHUNK,
-                    splice_flags(),
-                )
-                .map_err(io::Error::from)
+                nix::fcntl::splice(src.as_fd(), None, pw.as_fd(), None, *size, splice_flags())
+                    .map_err(io::Error::from)
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -387,7 +392,9 @@ async fn splice_dir(
             }
         }
         // Drain the pipe into the destination.
-        let Some((pr, _)) = &pipe else { unreachable!() };
+        let Some((pr, _, _)) = &pipe else {
+            return Err(io::Error::other("relay pipe missing"));
+        };
         let mut left = n;
         while left > 0 {
             match dst.try_io(Interest::WRITABLE, || {

@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Tunnel benchmark orchestrator (run through run.sh, which builds the binaries).
+
+Variants, all on loopback in front of the same target (np-loadgen serve):
+  direct     the target itself
+  splice2    two chained splice-fwd hops (the practical limit of a two-hop relay)
+  np-tls0    our server + client, TCP pool, tls=0 (reverse mode, users at the server)
+  np-tls1    the same with tls=1
+  rathole    rathole 0.5, tcp transport
+
+Per round, each measurement runs once per variant, variants interleaved, so background
+noise (other builds on the machine) spreads over all of them; the figure reported is the
+median over rounds. Throughput: np-loadgen send, 1 and 8 streams. Relay CPU: utime+stime of
+the relay processes during the throughput run, per Gbit/s moved. Latency: fresh connection,
+one byte echoed, p50/p99 over COUNT connections. RSS: VmRSS of the relay processes summed,
+idle after start and while 1000 relayed connections are held open.
+"""
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECS = float(os.environ.get("BENCH_SECS", "3"))
+LAT_COUNT = int(os.environ.get("BENCH_LAT_COUNT", "2000"))
+HOLD = int(os.environ.get("BENCH_HOLD", "1000"))
+
+NODEPASS = os.environ["NODEPASS_BIN"]
+LOADGEN = os.environ["LOADGEN_BIN"]
+SPLICE = os.environ["SPLICE_BIN"]
+RATHOLE = os.environ.get("RATHOLE_BIN", "")
+
+CLK = os.sysconf("SC_CLK_TCK")
+procs = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def spawn(args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=e)
+    procs.append(p)
+    return p
+
+
+def cleanup(*_):
+    for p in procs:
+        try:
+            p.kill()
+        except Exception:
+            pass
+    sys.exit(1)
+
+
+def wait_echo(addr, timeout=30):
+    host, port = addr.rsplit(":", 1)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2) as c:
+                c.sendall(b"E")
+                if c.recv(1) == b"E":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no echo through {addr}")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def setup(target):
+    """Starts every variant; returns {name: (entry_addr, [pids])}."""
+    v = {"direct": (target, [])}
+
+    a, b = free_port(), free_port()
+    p1 = spawn([SPLICE, f"127.0.0.1:{b}", target])
+    p2 = spawn([SPLICE, f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
+    v["splice2"] = (f"127.0.0.1:{a}", [p1.pid, p2.pid])
+
+    for tls in ("0", "1"):
+        t, u = free_port(), free_port()
+        s = spawn([NODEPASS, f"server://bench@127.0.0.1:{t}/127.0.0.1:{u}?mode=1&tls={tls}&log=warn"])
+        time.sleep(0.3)
+        c = spawn([NODEPASS, f"client://bench@127.0.0.1:{t}/{target}?mode=2&log=warn"])
+        v[f"np-tls{tls}"] = (f"127.0.0.1:{u}", [s.pid, c.pid])
+
+    if RATHOLE:
+        t, u = free_port(), free_port()
+        d = tempfile.mkdtemp(prefix="rathole-bench-")
+        with open(f"{d}/server.toml", "w") as f:
+            f.write(f'[server]\nbind_addr = "127.0.0.1:{t}"\n[server.services.bench]\n'
+                    f'token = "bench"\nbind_addr = "127.0.0.1:{u}"\n')
+        with open(f"{d}/client.toml", "w") as f:
+            f.write(f'[client]\nremote_addr = "127.0.0.1:{t}"\n[client.services.bench]\n'
+                    f'token = "bench"\nlocal_addr = "{target}"\n')
+        env = {"RUST_LOG": "warn"}
+        s = spawn([RATHOLE, "--server", f"{d}/server.toml"], env)
+        time.sleep(0.3)
+        c = spawn([RATHOLE, "--client", f"{d}/client.toml"], env)
+        v["rathole"] = (f"127.0.0.1:{u}", [s.pid, c.pid])
+
+    for name, (addr, _) in v.items():
+        wait_echo(addr)
+    time.sleep(2)  # let pools fill and settle
+    return v
+
+
+def run(args):
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{args}: {out.stderr.strip()}")
+    return out.stdout.split()
+
+
+def throughput(addr, pids, streams):
+    c0 = cpu_seconds(pids) if pids else 0
+    bytes_, took, gbps = run([LOADGEN, "send", addr, str(streams), str(SECS)])
+    c1 = cpu_seconds(pids) if pids else 0
+    gbps = float(gbps)
+    cores = (c1 - c0) / float(took)
+    return gbps, (cores / gbps * 100 if pids and gbps > 0 else None)
+
+
+def hold_rss(addr, pids):
+    h = subprocess.Popen([LOADGEN, "hold", addr, str(HOLD)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    line = h.stdout.readline().strip()
+    if line != f"held {HOLD}":
+        h.kill()
+        raise RuntimeError(f"hold through {addr}: {line!r}")
+    time.sleep(1)
+    r = rss_kib(pids)
+    h.stdin.close()
+    h.wait(timeout=60)
+    return r
+
+
+def main():
+    signal.signal(signal.SIGTERM, cleanup)
+    tport = free_port()
+    target = f"127.0.0.1:{tport}"
+    spawn([LOADGEN, "serve", target])
+    time.sleep(0.3)
+    variants = setup(target)
+    names = list(variants)
+    res = {n: {"t1": [], "t8": [], "cpu1": [], "cpu8": [], "p50": [], "p99": []} for n in names}
+    idle = {n: rss_kib(p) for n, (_, p) in variants.items() if p}
+
+    for r in range(ROUNDS):
+        print(f"round {r + 1}/{ROUNDS}", file=sys.stderr)
+        for streams, key in ((1, "1"), (8, "8")):
+            for n in names:
+                addr, pids = variants[n]
+                g, cpu = throughput(addr, pids, streams)
+                res[n]["t" + key].append(g)
+                if cpu is not None:
+                    res[n]["cpu" + key].append(cpu)
+        for n in names:
+            addr, _ = variants[n]
+            p50, p99 = run([LOADGEN, "latency", addr, str(LAT_COUNT)])
+            res[n]["p50"].append(float(p50))
+            res[n]["p99"].append(float(p99))
+
+    held = {n: hold_rss(variants[n][0], variants[n][1]) for n in names if variants[n][1]}
+
+    med = lambda xs: statistics.median(xs) if xs else None
+    rows = []
+    for n in names:
+        m = {k: med(v) for k, v in res[n].items()}
+        m["idle_mib"] = idle.get(n, 0) / 1024 if n in idle else None
+        m["held_mib"] = held.get(n, 0) / 1024 if n in held else None
+        m["per_conn_kib"] = ((held[n] - idle[n]) / HOLD / 2) if n in held else None
+        rows.append((n, m))
+
+    def f(x, fmt):
+        return "-" if x is None else fmt.format(x)
+
+    print(f"| variant | 1 stream Gbit/s | 8 streams Gbit/s | CPU %core per Gbit/s (1 / 8) "
+          f"| p50 us | p99 us | RSS idle MiB | RSS {HOLD} conns MiB | KiB per conn per side |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, m in rows:
+        print(f"| {n} | {f(m['t1'], '{:.2f}')} | {f(m['t8'], '{:.2f}')} | "
+              f"{f(m['cpu1'], '{:.0f}')} / {f(m['cpu8'], '{:.0f}')} | {f(m['p50'], '{:.0f}')} | "
+              f"{f(m['p99'], '{:.0f}')} | {f(m['idle_mib'], '{:.1f}')} | {f(m['held_mib'], '{:.1f}')} | "
+              f"{f(m['per_conn_kib'], '{:.1f}')} |")
+    print()
+    print("raw: " + json.dumps(res))
+    for p in procs:
+        p.kill()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for p in procs:
+            try:
+                p.kill()
+            except Exception:
+                pass
