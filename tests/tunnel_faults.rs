@@ -349,3 +349,21 @@ fn udp_sessions_do_not_leak() {
         });
     }
 }
+
+#[test]
+fn unsupported_pool_type_is_refused_at_start() {
+    for t in ["1", "2", "3"] {
+        let mut p = Proc::foreground(
+            "type",
+            &format!(
+                "server://k@127.0.0.1:{}/127.0.0.1:{}?type={t}",
+                free_port(),
+                free_port()
+            ),
+            &[],
+        );
+        assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1), "{}", p.dump());
+        assert!(p.count("is not supported yet") >= 1, "{}", p.dump());
+        assert_eq!(p.count("panicked"), 0, "{}", p.dump());
+    }
+}

@@ -181,11 +181,15 @@ impl TcpPoolClient {
         let mut conn = match &self.tls {
             None => Conn::Tcp(tcp),
             Some(tls) => {
-                let s = tls
-                    .connector
-                    .connect(tls.server_name.clone(), tcp)
-                    .await
-                    .with_context(|| format!("TLS handshake with {addr}"))?;
+                // Bounded: one pool round waits for all its opens, so a server that
+                // accepts TCP but never answers TLS must not stall the pool for good.
+                let s = tokio::time::timeout(
+                    ID_READ_TIMEOUT,
+                    tls.connector.connect(tls.server_name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| anyhow!("TLS handshake with {addr} timed out"))?
+                .with_context(|| format!("TLS handshake with {addr}"))?;
                 Conn::Tls(Box::new(tokio_rustls::TlsStream::Client(s)))
             }
         };
