@@ -557,8 +557,15 @@ impl Master {
         self.lock().master.clone()
     }
 
-    /// Saves every dirty record (counters moved, or an earlier write failed).
+    /// Saves every dirty record (counters moved, or an earlier write failed). After a write
+    /// error the database is reopened and the whole state rewritten.
     pub async fn save_dirty(&self) -> anyhow::Result<()> {
+        if self.store.is_broken() {
+            let snap = self.snapshot();
+            // Records stay marked dirty: the next round writes them again, which also
+            // covers changes made while this one ran.
+            return self.store.reopen_with(&snap).await;
+        }
         let mut failed = None;
         {
             let mut reg = self.lock();

@@ -8,6 +8,8 @@
 //! a corrupt database is "move `db/` aside and start again", which the error says.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -59,12 +61,32 @@ const MASTER_KEY: &[u8] = b"master";
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"nodepass-master-1";
 
-/// The open store.
+/// The sled handles; replaced as a whole when the database is reopened after a write
+/// error (sled refuses every later write once one failed, e.g. on a full disk).
+#[derive(Clone)]
+struct Handles {
+    db: sled::Db,
+    instances: sled::Tree,
+}
+
+/// The open store (cheap to clone; clones share the handles).
 #[derive(Clone)]
 pub struct Store {
     root: PathBuf,
-    db: sled::Db,
-    instances: sled::Tree,
+    handles: Arc<RwLock<Option<Handles>>>,
+    /// A write failed since the last successful reopen.
+    broken: Arc<AtomicBool>,
+}
+
+fn open_db(db_path: &Path) -> sled::Result<Handles> {
+    let db = sled::Config::new()
+        .path(db_path)
+        // The data is small; keep the page cache small so the master stays light.
+        .cache_capacity(16 * 1024 * 1024)
+        .flush_every_ms(Some(500))
+        .open()?;
+    let instances = db.open_tree("instances")?;
+    Ok(Handles { db, instances })
 }
 
 /// What opening found.
@@ -96,20 +118,12 @@ impl Store {
         let db_path = root.join("db");
         let backup = root.join("backup.json");
         let had_db = db_path.join("conf").exists();
-        let db = sled::Config::new()
-            .path(&db_path)
-            // The data is small; keep the page cache small so the master stays light.
-            .cache_capacity(16 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| corrupt_error(&db_path, &backup, &e.to_string()))?;
-        let instances = db
-            .open_tree("instances")
-            .map_err(|e| corrupt_error(&db_path, &backup, &e.to_string()))?;
+        let handles =
+            open_db(&db_path).map_err(|e| corrupt_error(&db_path, &backup, &e.to_string()))?;
         let store = Store {
             root: root.to_path_buf(),
-            db,
-            instances,
+            handles: Arc::new(RwLock::new(Some(handles))),
+            broken: Arc::new(AtomicBool::new(false)),
         };
         if !had_db && backup.exists() {
             let text = std::fs::read(&backup)
@@ -129,6 +143,7 @@ impl Store {
         }
         if !had_db {
             store
+                .handles()?
                 .db
                 .insert(FORMAT_KEY, FORMAT)
                 .context("Cannot write to the new state database")?;
@@ -153,8 +168,64 @@ impl Store {
         self.root.join("backup.json")
     }
 
+    fn handles(&self) -> Result<Handles> {
+        self.handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .context("The state database is being reopened; the change is retried")
+    }
+
+    /// Whether a write failed since the database was last (re)opened.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    fn mark<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Closes and reopens the database, then writes `snap` (the whole in-memory state) and
+    /// flushes: the way back after a write error once the disk is usable again.
+    pub async fn reopen_with(&self, snap: &Snapshot) -> Result<()> {
+        let db_path = self.root.join("db");
+        {
+            let mut slot = self.handles.write().unwrap_or_else(|p| p.into_inner());
+            // Drop ours first: sled holds a lock on its files while a handle lives.
+            *slot = None;
+            *slot = Some(open_db(&db_path).with_context(|| {
+                format!("Cannot reopen the state database {}", db_path.display())
+            })?);
+        }
+        for rec in &snap.instances {
+            self.put_instance(rec)?;
+        }
+        if let Some(m) = &snap.master {
+            self.put_master(m)?;
+        }
+        let h = self.handles()?;
+        let keep: std::collections::HashSet<&[u8]> = snap
+            .instances
+            .iter()
+            .map(|r| r.instance.id.as_bytes())
+            .collect();
+        for key in h.instances.iter().keys() {
+            let key = key?;
+            if !keep.contains(key.as_ref()) {
+                h.instances.remove(key)?;
+            }
+        }
+        h.db.flush_async().await?;
+        self.broken.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn load(&self) -> Result<Snapshot> {
-        let master = match self.db.get(MASTER_KEY)? {
+        let h = self.handles()?;
+        let master = match h.db.get(MASTER_KEY)? {
             Some(v) => Some(
                 serde_json::from_slice::<MasterRecord>(&v)
                     .context("the master record is unreadable")?,
@@ -162,7 +233,7 @@ impl Store {
             None => None,
         };
         let mut instances = Vec::new();
-        for item in self.instances.iter() {
+        for item in h.instances.iter() {
             let (k, v) = item?;
             let rec: StoredInstance = serde_json::from_slice(&v).with_context(|| {
                 format!(
@@ -182,9 +253,9 @@ impl Store {
         for rec in &snap.instances {
             self.put_instance(rec)?;
         }
-        self.db.insert(FORMAT_KEY, FORMAT)?;
-        self.db
-            .flush()
+        let h = self.handles()?;
+        h.db.insert(FORMAT_KEY, FORMAT)?;
+        h.db.flush()
             .context("Cannot write the restored state to disk")?;
         Ok(())
     }
@@ -192,38 +263,44 @@ impl Store {
     /// Stages the master record (durable after [`Store::flush`]).
     pub fn put_master(&self, m: &MasterRecord) -> Result<()> {
         let bytes = serde_json::to_vec(m)?;
-        self.db
-            .insert(MASTER_KEY, bytes)
-            .context("Cannot write the master record")?;
-        Ok(())
+        let r = self.handles().and_then(|h| {
+            h.db.insert(MASTER_KEY, bytes)
+                .context("Cannot write the master record")
+        });
+        self.mark(r).map(|_| ())
     }
 
     /// Stages one instance (durable after [`Store::flush`]).
     pub fn put_instance(&self, rec: &StoredInstance) -> Result<()> {
         let bytes = serde_json::to_vec(rec)?;
-        self.instances
-            .insert(rec.instance.id.as_bytes(), bytes)
-            .with_context(|| format!("Cannot write instance {}", rec.instance.id))?;
-        Ok(())
+        let r = self.handles().and_then(|h| {
+            h.instances
+                .insert(rec.instance.id.as_bytes(), bytes)
+                .with_context(|| format!("Cannot write instance {}", rec.instance.id))
+        });
+        self.mark(r).map(|_| ())
     }
 
     /// Stages the removal of one instance.
     pub fn remove_instance(&self, id: &str) -> Result<()> {
-        self.instances
-            .remove(id.as_bytes())
-            .with_context(|| format!("Cannot remove instance {id}"))?;
-        Ok(())
+        let r = self.handles().and_then(|h| {
+            h.instances
+                .remove(id.as_bytes())
+                .with_context(|| format!("Cannot remove instance {id}"))
+        });
+        self.mark(r).map(|_| ())
     }
 
     /// Makes every staged write durable.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await.with_context(|| {
+        let h = self.handles()?;
+        let r = h.db.flush_async().await.with_context(|| {
             format!(
                 "Cannot save the state to {} (disk full or not writable?)",
                 self.root.display()
             )
-        })?;
-        Ok(())
+        });
+        self.mark(r).map(|_| ())
     }
 
     /// Writes `backup.json` atomically from the given snapshot.

@@ -138,7 +138,10 @@ fn methods_ids_and_bodies() {
         let r = api.call(m, p, None);
         assert_eq!(r.status, 405, "{m} {p}");
         assert_eq!(r.text(), "{\"error\":\"Method not allowed\"}\n");
-        assert!(r.header("allow").is_some_and(|a| a.contains("GET")), "{m} {p}");
+        assert!(
+            r.header("allow").is_some_and(|a| a.contains("GET")),
+            "{m} {p}"
+        );
     }
     let r = api.get("/instances/");
     assert_eq!(r.status, 400);
