@@ -233,7 +233,7 @@ fn traffic_counters_crash_restart_and_master_kill() {
 
     // kill -9 the worker: error, then an automatic restart with the counters kept.
     let pid1 = master.wait_worker_pid(&id, 1);
-    unsafe_kill(pid1, 9);
+    send_signal(pid1, "KILL");
     sse.wait_for(Duration::from_secs(10), |e| {
         e.kind() == "update" && e.id() == id && e.data["instance"]["status"] == "error"
     });
@@ -303,7 +303,8 @@ fn traffic_counters_crash_restart_and_master_kill() {
     master2.wait_line(1, |l| l.contains("Master shutdown complete"));
 }
 
-fn unsafe_kill(pid: i32, sig: i32) {
+/// Sends a signal with kill(1) (by pid, to processes this test's master started).
+fn send_signal(pid: i32, sig: &str) {
     let ok = Command::new("kill")
         .args([format!("-{sig}"), pid.to_string()])
         .status()
@@ -415,4 +416,53 @@ fn dashboard_session() {
     for p in pids.into_iter().chain([pid]) {
         wait_dead(p, 5);
     }
+}
+
+/// A worker that stops reporting (SIGSTOP) turns `error` after 3 report intervals and back
+/// to `running` when it reports again (SIGCONT); a worker that ignores SIGTERM (stopped) is
+/// killed after NP_SHUTDOWN_TIMEOUT.
+#[test]
+fn stale_worker_and_forced_stop() {
+    let state = tempfile::tempdir().unwrap();
+    let echo = echo_server();
+    let master = spawn_master(state.path(), free_port());
+    let api = master.api.clone();
+    let mut sse = Sse::open(api.addr, "/api/v1/events", &api.key);
+    let id = create(
+        &api,
+        &format!("client://127.0.0.1:{}/{echo}?mode=1", free_port()),
+    );
+    api.wait_instance(&id, 15, "running", |v| v["status"] == "running");
+    let pid = master.wait_worker_pid(&id, 1);
+
+    send_signal(pid, "STOP");
+    sse.wait_for(Duration::from_secs(10), |e| {
+        e.kind() == "update" && e.id() == id && e.data["instance"]["status"] == "error"
+    });
+    let log = sse.wait_for(Duration::from_secs(5), |e| {
+        e.kind() == "log" && e.id() == id
+    });
+    assert!(
+        log.data["logs"]
+            .as_str()
+            .unwrap()
+            .contains("stopped reporting"),
+        "{}",
+        log.data["logs"]
+    );
+    send_signal(pid, "CONT");
+    api.wait_instance(&id, 10, "running again", |v| v["status"] == "running");
+    assert_eq!(master.worker_pids(&id).len(), 1, "no restart was needed");
+
+    // SIGTERM cannot reach a stopped process: the master escalates to SIGKILL.
+    send_signal(pid, "STOP");
+    let r = api.call(
+        "PATCH",
+        &format!("/instances/{id}"),
+        Some(r#"{"action":"stop"}"#),
+    );
+    assert_eq!(r.status, 200);
+    api.wait_instance(&id, 15, "stopped", |v| v["status"] == "stopped");
+    master.wait_line(5, |l| l.contains(&format!("Instance force killed [{id}]")));
+    wait_dead(pid, 5);
 }
