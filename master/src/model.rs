@@ -16,6 +16,13 @@ pub const API_KEY_ID: &str = "********";
 /// Longest alias, peer field, tag key or tag value accepted, in bytes (as the reference).
 pub const MAX_VALUE_LEN: usize = 256;
 
+/// Most tags an instance may carry. Not a reference rule: it keeps one SSE `data:` line
+/// (the whole instance) under the 64 KiB a dashboard's line reader accepts.
+pub const MAX_TAGS: usize = 100;
+
+/// Longest instance URL accepted (same reason as [`MAX_TAGS`]).
+pub const MAX_URL_LEN: usize = 4096;
+
 /// Run state of an instance as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

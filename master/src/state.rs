@@ -132,6 +132,11 @@ pub fn key_instance(m: &MasterRecord) -> Instance {
 /// Parses an instance URL and renders its stored `url` and `config` (REFERENCE 9.3), or the
 /// API's error for it.
 fn instance_url(raw: &str, inherited: &Inherited) -> Result<(String, String, String), ApiError> {
+    if raw.len() > MAX_URL_LEN {
+        return Err(ApiError::bad(format!(
+            "Invalid URL format: the URL is longer than {MAX_URL_LEN} bytes"
+        )));
+    }
     let mut t = match url::parse_tunnel_url(raw) {
         Ok(t) => t,
         Err(UrlError::Syntax(_)) => return Err(ApiError::bad("Invalid URL format")),
@@ -648,6 +653,11 @@ fn validate_patch(req: &PatchInstanceRequest) -> Result<(), ApiError> {
             }
         }
         if let Some(tags) = &meta.tags {
+            if tags.0.len() > MAX_TAGS {
+                return Err(ApiError::bad(format!(
+                    "Meta tags exceed maximum count {MAX_TAGS}"
+                )));
+            }
             let mut seen = std::collections::HashSet::new();
             for (k, v) in &tags.0 {
                 check_len(k, "Meta tag key")?;
@@ -690,6 +700,9 @@ mod tests {
         assert_eq!(e.message, "Meta tag key exceeds maximum length 256");
         let e = patch(&format!(r#"{{"meta":{{"tags":{{"k":"{long}"}}}}}}"#)).unwrap_err();
         assert_eq!(e.message, "Meta tag value exceeds maximum length 256");
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!(r#""k{i}":"v""#)).collect();
+        let e = patch(&format!(r#"{{"meta":{{"tags":{{{}}}}}}}"#, many.join(","))).unwrap_err();
+        assert_eq!(e.message, "Meta tags exceed maximum count 100");
         let e = patch(r#"{"meta":{"tags":{"env":"a","env":"b"}}}"#).unwrap_err();
         assert_eq!(e.message, "Duplicate meta tag key: env");
         let e = patch(r#"{"action":"jump"}"#).unwrap_err();

@@ -386,8 +386,23 @@ fn clamp_i32(v: u64) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
+/// Longest log message relayed; longer ones are cut (an SSE line must stay under the 64 KiB
+/// a dashboard's line reader accepts, with the instance beside it).
+const MAX_LOG_MESSAGE: usize = 8 * 1024;
+
 /// Prints a worker's log record as `<line> [<id>]` and publishes it as a `log` event.
 fn relay(m: &Master, id: &str, t: SystemTime, level: ReportLevel, message: &str) {
+    let cut;
+    let message = if message.len() > MAX_LOG_MESSAGE {
+        let mut end = MAX_LOG_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        cut = format!("{}... ({} bytes cut)", &message[..end], message.len() - end);
+        cut.as_str()
+    } else {
+        message
+    };
     let coloured = log_line(t, level, message, true);
     crate::logging::print_instance_line(
         if m.settings.colour {
