@@ -22,7 +22,9 @@ fn usage() -> ! {
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
-    args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| usage())
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| usage())
 }
 
 fn serve(addr: &str) {
@@ -121,7 +123,10 @@ fn latency(addr: &str, count: usize) {
         });
         let _ = c.set_nodelay(true);
         let mut b = [0u8; 1];
-        if c.write_all(b"E").and_then(|_| c.read_exact(&mut b)).is_err() {
+        if c.write_all(b"E")
+            .and_then(|_| c.read_exact(&mut b))
+            .is_err()
+        {
             eprintln!("round trip failed");
             process::exit(1)
         }
@@ -141,7 +146,10 @@ fn hold(addr: &str, count: usize) {
             process::exit(1)
         });
         let mut b = [0u8; 1];
-        if c.write_all(b"E").and_then(|_| c.read_exact(&mut b)).is_err() {
+        if c.write_all(b"E")
+            .and_then(|_| c.read_exact(&mut b))
+            .is_err()
+        {
             eprintln!("round trip {i} failed");
             process::exit(1)
         }
