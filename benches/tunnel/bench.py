@@ -90,12 +90,13 @@ def cpu_seconds(pids):
     return total / CLK
 
 
-def rss_kib(pids):
+def rss_kib(pids, field="VmRSS:"):
+    """Summed VmRSS (or another /proc status field, e.g. RssAnon:) of the processes."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     total += int(line.split()[1])
     return total
 
@@ -177,6 +178,7 @@ def main():
     names = list(variants)
     res = {n: {"t1": [], "t8": [], "cpu1": [], "cpu8": [], "p50": [], "p99": []} for n in names}
     idle = {n: rss_kib(p) for n, (_, p) in variants.items() if p}
+    idle_anon = {n: rss_kib(p, "RssAnon:") for n, (_, p) in variants.items() if p}
 
     for r in range(ROUNDS):
         print(f"round {r + 1}/{ROUNDS}", file=sys.stderr)
@@ -200,6 +202,7 @@ def main():
     for n in names:
         m = {k: med(v) for k, v in res[n].items()}
         m["idle_mib"] = idle.get(n, 0) / 1024 if n in idle else None
+        m["anon_mib"] = idle_anon.get(n, 0) / 1024 if n in idle_anon else None
         m["held_mib"] = held.get(n, 0) / 1024 if n in held else None
         m["per_conn_kib"] = ((held[n] - idle[n]) / HOLD / 2) if n in held else None
         rows.append((n, m))
@@ -208,12 +211,13 @@ def main():
         return "-" if x is None else fmt.format(x)
 
     print(f"| variant | 1 stream Gbit/s | 8 streams Gbit/s | CPU %core per Gbit/s (1 / 8) "
-          f"| p50 us | p99 us | RSS idle MiB | RSS {HOLD} conns MiB | KiB per conn per side |")
+          f"| p50 us | p99 us | RSS idle MiB (anon) | RSS {HOLD} conns MiB | KiB per conn per side |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n, m in rows:
         print(f"| {n} | {f(m['t1'], '{:.2f}')} | {f(m['t8'], '{:.2f}')} | "
               f"{f(m['cpu1'], '{:.0f}')} / {f(m['cpu8'], '{:.0f}')} | {f(m['p50'], '{:.0f}')} | "
-              f"{f(m['p99'], '{:.0f}')} | {f(m['idle_mib'], '{:.1f}')} | {f(m['held_mib'], '{:.1f}')} | "
+              f"{f(m['p99'], '{:.0f}')} | {f(m['idle_mib'], '{:.1f}')} ({f(m['anon_mib'], '{:.1f}')}) | "
+              f"{f(m['held_mib'], '{:.1f}')} | "
               f"{f(m['per_conn_kib'], '{:.1f}')} |")
     print()
     print("raw: " + json.dumps(res))

@@ -28,6 +28,9 @@ struct State {
 pub struct Pool {
     state: Mutex<State>,
     arrived: Notify,
+    /// Signalled whenever an entry leaves the pool, so the client's manager can top it
+    /// up before its next timed round.
+    taken: Notify,
     /// Idle entries allowed at once: the server's `max` (the client learns it in the
     /// handshake).
     max: usize,
@@ -51,6 +54,7 @@ impl Pool {
         Pool {
             state: Mutex::new(State::default()),
             arrived: Notify::new(),
+            taken: Notify::new(),
             max: max.max(1),
             errors: AtomicU32::new(0),
             control_taken: std::sync::atomic::AtomicBool::new(false),
@@ -142,6 +146,8 @@ impl Pool {
                     return None;
                 }
                 if let Some(found) = take(&mut st) {
+                    drop(st);
+                    self.taken.notify_one();
                     return Some(found);
                 }
             }
@@ -149,6 +155,12 @@ impl Pool {
                 return None;
             }
         }
+    }
+
+    /// Waits until an entry has been taken since the last call (a permit is kept if no one
+    /// was waiting).
+    pub async fn entry_taken(&self) {
+        self.taken.notified().await;
     }
 
     /// Closes every idle entry (in-use entries and the control channel are not here).

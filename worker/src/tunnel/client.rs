@@ -88,7 +88,7 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
 
 /// Keeps the pool filled: each round adjusts the interval by how idle the pool is, opens
 /// `capacity - idle` entries at once, adjusts the capacity by how many of them worked,
-/// then sleeps the interval (REFERENCE.md 4.1).
+/// then sleeps the interval (REFERENCE.md 4.1), or less when the pool drains.
 async fn manage(
     pool: Arc<Pool>,
     opener: Arc<dyn PoolClient>,
@@ -151,9 +151,22 @@ async fn manage(
         if ratio > 0.8 && capacity < hi {
             capacity += 1;
         }
+        // Sleep the interval, but start the next round early once users have drained the
+        // pool below half its capacity: the reference waits the full interval (up to
+        // NP_MAX_POOL_INTERVAL), so a burst of new connections finds the pool empty and
+        // each waits for the next round.
+        let wake = async {
+            loop {
+                pool.entry_taken().await;
+                if pool.active() < capacity / 2 {
+                    break;
+                }
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            _ = wake => {}
         }
     }
 }
