@@ -21,21 +21,34 @@ impl serde_json::ser::Formatter for GoFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
+        // This runs for every string of every answer: find the next byte that may need an
+        // escape with a vectorizable search. `<`, `>`, `&` are ASCII; U+2028/U+2029 are
+        // E2 80 A8/A9 in UTF-8.
+        let bytes = fragment.as_bytes();
+        let special = |b: &u8| matches!(*b, b'<' | b'>' | b'&' | 0xE2);
         let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            let esc: &[u8] = match c {
-                '<' => b"\\u003c",
-                '>' => b"\\u003e",
-                '&' => b"\\u0026",
-                '\u{2028}' => b"\\u2028",
-                '\u{2029}' => b"\\u2029",
-                _ => continue,
+        while let Some(off) = bytes[start..].iter().position(special) {
+            let i = start + off;
+            let (esc, len): (&[u8], usize) = match bytes[i] {
+                b'<' => (b"\\u003c", 1),
+                b'>' => (b"\\u003e", 1),
+                b'&' => (b"\\u0026", 1),
+                _ => match bytes.get(i + 1..i + 3) {
+                    Some([0x80, 0xA8]) => (b"\\u2028", 3),
+                    Some([0x80, 0xA9]) => (b"\\u2029", 3),
+                    // Another character starting with E2: keep it as it is.
+                    _ => {
+                        writer.write_all(&bytes[start..=i])?;
+                        start = i + 1;
+                        continue;
+                    }
+                },
             };
-            writer.write_all(&fragment.as_bytes()[start..i])?;
+            writer.write_all(&bytes[start..i])?;
             writer.write_all(esc)?;
-            start = i + c.len_utf8();
+            start = i + len;
         }
-        writer.write_all(&fragment.as_bytes()[start..])
+        writer.write_all(&bytes[start..])
     }
 }
 
@@ -196,6 +209,12 @@ mod tests {
         assert_eq!(
             String::from_utf8(to_vec(&v)).unwrap(),
             r#"{"config":"a?b=1\u0026c=\u003c2\u003e\u2028","n":5}"#
+        );
+        // Other characters starting with the same UTF-8 byte (E2) stay as they are.
+        let v = serde_json::json!("€ \u{2029} ‚ x\u{2028}");
+        assert_eq!(
+            String::from_utf8(to_vec(&v)).unwrap(),
+            "\"€ \\u2029 ‚ x\\u2028\""
         );
         // Control characters keep serde's escapes, which Go reads the same.
         assert_eq!(to_vec("\u{1b}[32m"), br#""\u001b[32m""#.to_vec());

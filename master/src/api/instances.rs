@@ -58,7 +58,10 @@ pub async fn item(State(m): State<Arc<Master>>, method: Method, uri: Uri, body: 
         (status = 405, description = "Method not allowed", body = ErrorBody),
     ))]
 pub async fn list_instances(m: Arc<Master>) -> Response {
-    json_bytes(StatusCode::OK, m.list_json())
+    let t = std::time::Instant::now();
+    let body = m.list_json();
+    tracing::debug!("GET /instances: {} bytes in {:?}", body.len(), t.elapsed());
+    json_bytes(StatusCode::OK, body)
 }
 
 /// Create an instance; it starts at once with `restart: true`.
