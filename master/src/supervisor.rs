@@ -52,7 +52,23 @@ const MAX_LINE: usize = 64 * 1024;
 /// Starts the task of one instance; returns its command sender.
 pub fn spawn(master: Weak<Master>, id: String) -> mpsc::UnboundedSender<Command> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(master, id, rx));
+    let task = tokio::spawn(run(master.clone(), id.clone(), rx));
+    // A panic in the task (a bug, or tokio-process-stream's unwrap on a failed pipe read)
+    // must not go unnoticed: say so and show the instance as failed.
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            if e.is_panic() {
+                tracing::error!("Supervisor of instance {id} crashed; restart the master [{id}]");
+                if let Some(m) = master.upgrade() {
+                    let mut reg = m.lock();
+                    if let Some(e) = reg.instances.get_mut(&id) {
+                        e.inst.status = Status::Error.as_str().to_string();
+                        m.events.publish("update", Some(&e.inst), "");
+                    }
+                }
+            }
+        }
+    });
     tx
 }
 
