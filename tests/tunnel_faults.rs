@@ -362,7 +362,12 @@ fn unsupported_pool_type_is_refused_at_start() {
             ),
             &[],
         );
-        assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1), "{}", p.dump());
+        assert_eq!(
+            p.wait_exit(Duration::from_secs(10)),
+            Some(1),
+            "{}",
+            p.dump()
+        );
         assert!(p.count("is not supported yet") >= 1, "{}", p.dump());
         assert_eq!(p.count("panicked"), 0, "{}", p.dump());
     }
