@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use nodepass_proto::tunables::Tunables;
 use nodepass_proto::url::{MasterUrl, TlsMode};
 use tokio::sync::oneshot;
@@ -233,6 +234,11 @@ pub async fn start(opts: MasterOptions) -> Result<RunningMaster> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = match tls {
         None => tokio::spawn(async move {
+            // No Nagle delay (Go's default too): SSE frames are small writes, and Nagle
+            // plus the client's delayed ACK would hold each one back for up to 40 ms.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let r = axum::serve(listener, router)
                 .with_graceful_shutdown(async {
                     let _ = stop_rx.await;

@@ -106,6 +106,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // No Nagle delay, as for plain HTTP (see lib.rs).
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let handoff = tx.clone();
                 tokio::spawn(async move {
