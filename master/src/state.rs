@@ -137,6 +137,7 @@ fn instance_url(raw: &str, inherited: &Inherited) -> Result<(String, String, Str
             "Invalid URL format: the URL is longer than {MAX_URL_LEN} bytes"
         )));
     }
+    go_url_checks(raw)?;
     let mut t = match url::parse_tunnel_url(raw) {
         Ok(t) => t,
         Err(UrlError::Syntax(_)) => return Err(ApiError::bad("Invalid URL format")),
@@ -145,6 +146,31 @@ fn instance_url(raw: &str, inherited: &Inherited) -> Result<(String, String, Str
     };
     t.inherit(inherited);
     Ok((t.role.as_str().to_string(), t.to_url(), t.to_config()))
+}
+
+/// The two errors the reference gives before looking at an instance URL's meaning, in its
+/// order: Go's `url.Parse` failing (`Invalid URL format`: control characters, spaces, a
+/// missing scheme before `:`) and a scheme other than client/server (`Invalid URL scheme`,
+/// also for text without any scheme at all).
+fn go_url_checks(raw: &str) -> Result<(), ApiError> {
+    let unparsable = raw.starts_with(':') || raw.chars().any(|c| c.is_control() || c == ' ');
+    let scheme = match raw.split_once(':') {
+        Some((s, _))
+            if s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            s.to_ascii_lowercase()
+        }
+        _ => String::new(),
+    };
+    if unparsable {
+        return Err(ApiError::bad("Invalid URL format"));
+    }
+    if scheme != "client" && scheme != "server" {
+        return Err(ApiError::bad("Invalid URL scheme"));
+    }
+    Ok(())
 }
 
 /// Decodes the first JSON value of a body as Go's `json.Decoder` does (trailing bytes are
@@ -723,6 +749,15 @@ mod tests {
                 .unwrap_err()
                 .message,
             "Invalid URL scheme"
+        );
+        // Without any scheme Go's parser accepts the text and the scheme check refuses it.
+        assert_eq!(
+            instance_url("server//x", &inh).unwrap_err().message,
+            "Invalid URL scheme"
+        );
+        assert_eq!(
+            instance_url("client://a b/c:1", &inh).unwrap_err().message,
+            "Invalid URL format"
         );
         let e = instance_url("client://127.0.0.1:1/127.0.0.1:2?min=abc", &inh).unwrap_err();
         assert!(e.message.starts_with("Invalid URL format: "), "{e:?}");

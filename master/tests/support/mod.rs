@@ -101,7 +101,9 @@ pub fn request(
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let mut body = Vec::new();
-    if chunked {
+    if method == "HEAD" || status == 204 || status == 304 {
+        // No body follows, whatever Content-Length says.
+    } else if chunked {
         while let Some(c) = read_chunk(&mut r) {
             body.extend_from_slice(&c);
         }

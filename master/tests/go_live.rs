@@ -1,0 +1,263 @@
+//! Side by side with the real Go master (NodePass v1.14.0) when NODEPASS_GO_BIN names its
+//! binary (skipped otherwise): the same requests, beyond the recorded transcript (wrong
+//! methods, empty ids, bad bodies, unknown routes, OPTIONS on public routes, a PUT and PATCH
+//! flow), must get the same status codes and the same bodies from both masters.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::support::{free_port, request, Resp};
+use common::TestMaster;
+
+struct GoMaster {
+    child: Child,
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    key: String,
+}
+
+impl Drop for GoMaster {
+    fn drop(&mut self) {
+        // SIGTERM first: the Go master stops its own instance processes then (it does not
+        // tie them to its life), SIGKILL only if it hangs.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_go(bin: &PathBuf) -> GoMaster {
+    // It writes its state next to the executable: run a copy from a temporary directory.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("nodepass");
+    std::fs::copy(bin, &exe).expect("copy the Go binary");
+    let port = free_port();
+    let mut child = Command::new(&exe)
+        .arg(format!("master://127.0.0.1:{port}/api?log=info"))
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the Go master");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("API Key created: ") {
+                let key: String = line[i + 17..].chars().take(32).collect();
+                let _ = tx.send(key);
+            }
+        }
+    });
+    let key = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the Go master printed no API key");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the Go master does not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    GoMaster {
+        child,
+        _dir: dir,
+        addr,
+        key,
+    }
+}
+
+fn call(addr: SocketAddr, key: Option<&str>, method: &str, path: &str, body: Option<&str>) -> Resp {
+    let headers: Vec<(&str, &str)> = key.map(|k| vec![("X-API-Key", k)]).unwrap_or_default();
+    request(addr, method, path, &headers, body.map(str::as_bytes))
+}
+
+#[test]
+fn same_answers_as_the_go_master() {
+    let Some(bin) = std::env::var_os("NODEPASS_GO_BIN").map(PathBuf::from) else {
+        eprintln!("skipping: set NODEPASS_GO_BIN to the Go nodepass binary to compare live");
+        return;
+    };
+    if !bin.exists() {
+        eprintln!("skipping: NODEPASS_GO_BIN={} does not exist", bin.display());
+        return;
+    }
+    let go = start_go(&bin);
+    let ours = TestMaster::start_with(
+        "master://127.0.0.1:0/api?log=info",
+        PathBuf::from("/nonexistent/nodepass-worker"),
+    );
+    let port = free_port();
+    let url = format!("client://127.0.0.1:{port}/127.0.0.1:9?mode=1&log=info");
+    let create = format!(r#"{{"alias":"live","url":"{url}"}}"#);
+    // (method, path, body, with key): {id} is replaced by each master's own instance id.
+    let cases: Vec<(&str, String, Option<String>, bool)> = vec![
+        ("GET", "/api/v1/instances".into(), None, false),
+        ("DELETE", "/api/v1/instances".into(), None, true),
+        ("PUT", "/api/v1/instances".into(), None, true),
+        ("POST", "/api/v1/events".into(), None, true),
+        ("DELETE", "/api/v1/info".into(), None, true),
+        ("POST", "/api/v1/tcping".into(), None, true),
+        ("GET", "/api/v1/tcping?target=".into(), None, true),
+        ("GET", "/api/v1/instances/".into(), None, true),
+        ("GET", "/api/v1/instances/nope".into(), None, true),
+        ("POST", "/api/v1/instances/nope".into(), None, true),
+        ("POST", "/api/v1/instances".into(), Some("[]".into()), true),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            Some(r#"{"url":5}"#.into()),
+            true,
+        ),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            Some(r#"{"url":"server//x"}"#.into()),
+            true,
+        ),
+        ("POST", "/api/v1/info".into(), Some("{".into()), true),
+        (
+            "POST",
+            "/api/v1/info".into(),
+            Some(format!(r#"{{"alias":"{}"}}"#, "m".repeat(257))),
+            true,
+        ),
+        ("OPTIONS", "/api/v1/docs".into(), None, false),
+        ("OPTIONS", "/api/v1/openapi.json".into(), None, false),
+        ("OPTIONS", "/api/v1/nothing".into(), None, false),
+        ("GET", "/api/v1/nothing".into(), None, true),
+        ("GET", "/api/v1/info/".into(), None, true),
+        ("GET", "/".into(), None, false),
+        (
+            "POST",
+            "/api/v1/instances".into(),
+            Some(create.clone()),
+            true,
+        ),
+        (
+            "PUT",
+            "/api/v1/instances/{id}".into(),
+            Some(format!(r#"{{"url":"{url}"}}"#)),
+            true,
+        ),
+        (
+            "PUT",
+            "/api/v1/instances/{id}".into(),
+            Some("{}".into()),
+            true,
+        ),
+        (
+            "PUT",
+            "/api/v1/instances/{id}".into(),
+            Some(r#"{"url":"ftp://x:1/y:2"}"#.into()),
+            true,
+        ),
+        (
+            "PATCH",
+            "/api/v1/instances/{id}".into(),
+            Some(r#"{"action":"dance"}"#.into()),
+            true,
+        ),
+        (
+            "PATCH",
+            "/api/v1/instances/{id}".into(),
+            Some(format!(r#"{{"alias":"{}"}}"#, "a".repeat(257))),
+            true,
+        ),
+        (
+            "PATCH",
+            "/api/v1/instances/{id}".into(),
+            Some(format!(
+                r#"{{"meta":{{"tags":{{"k":"{}"}}}}}}"#,
+                "v".repeat(257)
+            )),
+            true,
+        ),
+        (
+            "PATCH",
+            "/api/v1/instances/{id}".into(),
+            Some(format!(
+                r#"{{"meta":{{"peer":{{"alias":"{}"}}}}}}"#,
+                "p".repeat(257)
+            )),
+            true,
+        ),
+        ("HEAD", "/api/v1/instances/{id}".into(), None, true),
+        (
+            "PUT",
+            "/api/v1/instances/********".into(),
+            Some("{}".into()),
+            true,
+        ),
+        ("DELETE", "/api/v1/instances/{id}".into(), None, true),
+        ("DELETE", "/api/v1/instances/{id}".into(), None, true),
+    ];
+    let mut ids: [String; 2] = [String::new(), String::new()];
+    let mut compared = 0;
+    for (method, path, body, with_key) in &cases {
+        let mut answers = Vec::new();
+        for (n, (addr, key)) in [
+            (go.addr, go.key.clone()),
+            (ours.api.addr, ours.api.key.clone()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = path.replace("{id}", &ids[n]);
+            let r = call(
+                addr,
+                with_key.then_some(key.as_str()),
+                method,
+                &path,
+                body.as_deref(),
+            );
+            if *method == "POST" && path == "/api/v1/instances" && r.status == 201 {
+                ids[n] = r.json()["id"].as_str().unwrap().to_string();
+            }
+            answers.push(r);
+        }
+        let (g, o) = (&answers[0], &answers[1]);
+        let what = format!("{method} {path} {body:?}");
+        assert_eq!(
+            o.status,
+            g.status,
+            "{what}: status; go {:?} ours {:?}",
+            g.text(),
+            o.text()
+        );
+        assert_eq!(
+            o.header("content-type"),
+            g.header("content-type"),
+            "{what}: content-type"
+        );
+        assert_eq!(
+            o.header("access-control-allow-origin"),
+            g.header("access-control-allow-origin"),
+            "{what}: CORS"
+        );
+        if g.status == 201 || (g.status == 200 && *method != "OPTIONS") {
+            // Instances: same keys in the same order, same url/config/alias.
+            let (gv, ov) = (g.json(), o.json());
+            let gk: Vec<&String> = gv.as_object().unwrap().keys().collect();
+            let ok: Vec<&String> = ov.as_object().unwrap().keys().collect();
+            assert_eq!(ok, gk, "{what}: keys");
+            for k in ["alias", "url", "config", "type", "restart", "meta"] {
+                assert_eq!(ov[k], gv[k], "{what}: {k}");
+            }
+        } else if *method != "HEAD" {
+            assert_eq!(o.text(), g.text(), "{what}: body");
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, cases.len());
+}
