@@ -261,3 +261,72 @@ fn same_answers_as_the_go_master() {
     }
     assert_eq!(compared, cases.len());
 }
+
+#[test]
+fn same_event_stream_as_the_go_master() {
+    let Some(bin) = std::env::var_os("NODEPASS_GO_BIN").map(PathBuf::from) else {
+        eprintln!("skipping: set NODEPASS_GO_BIN to the Go nodepass binary to compare live");
+        return;
+    };
+    if !bin.exists() {
+        eprintln!("skipping: NODEPASS_GO_BIN={} does not exist", bin.display());
+        return;
+    }
+    let go = start_go(&bin);
+    let ours = TestMaster::start_with(
+        "master://127.0.0.1:0/api?log=info",
+        PathBuf::from("/nonexistent/nodepass-worker"),
+    );
+    let mut streams = Vec::new();
+    for (addr, key) in [
+        (go.addr, go.key.clone()),
+        (ours.api.addr, ours.api.key.clone()),
+    ] {
+        let mut sse = common::support::Sse::open(addr, "/api/v1/events", &key);
+        let first = sse.next_frame(Duration::from_secs(10)).unwrap();
+        let initial = sse.next_event(Duration::from_secs(10)).unwrap();
+        streams.push((sse, first, initial));
+    }
+    let (g, o) = (&streams[0], &streams[1]);
+    assert_eq!(o.1, g.1, "the first frame (retry)");
+    for h in [
+        "content-type",
+        "cache-control",
+        "access-control-allow-origin",
+    ] {
+        assert_eq!(o.0.header(h), g.0.header(h), "{h}");
+    }
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&o.2.data), keys(&g.2.data), "event keys");
+    assert_eq!(o.2.data["type"], g.2.data["type"]);
+    assert_eq!(o.2.data["logs"], g.2.data["logs"]);
+    assert_eq!(keys(&o.2.data["instance"]), keys(&g.2.data["instance"]));
+    assert_eq!(o.2.data["instance"]["id"], "********");
+    assert_eq!(g.2.data["instance"]["id"], "********");
+    // Key regeneration ends both streams with the same shutdown event.
+    let mut ends = Vec::new();
+    for (n, (addr, key)) in [
+        (go.addr, go.key.clone()),
+        (ours.api.addr, ours.api.key.clone()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = call(
+            addr,
+            Some(&key),
+            "PATCH",
+            "/api/v1/instances/********",
+            Some(r#"{"action":"restart"}"#),
+        );
+        assert_eq!(r.status, 200);
+        let sse = &mut streams[n].0;
+        let down = sse.wait_for(Duration::from_secs(10), |e| e.kind() == "shutdown");
+        assert!(sse.ends(Duration::from_secs(10)));
+        ends.push(down.data);
+    }
+    assert_eq!(ends[1]["instance"], ends[0]["instance"]);
+    assert_eq!(ends[1]["logs"], ends[0]["logs"]);
+    assert_eq!(keys(&ends[1]), keys(&ends[0]));
+}
