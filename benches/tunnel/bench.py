@@ -110,12 +110,18 @@ def setup(target):
     p2 = spawn([SPLICE, f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
     v["splice2"] = (f"127.0.0.1:{a}", [p1.pid, p2.pid])
 
-    for tls in ("0", "1"):
+    np_variants = [("0", None), ("1", None)]
+    # BENCH_NP_THREADS=1,2: also run tls=0 with NP_WORKER_THREADS set to each value.
+    for th in filter(None, os.environ.get("BENCH_NP_THREADS", "").split(",")):
+        np_variants.append(("0", th))
+    for tls, threads in np_variants:
         t, u = free_port(), free_port()
-        s = spawn([NODEPASS, f"server://bench@127.0.0.1:{t}/127.0.0.1:{u}?mode=1&tls={tls}&log=warn"])
+        env = {"NP_WORKER_THREADS": threads} if threads else {}
+        s = spawn([NODEPASS, f"server://bench@127.0.0.1:{t}/127.0.0.1:{u}?mode=1&tls={tls}&log=warn"], env)
         time.sleep(0.3)
-        c = spawn([NODEPASS, f"client://bench@127.0.0.1:{t}/{target}?mode=2&log=warn"])
-        v[f"np-tls{tls}"] = (f"127.0.0.1:{u}", [s.pid, c.pid])
+        c = spawn([NODEPASS, f"client://bench@127.0.0.1:{t}/{target}?mode=2&log=warn"], env)
+        name = f"np-tls{tls}" + (f"-{threads}t" if threads else "")
+        v[name] = (f"127.0.0.1:{u}", [s.pid, c.pid])
 
     if RATHOLE:
         t, u = free_port(), free_port()

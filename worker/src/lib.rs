@@ -41,7 +41,7 @@ pub fn run(url: TunnelUrl, report_mode: bool) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     raise_fd_limit();
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let result = runtime_builder()
         .enable_all()
         .thread_name("np-worker")
         .build()
@@ -65,6 +65,24 @@ pub fn run(url: TunnelUrl, report_mode: bool) -> anyhow::Result<()> {
     output::report(&Report::Exit(exit));
     output::flush(Duration::from_secs(2));
     result
+}
+
+/// The tokio runtime: `NP_WORKER_THREADS` (our extension) picks the number of threads; 1
+/// runs everything on the main thread.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let threads = std::env::var("NP_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    }
 }
 
 async fn run_async(url: TunnelUrl, tun: Tunables) -> anyhow::Result<()> {

@@ -115,13 +115,18 @@ async fn manage(
     }
     let mut capacity = lo;
     let mut interval = ilo;
+    // Whether this round was started by the timer (the reference's only kind of round) or
+    // early, because users took entries.
+    let mut timed = true;
     loop {
         let idle = pool.active();
-        if idle < (capacity as f64 * 0.2) as usize && interval > ilo {
-            interval = interval.saturating_sub(INTERVAL_STEP).max(ilo);
-        }
-        if idle > (capacity as f64 * 0.8) as usize && interval < ihi {
-            interval = (interval + INTERVAL_STEP).min(ihi);
+        if timed {
+            if idle < (capacity as f64 * 0.2) as usize && interval > ilo {
+                interval = interval.saturating_sub(INTERVAL_STEP).max(ilo);
+            }
+            if idle > (capacity as f64 * 0.8) as usize && interval < ihi {
+                interval = (interval + INTERVAL_STEP).min(ihi);
+            }
         }
         let need = capacity.saturating_sub(idle);
         let mut created = 0usize;
@@ -144,29 +149,24 @@ async fn manage(
             };
             created = results.into_iter().filter(|ok| *ok).count();
         }
-        let ratio = created as f64 / capacity as f64;
-        if ratio < 0.2 && capacity > lo {
-            capacity -= 1;
-        }
-        if ratio > 0.8 && capacity < hi {
-            capacity += 1;
-        }
-        // Sleep the interval, but start the next round early once users have drained the
-        // pool below half its capacity: the reference waits the full interval (up to
-        // NP_MAX_POOL_INTERVAL), so a burst of new connections finds the pool empty and
-        // each waits for the next round.
-        let wake = async {
-            loop {
-                pool.entry_taken().await;
-                if pool.active() < capacity / 2 {
-                    break;
-                }
+        // The capacity follows the reference's rule on timed rounds only: early rounds
+        // replace what users just took and say nothing about how busy the pool is.
+        if timed {
+            let ratio = created as f64 / capacity as f64;
+            if ratio < 0.2 && capacity > lo {
+                capacity -= 1;
             }
-        };
+            if ratio > 0.8 && capacity < hi {
+                capacity += 1;
+            }
+        }
+        // Sleep the interval, but replace taken entries at once: the reference waits the
+        // full interval (up to NP_MAX_POOL_INTERVAL), so a burst of new connections finds the
+        // pool empty and each waits for the next round.
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-            _ = wake => {}
+            _ = tokio::time::sleep(interval) => timed = true,
+            _ = pool.entry_taken() => timed = false,
         }
     }
 }
