@@ -372,3 +372,92 @@ fn unsupported_pool_type_is_refused_at_start() {
         assert_eq!(p.count("panicked"), 0, "{}", p.dump());
     }
 }
+
+/// A UDP target that answers every datagram only after `delay`, from its own thread.
+struct SlowUdpTarget {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowUdpTarget {
+    fn start(delay: Duration) -> SlowUdpTarget {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind slow target");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("addr").to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let (answer, sock) = (buf[..n].to_vec(), sock.try_clone().expect("clone"));
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _ = sock.send_to(&answer, from);
+                });
+            }
+        });
+        SlowUdpTarget { addr, stop }
+    }
+}
+
+impl Drop for SlowUdpTarget {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A session whose target answers slowly while the user keeps sending must not be ended
+/// by the idle timer between a datagram and its answer: each datagram here is sent 1.2 s
+/// after the previous answer and answered 1.2 s later, so the target is silent for 2.4 s,
+/// longer than NP_UDP_READ_TIMEOUT (2 s), while the session was never idle that long.
+/// (When only the target's answers counted, the second answer of each session was lost.)
+#[test]
+fn udp_session_with_a_slow_target_keeps_its_answers() {
+    let delay = Duration::from_millis(1200);
+    let target = SlowUdpTarget::start(delay);
+    let env = [("NP_UDP_READ_TIMEOUT", "2s")];
+    let exchange = |addr: &str, procs: &[&Proc]| {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        for round in 0..3u8 {
+            let p = [b's', b'l', b'o', b'w', round];
+            let got = udp_echo(&s, addr, &p).unwrap_or_else(|e| {
+                let logs: Vec<String> = procs.iter().map(|p| p.dump()).collect();
+                panic!("round {round}: no answer: {e}\n{}", logs.join("\n"))
+            });
+            assert_eq!(got, p);
+            std::thread::sleep(delay);
+        }
+    };
+
+    let port = free_port();
+    let single = Proc::worker(
+        "single",
+        &format!("client://127.0.0.1:{port}/{}?mode=1&log=debug", target.addr),
+        &env,
+    );
+    single.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+    exchange(&format!("127.0.0.1:{port}"), &[&single]);
+
+    let (tunnel, user) = (free_port(), free_port());
+    let srv = Proc::worker(
+        "server",
+        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&log=debug"),
+        &env,
+    );
+    let client = Proc::worker(
+        "client",
+        &format!(
+            "client://k@127.0.0.1:{tunnel}/{}?mode=2&log=debug",
+            target.addr
+        ),
+        &env,
+    );
+    client.wait_line("handshake", UP, |l| l.contains("Loading tunnel config"));
+    exchange(&format!("127.0.0.1:{user}"), &[&srv, &client]);
+}

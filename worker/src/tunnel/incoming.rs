@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use super::activity::Activity;
 use super::control::Session;
 use crate::policy::{block, SlotKind};
 use crate::relay::{self, Counters};
@@ -85,9 +86,9 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
 struct UdpSession {
     to_tunnel: WriteHalf<Conn>,
     generation: u64,
-    /// Once the reply task has finished, the session is over even if its end message is
-    /// still queued: the next datagram starts a new session.
-    replies: tokio::task::JoinHandle<()>,
+    /// Traffic of both directions; once closed, the session is over even if its end
+    /// message is still queued: the next datagram starts a new session.
+    activity: Arc<Activity>,
 }
 
 pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Result<()> {
@@ -113,7 +114,9 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             },
         };
         inst.figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
-        if sessions.get(&peer).is_some_and(|s| s.replies.is_finished()) {
+        // `touch` records the datagram (the idle timer re-arms) and tells whether the
+        // session is still open; an ending session never gets it.
+        if sessions.get(&peer).is_some_and(|s| !s.activity.touch()) {
             sessions.remove(&peer);
         }
         if let std::collections::hash_map::Entry::Vacant(vacant) = sessions.entry(peer) {
@@ -135,15 +138,19 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             generation += 1;
             let gen = generation;
             let (s2, sock2, ended) = (sess.clone(), socket.clone(), ended_tx.clone());
-            let replies = tokio::spawn(async move {
+            let activity = Arc::new(Activity::new());
+            activity.touch();
+            let activity2 = activity.clone();
+            tokio::spawn(async move {
                 let _slot = slot;
-                replies(&s2, from_tunnel, &sock2, peer).await;
+                replies(&s2, from_tunnel, &sock2, peer, &activity2).await;
+                activity2.close();
                 let _ = ended.send((peer, gen));
             });
             vacant.insert(UdpSession {
                 to_tunnel,
                 generation: gen,
-                replies,
+                activity,
             });
             sess.send(Signal::Udp {
                 remote: peer.to_string(),
@@ -157,6 +164,7 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
         // Raw datagram, no framing: what the reference puts on the entry.
         if let Err(e) = s.to_tunnel.write_all(&buf[..n]).await {
             tracing::error!("commonUDPLoop: write to tunnel failed: {e}");
+            s.activity.close();
             sessions.remove(&peer);
             continue;
         }
@@ -164,19 +172,23 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
     }
 }
 
-/// Carries what comes back on the entry to the user until NP_UDP_READ_TIMEOUT of silence.
+/// Carries what comes back on the entry to the user until no datagram moved either way
+/// for NP_UDP_READ_TIMEOUT.
 async fn replies(
     sess: &Session,
     mut from_tunnel: tokio::io::ReadHalf<Conn>,
     socket: &UdpSocket,
     peer: SocketAddr,
+    activity: &Activity,
 ) {
     let inst = &sess.inst;
     let mut buf = vec![0u8; inst.udp_buf()];
+    let mut seen = activity.tick();
     loop {
         let n = match tokio::time::timeout(inst.tun.udp_read_timeout, from_tunnel.read(&mut buf))
             .await
         {
+            Err(_) if !activity.expire(&mut seen) => continue,
             Err(_) => {
                 tracing::debug!("UDP session abort: {peer} idle");
                 return;
@@ -188,6 +200,7 @@ async fn replies(
             Ok(Ok(0)) => return,
             Ok(Ok(n)) => n,
         };
+        activity.touch();
         match socket.send_to(&buf[..n], peer).await {
             Ok(m) => {
                 inst.figures.udptx.fetch_add(m as u64, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 //! configuration mistakes that a restart cannot fix (tunnel port in use at the first
 //! start, unreadable certificate files), and the process exits with them.
 
+pub mod activity;
 pub mod client;
 pub mod control;
 pub mod handshake;

@@ -14,6 +14,7 @@ use nodepass_proto::wire::PoolId;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
+use super::activity::Activity;
 use super::control::Session;
 use crate::policy::{proxy, SlotKind};
 use crate::relay::{self, Counters};
@@ -140,10 +141,15 @@ pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
     let figures = &inst.figures;
     let mut up = vec![0u8; inst.udp_buf()];
     let mut down = vec![0u8; inst.udp_buf()];
+    // The session is idle only when nothing moved either way for NP_UDP_READ_TIMEOUT: a
+    // target slow to answer while the user keeps sending keeps it (and the reverse).
+    let activity = Activity::new();
     // Each read from the entry is one datagram to the target (boundaries are not carried).
     let tunnel_to_target = async {
+        let mut seen = activity.tick();
         loop {
             let n = match tokio::time::timeout(idle, from_tunnel.read(&mut up)).await {
+                Err(_) if !activity.expire(&mut seen) => continue,
                 Err(_) | Ok(Ok(0)) => return,
                 Ok(Err(e)) => {
                     tracing::error!("commonUDPOnce: read from tunnel failed: {e}");
@@ -151,6 +157,7 @@ pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
                 }
                 Ok(Ok(n)) => n,
             };
+            activity.touch();
             match target.send(&up[..n]).await {
                 Ok(m) => {
                     figures.udptx.fetch_add(m as u64, Ordering::Relaxed);
@@ -163,8 +170,10 @@ pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
         }
     };
     let target_to_tunnel = async {
+        let mut seen = activity.tick();
         loop {
             let n = match tokio::time::timeout(idle, target.recv(&mut down)).await {
+                Err(_) if !activity.expire(&mut seen) => continue,
                 Err(_) => return,
                 Ok(Err(e)) => {
                     tracing::error!("commonUDPOnce: read from target failed: {e}");
@@ -173,6 +182,7 @@ pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
                 Ok(Ok(n)) => n,
             };
             figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
+            activity.touch();
             if let Err(e) = to_tunnel.write_all(&down[..n]).await {
                 tracing::error!("commonUDPOnce: write to tunnel failed: {e}");
                 return;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::instance::Instance;
 use crate::policy::{block, proxy, SlotKind};
 use crate::relay::{self, Counters};
+use crate::tunnel::activity::Activity;
 use crate::{output, tunnel};
 
 /// The sockets of a single-end instance.
@@ -178,9 +179,9 @@ async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
 struct Session {
     socket: Arc<UdpSocket>,
     generation: u64,
-    /// The reply task; once it has finished the session is over even if its end message
-    /// is still queued (a datagram must then start a new session, not feed a dead one).
-    replies: tokio::task::JoinHandle<()>,
+    /// Traffic of both directions; once closed the session is over even if its end message
+    /// is still queued (a datagram must then start a new session, not feed a dying one).
+    activity: Arc<Activity>,
 }
 
 async fn udp_loop(
@@ -214,9 +215,11 @@ async fn udp_loop(
         inst.figures
             .udprx
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        let live = sessions.get(&peer).filter(|s| !s.replies.is_finished());
-        let socket = match live {
-            Some(s) => s.socket.clone(),
+        // `touch` both records the datagram (so the idle timer re-arms) and tells whether
+        // the session is still open; an ending session never gets it.
+        let live = sessions.get(&peer).filter(|s| s.activity.touch());
+        let (socket, activity) = match live {
+            Some(s) => (s.socket.clone(), s.activity.clone()),
             None => {
                 let Some(slot) = inst.slots.try_acquire(SlotKind::Udp) else {
                     tracing::error!(
@@ -243,9 +246,13 @@ async fn udp_loop(
                     generation,
                 );
                 let target2 = target.clone();
-                let replies = tokio::spawn(async move {
+                let activity = Arc::new(Activity::new());
+                activity.touch();
+                let activity2 = activity.clone();
+                tokio::spawn(async move {
                     let _slot = slot;
-                    udp_replies(&inst2, &target2, &listener2, peer, &cancel2).await;
+                    udp_replies(&inst2, &target2, &listener2, peer, &activity2, &cancel2).await;
+                    activity2.close();
                     let _ = ended.send((peer, gen));
                 });
                 sessions.insert(
@@ -253,33 +260,37 @@ async fn udp_loop(
                     Session {
                         socket: target.clone(),
                         generation,
-                        replies,
+                        activity: activity.clone(),
                     },
                 );
-                target
+                (target, activity)
             }
         };
         if let Err(e) = socket.send(&buf[..n]).await {
             tracing::error!("singleUDPLoop: write to target failed: {e}");
+            activity.close();
             sessions.remove(&peer);
         }
     }
 }
 
-/// Carries the target's answers back to `peer` until the target is silent for
+/// Carries the target's answers back to `peer` until no datagram moved either way for
 /// NP_UDP_READ_TIMEOUT.
 async fn udp_replies(
     inst: &Instance,
     target: &UdpSocket,
     listener: &UdpSocket,
     peer: SocketAddr,
+    activity: &Activity,
     cancel: &CancellationToken,
 ) {
     let mut buf = vec![0u8; inst.udp_buf()];
+    let mut seen = activity.tick();
     loop {
         let n = tokio::select! {
             _ = cancel.cancelled() => return,
             r = tokio::time::timeout(inst.tun.udp_read_timeout, target.recv(&mut buf)) => match r {
+                Err(_) if !activity.expire(&mut seen) => continue,
                 Err(_) => {
                     tracing::debug!("UDP session abort: {peer} idle");
                     return;
@@ -291,6 +302,7 @@ async fn udp_replies(
                 Ok(Ok(n)) => n,
             },
         };
+        activity.touch();
         match listener.send_to(&buf[..n], peer).await {
             Ok(m) => {
                 inst.figures
