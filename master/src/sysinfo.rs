@@ -1,10 +1,14 @@
-//! The host figures of `GET /info`, read from /proc exactly as the reference computes them
-//! (REFERENCE.md 9.2): CPU busy percent over two /proc/stat samples 100 ms apart, memory and
-//! swap from /proc/meminfo, network bytes from /proc/net/dev without virtual interfaces,
-//! disk bytes from /proc/diskstats for whole physical disks, uptime from /proc/uptime.
-//! Elsewhere than Linux every figure is 0 and `cpu` is -1, as in the reference.
+//! The host figures of `GET /info` as the reference computes them (REFERENCE.md 9.2).
+//! Memory, swap, uptime and network bytes come from the `sysinfo` crate, whose Linux figures
+//! are the same quantities as the reference's (checked against sysinfo 0.37's source, see the
+//! comments in `collect_blocking`). Two figures stay on hand-read /proc files because sysinfo
+//! measures something else there: `cpu` (/proc/stat, the reference's own idle/total
+//! definition) and `diskr`/`diskw` (/proc/diskstats over whole disks). Elsewhere than Linux
+//! every figure is 0 and `cpu` is -1, as in the reference.
 
 use std::time::Duration;
+
+use sysinfo::{Networks, System};
 
 /// The figures, in bytes and seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,55 +59,12 @@ pub fn parse_stat(text: &str) -> (u64, u64) {
     (idle, total)
 }
 
-/// (mem_total, mem_used, swap_total, swap_used) in bytes.
-pub fn parse_meminfo(text: &str) -> (u64, u64, u64, u64) {
-    let (mut total, mut avail, mut swap, mut swap_free) = (0u64, 0u64, 0u64, 0u64);
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(name), Some(val)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let Ok(val) = val.parse::<u64>() else {
-            continue;
-        };
-        let val = val.saturating_mul(1024);
-        match name {
-            "MemTotal:" => total = val,
-            "MemAvailable:" => avail = val,
-            "SwapTotal:" => swap = val,
-            "SwapFree:" => swap_free = val,
-            _ => {}
-        }
-    }
-    (
-        total,
-        total.saturating_sub(avail),
-        swap,
-        swap.saturating_sub(swap_free),
-    )
-}
-
-/// (rx, tx) bytes over real interfaces.
-pub fn parse_net_dev(text: &str) -> (u64, u64) {
-    let (mut rx, mut tx) = (0u64, 0u64);
-    for line in text.lines().skip(2) {
-        // "eth0: 123 ..." may have no space after the colon.
-        let line = line.replacen(':', " ", 1);
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 10 {
-            continue;
-        }
-        let name = f[0];
-        if ["lo", "veth", "docker", "podman", "br-", "virbr"]
-            .iter()
-            .any(|p| name.starts_with(p))
-        {
-            continue;
-        }
-        rx = rx.saturating_add(f[1].parse().unwrap_or(0));
-        tx = tx.saturating_add(f[9].parse().unwrap_or(0));
-    }
-    (rx, tx)
+/// Whether the reference counts an interface in `netrx`/`nettx`: loopback and virtual
+/// interfaces (names starting with lo, veth, docker, podman, br-, virbr) are left out.
+pub fn is_counted_interface(name: &str) -> bool {
+    !["lo", "veth", "docker", "podman", "br-", "virbr"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// (read, written) bytes over whole physical disks.
@@ -133,29 +94,72 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Collects the figures (takes about 100 ms for the CPU sample).
+/// Collects the figures (takes about 100 ms for the CPU sample). The file and sysfs reads run
+/// on the blocking pool; the 100 ms wait between the two CPU samples is an async sleep.
 pub async fn collect() -> HostFigures {
-    let mut h = HostFigures::default();
     if !cfg!(target_os = "linux") {
-        return h;
+        return HostFigures::default();
     }
-    let (idle1, total1) = parse_stat(&read("/proc/stat"));
+    let first = tokio::task::spawn_blocking(|| parse_stat(&read("/proc/stat")))
+        .await
+        .unwrap_or_default();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::task::spawn_blocking(move || collect_blocking(first))
+        .await
+        .unwrap_or_default()
+}
+
+/// Everything after the 100 ms wait; `(idle1, total1)` is the first /proc/stat sample.
+fn collect_blocking((idle1, total1): (u64, u64)) -> HostFigures {
+    let mut h = HostFigures::default();
+
+    // CPU stays on /proc/stat: the reference's figure is (d_total - d_idle) * 100 / d_total
+    // in integers, where total sums EVERY field of the `cpu ` line (guest and guest_nice
+    // included, although the kernel already counts them in user and nice) and idle is the 4th
+    // field alone, so iowait counts as busy. sysinfo's global_cpu_usage() is an f32 that
+    // counts idle + iowait as idle and takes guest/guest_nice out of user/nice
+    // (linux/cpu.rs: CpuValues::set, idle_time, CpuUsage::set), measured between its own
+    // refreshes: a different quantity whenever the host has I/O wait or guest time.
     let (idle2, total2) = parse_stat(&read("/proc/stat"));
     let dt = total2.saturating_sub(total1);
     let busy = dt.saturating_sub(idle2.saturating_sub(idle1));
     if let Some(pct) = busy.saturating_mul(100).checked_div(dt) {
         h.cpu = pct.min(100) as i32;
     }
-    (h.mem_total, h.mem_used, h.swap_total, h.swap_used) = parse_meminfo(&read("/proc/meminfo"));
-    (h.netrx, h.nettx) = parse_net_dev(&read("/proc/net/dev"));
+
+    // sysinfo 0.37 on Linux reads /proc/meminfo (KiB x 1024; linux/system.rs,
+    // refresh_memory_specifics): used_memory() = MemTotal - MemAvailable and used_swap() =
+    // SwapTotal - SwapFree, the reference's figures. (Only kernels before 3.14 lack
+    // MemAvailable; there sysinfo estimates it where the reference would take 0.)
+    let mut sys = System::new();
+    sys.refresh_memory();
+    h.mem_total = sys.total_memory();
+    h.mem_used = sys.used_memory();
+    h.swap_total = sys.total_swap();
+    h.swap_used = sys.used_swap();
+
+    // sysinfo reads /sys/class/net/<if>/statistics/{rx,tx}_bytes (linux/network.rs): the same
+    // kernel counters (dev_get_stats) that /proc/net/dev prints, for the interfaces of this
+    // network namespace. total_received/total_transmitted are those counters themselves, not
+    // deltas since a previous refresh.
+    let networks = Networks::new_with_refreshed_list();
+    for (name, data) in networks.iter() {
+        if is_counted_interface(name) {
+            h.netrx = h.netrx.saturating_add(data.total_received());
+            h.nettx = h.nettx.saturating_add(data.total_transmitted());
+        }
+    }
+
+    // Disk bytes stay on /proc/diskstats: the reference sums sectors x 512 over every WHOLE
+    // device listed there (its name filter drops partitions, loop, ram, dm-, md), mounted or
+    // not. sysinfo's Disks are the mounted file systems of /proc/mounts (linux/disk.rs), each
+    // with the counters of its mounted device, usually a partition (sda1) or a dm- device:
+    // neither the same devices nor the same sums (and a device mounted twice counts twice).
     (h.diskr, h.diskw) = parse_diskstats(&read("/proc/diskstats"));
-    h.sysup = read("/proc/uptime")
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0);
+
+    // sysinfo's uptime() is the integer part of /proc/uptime (linux/system.rs), as is the
+    // reference's uint64(float) truncation.
+    h.sysup = System::uptime();
     h
 }
 
@@ -189,10 +193,12 @@ mod tests {
             parse_stat("cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 1 2 3 4\n"),
             (80, 100)
         );
-        let mem = "MemTotal:       1000 kB\nMemFree: 1 kB\nMemAvailable:    400 kB\nSwapTotal: 10 kB\nSwapFree: 4 kB\n";
-        assert_eq!(parse_meminfo(mem), (1_024_000, 614_400, 10_240, 6_144));
-        let net = "Inter-|   Receive\n face |bytes\n    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n  eth0:200 2 0 0 0 0 0 0 300 3 0 0 0 0 0 0\ndocker0: 5 0 0 0 0 0 0 0 5 0 0 0 0 0 0 0\n";
-        assert_eq!(parse_net_dev(net), (200, 300));
+        for name in ["eth0", "ens3", "wlan0", "ifb0", "tun0"] {
+            assert!(is_counted_interface(name), "{name}");
+        }
+        for name in ["lo", "veth1a2b", "docker0", "podman1", "br-0f3a", "virbr0"] {
+            assert!(!is_counted_interface(name), "{name}");
+        }
         let disk = "   8       0 sda 1 0 10 0 2 0 20 0 0 0 0 0 0 0\n   8       1 sda1 1 0 99 0 2 0 99 0 0 0 0 0 0 0\n   7 0 loop0 1 0 5 0 1 0 5 0 0 0 0 0 0 0\n 259 0 nvme0n1 1 0 1 0 1 0 1 0 0 0 0 0 0 0\n";
         // nvme0n1 ends in a digit and is skipped, as in the reference.
         assert_eq!(parse_diskstats(disk), (5120, 10240));
