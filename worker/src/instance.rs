@@ -13,6 +13,7 @@ use crate::dns::Dns;
 use crate::figures::Figures;
 use crate::output;
 use crate::policy::{RelayPolicy, Slots};
+use crate::relay::{self, Counters, RelayIo};
 use crate::targets::Targets;
 
 pub struct Instance {
@@ -81,6 +82,28 @@ impl Instance {
     }
 
     /// Buffer size of the buffered relay (NP_TCP_DATA_BUF_SIZE).
+    /// Relays one TCP exchange: `counted` is the user/target-side connection (its bytes are
+    /// the TCPRX/TCPTX figures), `far` the other end (a pool entry, or the target in
+    /// single-end mode). Logs start and end as the reference does; the end of an exchange is
+    /// never an error of the instance.
+    pub async fn relay_tcp<A: RelayIo, B: RelayIo>(
+        &self,
+        counted: &mut A,
+        far: &mut B,
+        from: &(dyn std::fmt::Display + Sync),
+        to: &(dyn std::fmt::Display + Sync),
+    ) {
+        tracing::info!("Starting exchange: {from} <-> {to}");
+        let counters = Counters {
+            rx: &self.figures.tcprx,
+            tx: &self.figures.tcptx,
+        };
+        match relay::relay(counted, far, counters, &self.policy, self.tcp_buf()).await {
+            Ok(t) => tracing::info!("Exchange complete: {t}"),
+            Err(e) => tracing::info!("Exchange complete: {e}"),
+        }
+    }
+
     pub fn tcp_buf(&self) -> usize {
         self.tun.tcp_data_buf_size
     }

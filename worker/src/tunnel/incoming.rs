@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 use super::activity::Activity;
 use super::control::Session;
 use crate::policy::{block, SlotKind};
-use crate::relay::{self, Counters};
 use crate::transport::Conn;
 
 pub async fn tcp_loop(sess: Arc<Session>, listener: TcpListener) -> anyhow::Result<()> {
@@ -63,24 +62,7 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
         id: id.to_hex(),
     });
     let far = entry.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!("Starting exchange: {peer} <-> {far}");
-    let f = &inst.figures;
-    let counters = Counters {
-        rx: &f.tcprx,
-        tx: &f.tcptx,
-    };
-    match relay::relay(
-        &mut user,
-        &mut entry,
-        counters,
-        &inst.policy,
-        inst.tcp_buf(),
-    )
-    .await
-    {
-        Ok(t) => tracing::info!("Exchange complete: {t}"),
-        Err(e) => tracing::info!("Exchange complete: {e}"),
-    }
+    inst.relay_tcp(&mut user, &mut entry, &peer, &far).await;
 }
 
 struct UdpSession {

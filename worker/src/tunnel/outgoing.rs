@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use super::activity::Activity;
 use super::control::Session;
 use crate::policy::{proxy, SlotKind};
-use crate::relay::{self, Counters};
 use crate::transport::Conn;
 
 async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Conn> {
@@ -79,24 +78,8 @@ pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
         }
     }
     let shown = target_addr.map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!("Starting exchange: {remote} <-> {shown}");
-    let f = &inst.figures;
-    let counters = Counters {
-        rx: &f.tcprx,
-        tx: &f.tcptx,
-    };
-    match relay::relay(
-        &mut target,
-        &mut entry,
-        counters,
-        &inst.policy,
-        inst.tcp_buf(),
-    )
-    .await
-    {
-        Ok(t) => tracing::info!("Exchange complete: {t}"),
-        Err(e) => tracing::info!("Exchange complete: {e}"),
-    }
+    inst.relay_tcp(&mut target, &mut entry, &remote, &shown)
+        .await;
 }
 
 pub async fn udp(sess: Arc<Session>, remote: String, id: String) {

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::instance::Instance;
 use crate::policy::{block, proxy, SlotKind};
-use crate::relay::{self, Counters};
 use crate::tunnel::activity::Activity;
 use crate::{output, tunnel};
 
@@ -154,24 +153,7 @@ async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
         }
     }
     let shown = target_addr.map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!("Starting exchange: {peer} <-> {shown}");
-    let f = &inst.figures;
-    let counters = Counters {
-        rx: &f.tcprx,
-        tx: &f.tcptx,
-    };
-    match relay::relay(
-        &mut user,
-        &mut target,
-        counters,
-        &inst.policy,
-        inst.tcp_buf(),
-    )
-    .await
-    {
-        Ok(t) => tracing::info!("Exchange complete: {t}"),
-        Err(e) => tracing::info!("Exchange complete: {e}"),
-    }
+    inst.relay_tcp(&mut user, &mut target, &peer, &shown).await;
 }
 
 /// A UDP session: the connected socket to the target and its generation (so that the end
