@@ -60,6 +60,8 @@ pub struct Snapshot {
 const MASTER_KEY: &[u8] = b"master";
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"nodepass-master-1";
+/// How long a reopen waits for the old handle to release sled's file lock.
+const REOPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The sled handles; replaced as a whole when the database is reopened after a write
 /// error (sled refuses every later write once one failed, e.g. on a full disk).
@@ -192,14 +194,29 @@ impl Store {
     /// flushes: the way back after a write error once the disk is usable again.
     pub async fn reopen_with(&self, snap: &Snapshot) -> Result<()> {
         let db_path = self.root.join("db");
-        {
-            let mut slot = self.handles.write().unwrap_or_else(|p| p.into_inner());
-            // Drop ours first: sled holds a lock on its files while a handle lives.
-            *slot = None;
-            *slot = Some(open_db(&db_path).with_context(|| {
-                format!("Cannot reopen the state database {}", db_path.display())
-            })?);
-        }
+        // Drop ours first: sled holds a lock on its files while any handle lives. Another
+        // task may still hold a clone for a moment, and sled's flusher thread lets go of
+        // the old handle on its own schedule, so the lock is retried for a bounded time.
+        *self.handles.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let deadline = tokio::time::Instant::now() + REOPEN_LOCK_WAIT;
+        let handles = loop {
+            match open_db(&db_path) {
+                Ok(h) => break h,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "Cannot reopen the state database {}",
+                        db_path.display()
+                    )))
+                }
+            }
+        };
+        *self.handles.write().unwrap_or_else(|p| p.into_inner()) = Some(handles);
         for rec in &snap.instances {
             self.put_instance(rec)?;
         }
