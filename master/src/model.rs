@@ -70,8 +70,9 @@ pub struct Meta {
     pub tags: BTreeMap<String, String>,
 }
 
-/// One instance as the API shows it; field order is the reference's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// One instance as the API shows it; field order is the reference's. `Default` is an empty
+/// record with zeroed figures, so constructors name only what they set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Instance {
     /// 8 lowercase hex characters, or `********` for the API key record.
     pub id: String,

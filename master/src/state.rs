@@ -116,16 +116,7 @@ pub fn key_instance(m: &MasterRecord) -> Instance {
         url: m.api_key.clone(),
         config: m.mid.clone(),
         restart: false,
-        meta: Meta::default(),
-        mode: 0,
-        ping: 0,
-        pool: 0,
-        tcps: 0,
-        udps: 0,
-        tcprx: 0,
-        tcptx: 0,
-        udprx: 0,
-        udptx: 0,
+        ..Instance::default()
     }
 }
 
@@ -365,16 +356,7 @@ impl Master {
                 url,
                 config,
                 restart: true,
-                meta: Meta::default(),
-                mode: 0,
-                ping: 0,
-                pool: 0,
-                tcps: 0,
-                udps: 0,
-                tcprx: 0,
-                tcptx: 0,
-                udprx: 0,
-                udptx: 0,
+                ..Instance::default()
             };
             let ctl = supervisor::spawn(Arc::downgrade(self), id.clone());
             let mut entry = Entry {
