@@ -1,7 +1,9 @@
 //! The `nodepass` binary: command-line parsing only. The URL picks the role:
 //! `server://` and `client://` run one tunnel end in the foreground, `master://` runs the
 //! supervisor with its API, and `nodepass worker <url>` runs one instance for a master,
-//! reporting as JSON lines on stdout.
+//! reporting as JSON lines on stdout. A master runs `nodepass worker -` and writes the URL
+//! to the worker's stdin, so the tunnel key never appears in the process list (`ps`, and
+//! /proc/<pid>/cmdline, are readable by every local user).
 
 use std::process::ExitCode;
 
@@ -23,6 +25,8 @@ Examples:
       master with the REST + SSE API at http://host:9090/api/v1 (API key printed at start)
   nodepass worker \"server://...\"
       what a master runs per instance: the same tunnel, JSON report lines on stdout
+  echo \"server://...\" | nodepass worker -
+      the same, URL read from stdin: the key stays out of the process list (`ps`)
 
 URL: scheme://[key@]host:port/target[,target...]?param=value&...
      IPv6 hosts in brackets ([::1]:10101); an empty host (:10101) listens on all interfaces.
@@ -50,13 +54,42 @@ struct Cli {
 enum Command {
     /// Run one tunnel instance for a master: JSON report lines on stdout.
     Worker {
-        /// The instance URL: server://... or client://...
+        /// The instance URL: server://... or client://...; `-` reads it from the first line
+        /// of stdin instead (what the master does: keeps the key out of `ps`)
         url: String,
     },
 }
 
 /// Exit status for anything wrong with the command line or the URL (as clap uses).
 const USAGE_ERROR: u8 = 2;
+
+/// Longest URL accepted on stdin (the master's API limits URLs far below this).
+const MAX_STDIN_URL: u64 = 64 * 1024;
+
+/// The URL of `nodepass worker -`: the first line of stdin, surrounding blanks trimmed.
+fn read_url_from_stdin() -> Result<String, String> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_STDIN_URL + 1)
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the URL from stdin: {e}"))?;
+    if line.len() as u64 > MAX_STDIN_URL {
+        return Err(format!(
+            "the URL on stdin is longer than {MAX_STDIN_URL} bytes"
+        ));
+    }
+    let url = line.trim();
+    if url.is_empty() {
+        return Err(
+            "`nodepass worker -` reads the URL from stdin, but stdin was empty; \
+             pipe the URL in or pass it as the argument"
+                .to_string(),
+        );
+    }
+    Ok(url.to_string())
+}
 
 fn main() -> ExitCode {
     // clap words a second URL as a subcommand clash; say what is wrong instead.
@@ -92,6 +125,13 @@ fn main() -> ExitCode {
         },
     };
     let (raw, worker_mode) = match (cli.command, cli.url) {
+        (Some(Command::Worker { url }), _) if url == "-" => match read_url_from_stdin() {
+            Ok(url) => (url, true),
+            Err(e) => {
+                eprintln!("nodepass: {e}");
+                return ExitCode::from(USAGE_ERROR);
+            }
+        },
         (Some(Command::Worker { url }), _) => (url, true),
         (None, Some(url)) => (url, false),
         (None, None) => {

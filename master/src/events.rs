@@ -64,8 +64,11 @@ impl EventHub {
         if self.tx.receiver_count() == 0 {
             return;
         }
+        // A `log` event's text is a log line: its tunnel keys are masked like every other
+        // log line (the instance's `url` beside it keeps the key, as dashboards need it).
+        let logs = nodepass_proto::redact::mask_tunnel_keys(logs);
         let _ = self.tx.send(Frame {
-            bytes: Self::render(kind, instance, logs),
+            bytes: Self::render(kind, instance, &logs),
             close: false,
         });
     }

@@ -1,5 +1,5 @@
 //! nodepass-master: the control plane. It keeps instances in a sled store, runs each one as
-//! its own worker process (`nodepass worker <url>`) under a supervisor task, and serves the
+//! its own worker process (`nodepass worker -`, URL on stdin) under a supervisor task, and serves the
 //! REST + SSE API of the reference master (NodePass v1.14.0) under `{prefix}/v1`.
 //!
 //! Start-up order: open the store (or restore the backup) -> end stray workers of a previous
@@ -43,7 +43,7 @@ pub struct MasterOptions {
     pub url: MasterUrl,
     /// State directory (sled database and backup).
     pub state_dir: PathBuf,
-    /// Program run as `<worker_exe> worker <url>` per instance.
+    /// Program run as `<worker_exe> worker -` (URL on stdin) per instance.
     pub worker_exe: PathBuf,
     pub tunables: Tunables,
     /// Colour codes in the master's output.
@@ -144,7 +144,9 @@ impl RunningMaster {
 
 /// Ends workers a previous master left behind (it was killed before it could stop them and
 /// PR_SET_PDEATHSIG did not fire, e.g. in a container without it): a pid still running
-/// `<exe> worker <url>` with the stored url is killed.
+/// `<exe> worker ...` for the stored instance is killed. The instance is named by the
+/// worker's environment (supervisor::INSTANCE_ENV, readable only by our own user), or, for
+/// a worker started by an older master, by the URL in its command line.
 fn end_strays(snapshot: &Snapshot) {
     for rec in &snapshot.instances {
         let Some(pid) = rec.pid else { continue };
@@ -152,7 +154,15 @@ fn end_strays(snapshot: &Snapshot) {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if args.len() >= 3 && args[1] == b"worker" && args[2] == rec.instance.url.as_bytes() {
+        if args.len() < 3 || args[1] != b"worker" {
+            continue;
+        }
+        let tag = format!("{}={}", supervisor::INSTANCE_ENV, rec.instance.id);
+        let ours = std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|env| env.split(|&b| b == 0).any(|v| v == tag.as_bytes()))
+            .unwrap_or(false)
+            || args[2] == rec.instance.url.as_bytes();
+        if ours {
             tracing::warn!(
                 "Ending stray worker pid {pid} of a previous run [{}]",
                 rec.instance.id

@@ -2,11 +2,13 @@
 //! (`YYYY-MM-DD HH:MM:SS.mmm  LEVEL  message`) on stdout, filtered by the master URL's `log`
 //! parameter, with colour codes only when stdout is a terminal (journald and files get plain
 //! text). Worker log records are printed as `<line> [<instance id>]`, like the reference.
+//! Tunnel keys are masked in every line (`server://****@...`); the API keeps them.
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::time::SystemTime;
 
+use nodepass_proto::redact::mask_tunnel_keys;
 use nodepass_proto::report::ReportLevel;
 use nodepass_proto::url::LogLevel;
 use tracing::{Event, Level, Subscriber};
@@ -47,9 +49,11 @@ where
         };
         // log_line renders the prefix; the message follows it.
         let prefix = log_line(SystemTime::now(), level, "", self.colour);
-        write!(writer, "{prefix}")?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // Rendered aside first so the tunnel key in a URL can be masked before it is written.
+        let mut message = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut message), event)?;
+        writeln!(writer, "{prefix}{}", mask_tunnel_keys(&message))
     }
 }
 
@@ -76,8 +80,9 @@ pub fn init(level: LogLevel, colour: bool) {
         .try_init();
 }
 
-/// Prints one worker log line with its instance id appended.
+/// Prints one worker log line with its instance id appended (tunnel keys masked: a line
+/// that did not come through a worker's report, e.g. a crash message, may quote a URL).
 pub fn print_instance_line(line: String, id: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line} [{id}]");
+    let _ = writeln!(out, "{} [{id}]", mask_tunnel_keys(&line));
 }

@@ -1,4 +1,4 @@
-//! One task per instance owns its worker process (`<exe> worker <url>`), spawned with
+//! One task per instance owns its worker process (`<exe> worker -`, URL on stdin), spawned with
 //! tokio::process and read with tokio-process-stream. The task turns the worker's report
 //! lines (`ready`, `stats`, `log`, `exit`; nodepass_proto::report) into instance fields and
 //! SSE events; it never interprets human text (a line that is not a report is relayed as a
@@ -183,6 +183,45 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Environment variable naming the instance a worker runs for: lets a restarted master
+/// recognise a stray worker of its previous run (lib.rs `end_strays`) now that the URL is
+/// not in the command line.
+pub const INSTANCE_ENV: &str = "NODEPASS_INSTANCE";
+
+/// The worker's command line: `<exe> worker -`, with the URL handed over on stdin by
+/// [`hand_over_url`]. The URL is not an argument because the command line of every process
+/// is readable by every local user (`ps`), and the URL carries the tunnel key.
+fn worker_command(exe: &std::path::Path, id: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("worker")
+        .arg("-")
+        .env(INSTANCE_ENV, id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    cmd
+}
+
+/// Writes the URL as one line to the worker's stdin and closes it. The write runs as a
+/// task: a pipe holds 64 KiB by default but may hold as little as 4 KiB when the user's
+/// pipe quota is used up, and the worker reads only after it has started. A worker that
+/// dies before reading fails on its own and is reported like any other crash.
+fn hand_over_url(child: &mut tokio::process::Child, url: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("the worker's stdin pipe is missing"))?;
+    let line = format!("{url}\n");
+    tokio::spawn(async move {
+        let _ = stdin.write_all(line.as_bytes()).await;
+        // Dropping stdin closes the pipe: the worker sees the end of its input.
+    });
+    Ok(())
+}
+
 /// Spawns the worker; on failure marks the instance `error` and schedules a retry.
 fn start(
     m: &Arc<Master>,
@@ -194,14 +233,7 @@ fn start(
         let reg = m.lock();
         reg.instances.get(id)?.inst.url.clone()
     };
-    let mut cmd = tokio::process::Command::new(&m.settings.worker_exe);
-    cmd.arg("worker")
-        .arg(&url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
+    let mut cmd = worker_command(&m.settings.worker_exe, id);
     let parent = std::process::id();
     // SAFETY: the closure runs between fork and exec and only makes two syscalls (prctl,
     // getppid); it allocates nothing.
@@ -216,7 +248,8 @@ fn start(
             Ok(())
         });
     }
-    let spawned = cmd.spawn().and_then(|child| {
+    let spawned = cmd.spawn().and_then(|mut child| {
+        hand_over_url(&mut child, &url)?;
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("worker exited before its pid was read"))?;

@@ -1,7 +1,8 @@
 //! Logging: one tracing layer that turns records into output lines, filtered by the URL's
 //! `log` level. In foreground mode it prints the reference's human format
 //! (`YYYY-MM-DD HH:MM:SS.mmm  LEVEL  message`, local time, coloured level); in report mode
-//! each record becomes a `log` report line for the master.
+//! each record becomes a `log` report line for the master. Either way the tunnel key is
+//! masked in every message (nodepass_proto::redact).
 //!
 //! The reference has a fifth level above ERROR, EVENT (the CHECK_POINT lines). tracing has
 //! no such level, so EVENT records are INFO records with the target [`EVENT_TARGET`]; use
@@ -9,6 +10,7 @@
 
 use std::fmt::Write as _;
 
+use nodepass_proto::redact::mask_tunnel_keys_owned;
 use nodepass_proto::report::{Log, Report, ReportLevel};
 use nodepass_proto::url::LogLevel;
 use tracing::field::{Field, Visit};
@@ -85,6 +87,8 @@ impl<S: Subscriber> Layer<S> for OutputLayer {
         }
         let mut message = String::new();
         event.record(&mut MessageVisitor(&mut message));
+        // Tunnel URLs in messages carry the key: never let it reach a log.
+        let message = mask_tunnel_keys_owned(message);
         if output::report_mode() {
             let ts_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
