@@ -219,7 +219,8 @@ pub async fn start(opts: MasterOptions) -> Result<RunningMaster> {
     } else {
         tracing::warn!("{key_line}");
     }
-    if let Err(e) = master.store.write_backup(&master.snapshot()) {
+    // Never replaces a backup that holds more than this start found (see the store).
+    if let Err(e) = master.store.write_backup_at_start(&master.snapshot()) {
         tracing::warn!("{e:#}");
     }
 

@@ -3,9 +3,12 @@
 //!
 //! Layout of the state directory (`NP_STATE_DIR`, default `<exe dir>/nodepass-state`):
 //! `db/` is the sled database, `backup.json` a plain JSON copy written at start and every
-//! NP_RELOAD_INTERVAL (atomically: temp file, fsync, rename). When `db/` is missing or
-//! empty and a backup exists, the master restores from the backup; so the recovery path for
-//! a corrupt database is "move `db/` aside and start again", which the error says.
+//! NP_RELOAD_INTERVAL (atomically: temp file, fsync, rename), `backup.prev.json` the backup
+//! before it. When `db/` is missing, or lacks the format marker (new, or a restore a crash
+//! cut short), and a backup exists, the master restores from the backup; so the recovery
+//! path for a corrupt database is "move `db/` aside and start again", which the error says.
+//! The directory must be private to the master's user (0700, created so); the store's
+//! files are 0600.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,63 +104,125 @@ pub struct Opened {
 
 impl Store {
     /// Opens (or creates) the store under `root` and loads everything.
+    ///
+    /// The database counts as real only once it holds the format marker, which a new
+    /// database gets at once and a restore writes last, after the restored data is on disk.
+    /// A database without the marker is a creation or a restore that a crash cut short: when
+    /// a backup exists it is restored (again) from it, so an interrupted restore can never
+    /// pass for an empty state (which would mean a new API key and, at the next backup, the
+    /// loss of the old state).
     pub fn open(root: &Path) -> Result<Opened> {
-        std::fs::create_dir_all(root).with_context(|| {
-            format!(
-                "Cannot create the state directory {}: set NP_STATE_DIR to a writable directory",
-                root.display()
-            )
-        })?;
-        // The directory holds the API key: keep it private to the master's user.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = std::fs::metadata(root) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
-                }
-            }
-        }
+        prepare_root(root)?;
         let db_path = root.join("db");
-        let backup = root.join("backup.json");
-        let had_db = db_path.join("conf").exists();
+        let backup = root.join(BACKUP);
         let handles =
             open_db(&db_path).map_err(|e| corrupt_error(&db_path, &backup, &e.to_string()))?;
+        let marker = handles
+            .db
+            .get(FORMAT_KEY)
+            .map_err(|e| corrupt_error(&db_path, &backup, &e.to_string()))?;
+        let empty = handles.instances.is_empty()
+            && handles.db.get(MASTER_KEY).ok().flatten().is_none();
         let store = Store {
             root: root.to_path_buf(),
             handles: Arc::new(RwLock::new(Some(handles))),
             broken: Arc::new(AtomicBool::new(false)),
         };
-        if !had_db && backup.exists() {
-            let text = std::fs::read(&backup)
-                .with_context(|| format!("Cannot read the backup {}", backup.display()))?;
-            let snapshot: Snapshot = serde_json::from_slice(&text).with_context(|| {
+        let opened = match marker.as_deref() {
+            Some(FORMAT) => {
+                let snapshot = store
+                    .load()
+                    .map_err(|e| corrupt_error(&db_path, &backup, &format!("{e:#}")))?;
+                Opened {
+                    store,
+                    snapshot,
+                    restored_from: None,
+                }
+            }
+            Some(other) => anyhow::bail!(
+                "The state database {} has the format {:?}, which this version does not read \
+                 (it reads {:?}); start the nodepass version that wrote it, or move {} aside \
+                 to restore from the backup {}",
+                db_path.display(),
+                String::from_utf8_lossy(other),
+                String::from_utf8_lossy(FORMAT),
+                db_path.display(),
+                backup.display()
+            ),
+            None => match store.read_backup()? {
+                Some((from, snapshot)) => {
+                    store.import(&snapshot)?;
+                    Opened {
+                        store,
+                        snapshot,
+                        restored_from: Some(from),
+                    }
+                }
+                None => {
+                    // New, or written by a version that set the marker lazily: nothing to
+                    // restore from, so what is there is the state.
+                    if !empty {
+                        tracing::warn!(
+                            "The state database {} has no format marker; using it as is",
+                            db_path.display()
+                        );
+                    }
+                    let h = store.handles()?;
+                    h.db.insert(FORMAT_KEY, FORMAT)
+                        .context("Cannot write to the new state database")?;
+                    h.db.flush()
+                        .context("Cannot write to the new state database")?;
+                    let snapshot = store
+                        .load()
+                        .map_err(|e| corrupt_error(&db_path, &backup, &format!("{e:#}")))?;
+                    Opened {
+                        store,
+                        snapshot,
+                        restored_from: None,
+                    }
+                }
+            },
+        };
+        make_private(root);
+        Ok(opened)
+    }
+
+    /// The newest readable backup: `backup.json`, else the one before it (a backup that is
+    /// missing or unreadable when its predecessor is fine says so in a warning).
+    fn read_backup(&self) -> Result<Option<(PathBuf, Snapshot)>> {
+        let current = self.backup_path();
+        let previous = self.root.join(PREVIOUS_BACKUP);
+        let read = |path: &Path| -> Result<Option<Snapshot>> {
+            let text = match std::fs::read(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("Cannot read the backup {}", path.display())))
+                }
+            };
+            serde_json::from_slice(&text).map(Some).with_context(|| {
                 format!(
-                    "The backup {} is not valid JSON; move it aside to start with an empty state",
-                    backup.display()
+                    "The backup {} is not valid JSON; move it aside to use {} or, without \
+                     either, to start with an empty state (a new API key)",
+                    path.display(),
+                    previous.display()
                 )
-            })?;
-            store.import(&snapshot)?;
-            return Ok(Opened {
-                store,
-                snapshot,
-                restored_from: Some(backup),
-            });
+            })
+        };
+        match read(&current) {
+            Ok(Some(snap)) => Ok(Some((current, snap))),
+            first => match read(&previous) {
+                Ok(Some(snap)) => {
+                    if let Err(e) = &first {
+                        tracing::warn!("{e:#}; using the previous backup");
+                    }
+                    Ok(Some((previous, snap)))
+                }
+                Ok(None) => first.map(|_| None),
+                Err(e) => first.and(Err(e)),
+            },
         }
-        if !had_db {
-            store
-                .handles()?
-                .db
-                .insert(FORMAT_KEY, FORMAT)
-                .context("Cannot write to the new state database")?;
-        }
-        let snapshot = store
-            .load()
-            .map_err(|e| corrupt_error(&db_path, &backup, &format!("{e:#}")))?;
-        Ok(Opened {
-            store,
-            snapshot,
-            restored_from: None,
-        })
     }
 
     /// The state directory.
@@ -167,7 +232,7 @@ impl Store {
 
     /// Path of the JSON backup.
     pub fn backup_path(&self) -> PathBuf {
-        self.root.join("backup.json")
+        self.root.join(BACKUP)
     }
 
     fn handles(&self) -> Result<Handles> {
@@ -263,14 +328,23 @@ impl Store {
         Ok(Snapshot { master, instances })
     }
 
+    /// Writes a backup into the database: leftovers of an interrupted attempt out, the data
+    /// in and on disk, and only then the format marker that makes the database count.
     fn import(&self, snap: &Snapshot) -> Result<()> {
-        if let Some(m) = &snap.master {
-            self.put_master(m)?;
-        }
+        let h = self.handles()?;
+        h.instances
+            .clear()
+            .context("Cannot clear the state database for the restore")?;
+        h.db.remove(MASTER_KEY)
+            .context("Cannot clear the state database for the restore")?;
         for rec in &snap.instances {
             self.put_instance(rec)?;
         }
-        let h = self.handles()?;
+        if let Some(m) = &snap.master {
+            self.put_master(m)?;
+        }
+        h.db.flush()
+            .context("Cannot write the restored state to disk")?;
         h.db.insert(FORMAT_KEY, FORMAT)?;
         h.db.flush()
             .context("Cannot write the restored state to disk")?;
@@ -320,27 +394,156 @@ impl Store {
         self.mark(r).map(|_| ())
     }
 
-    /// Writes `backup.json` atomically from the given snapshot.
+    /// Writes `backup.json` atomically from the given snapshot, keeping the one it replaces
+    /// as `backup.prev.json`. At every moment `backup.json` is a complete backup: the old one
+    /// is hard-linked to its new name before the new one is renamed over it.
     pub fn write_backup(&self, snap: &Snapshot) -> Result<()> {
         let path = self.backup_path();
+        let previous = self.root.join(PREVIOUS_BACKUP);
         let tmp = self.root.join("backup.json.tmp");
         let bytes = serde_json::to_vec_pretty(snap)?;
         (|| -> std::io::Result<()> {
             use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = create_private(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
+            if path.exists() {
+                match std::fs::remove_file(&previous) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                std::fs::hard_link(&path, &previous)?;
+            }
             std::fs::rename(&tmp, &path)?;
+            // The renames are durable once the directory is.
+            std::fs::File::open(&self.root)?.sync_all()?;
             Ok(())
         })()
         .with_context(|| format!("Cannot write the backup {}", path.display()))
     }
+
+    /// The backup written at start: skipped (with a warning) when the existing backup holds
+    /// more than `snap`, i.e. more instances or another master's identity. Such a start is
+    /// almost always a state that lost data (a database moved away or damaged without a
+    /// restore), and overwriting the backup would make the loss permanent; the periodic
+    /// backup, once the operator has had a look, writes the current state as usual.
+    /// Returns whether the backup was written.
+    pub fn write_backup_at_start(&self, snap: &Snapshot) -> Result<bool> {
+        if let Ok(text) = std::fs::read(self.backup_path()) {
+            if let Ok(old) = serde_json::from_slice::<Snapshot>(&text) {
+                let other_master = match (&old.master, &snap.master) {
+                    (Some(o), Some(n)) => o.mid != n.mid,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if other_master || old.instances.len() > snap.instances.len() {
+                    tracing::warn!(
+                        "The backup {} holds more than the current state ({} instances{}, \
+                         now {}); it is kept. If the state is right, the next periodic backup \
+                         replaces it; if not, stop the master, move {} aside and start again \
+                         to restore the backup",
+                        self.backup_path().display(),
+                        old.instances.len(),
+                        if other_master { ", another master id" } else { "" },
+                        snap.instances.len(),
+                        self.root.join("db").display()
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        self.write_backup(snap).map(|()| true)
+    }
+}
+
+/// Name of the backup in the state directory.
+const BACKUP: &str = "backup.json";
+/// Name of the backup before it.
+const PREVIOUS_BACKUP: &str = "backup.prev.json";
+
+/// Creates the state directory 0700, or checks that an existing one is private. An
+/// existing directory that other users can reach is refused rather than changed: it holds
+/// the API key, and chmod-ing a directory the operator pointed us at (a shared one, say)
+/// would break whatever else uses it.
+fn prepare_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(root) {
+        Ok(meta) if !meta.is_dir() => anyhow::bail!(
+            "The state directory {} is not a directory; set NP_STATE_DIR to a directory",
+            root.display()
+        ),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "The state directory {dir} is open to other users (mode {mode:04o}) but \
+                     holds the API key and tunnel keys; make it private (chmod 700 {dir}) or \
+                     set NP_STATE_DIR to a directory of its own",
+                    dir = root.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!(
+                        "Cannot create {}: set NP_STATE_DIR to a writable directory",
+                        parent.display()
+                    )
+                })?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(root)
+                .with_context(|| {
+                    format!(
+                        "Cannot create the state directory {}: set NP_STATE_DIR to a \
+                         writable directory",
+                        root.display()
+                    )
+                })
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "Cannot read the state directory {}: set NP_STATE_DIR to a directory the \
+             master's user owns",
+            root.display()
+        ))),
+    }
+}
+
+/// Makes everything the store created under `root` private: files 0600, directories
+/// 0700. sled creates its files with the process umask; the directory is private already,
+/// so this is a second fence (a later `chmod 755` of the directory exposes nothing).
+fn make_private(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            let path = entry.path();
+            if kind.is_dir() {
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+                stack.push(path);
+            } else if kind.is_file() {
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+}
+
+/// Creates (or truncates) a file readable by the master's user only.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 fn corrupt_error(db: &Path, backup: &Path, cause: &str) -> anyhow::Error {
