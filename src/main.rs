@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use nodepass_proto::redact::mask_tunnel_keys;
 use nodepass_proto::url::{self, NodeUrl};
 
 const EXAMPLES: &str = "\
@@ -142,7 +143,8 @@ fn main() -> ExitCode {
     let parsed = match url::parse(&raw) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("nodepass: {e}");
+            // The message quotes the URL; its key stays out of logs that collect stderr.
+            eprintln!("nodepass: {}", mask_tunnel_keys(&e.to_string()));
             return ExitCode::from(USAGE_ERROR);
         }
     };
@@ -157,7 +159,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nodepass: {e:#}");
+            eprintln!("nodepass: {}", mask_tunnel_keys(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
