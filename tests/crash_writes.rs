@@ -80,8 +80,9 @@ fn client(
             .iter()
             .filter(|(_, e)| e.pending.is_none())
             .filter_map(|(id, e)| match &e.acked {
-                Known::Present(alias) if alias.starts_with(&format!("c{who}-"))
-                    || alias.starts_with(&format!("p{who}-")) =>
+                Known::Present(alias)
+                    if alias.starts_with(&format!("c{who}-"))
+                        || alias.starts_with(&format!("p{who}-")) =>
                 {
                     Some((id.clone(), alias.clone()))
                 }
@@ -138,7 +139,13 @@ fn client(
             .get_mut(id)
             .unwrap()
             .pending = Some(after.clone());
-        match try_call(addr, &key, method, &format!("/instances/{id}"), body.as_deref()) {
+        match try_call(
+            addr,
+            &key,
+            method,
+            &format!("/instances/{id}"),
+            body.as_deref(),
+        ) {
             Some((status, _)) if (200..300).contains(&status) => {
                 let mut l = ledger.lock().unwrap();
                 let e = l.instances.get_mut(id).unwrap();
@@ -216,7 +223,10 @@ fn acknowledged_writes_survive_sigkill() {
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("state");
-    std::fs::DirBuilder::new().mode(0o700).create(&root).unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .unwrap();
     let port = free_port();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut key = String::new();
@@ -240,8 +250,7 @@ fn acknowledged_writes_survive_sigkill() {
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..CLIENTS)
             .map(|who| {
-                let (addr, key, stop, ledger) =
-                    (m.addr, key.clone(), stop.clone(), ledger.clone());
+                let (addr, key, stop, ledger) = (m.addr, key.clone(), stop.clone(), ledger.clone());
                 let seed = rng.next();
                 std::thread::spawn(move || client(addr, key, who, round, seed, stop, ledger))
             })

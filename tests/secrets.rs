@@ -23,13 +23,19 @@ const KEY: &str = "Tunnel-Key-9f3a71c2";
 fn tunnel_key_stays_out_of_ps_logs_and_log_events() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("state");
-    std::fs::DirBuilder::new().mode(0o700).create(&root).unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .unwrap();
     let m = spawn(&root, free_port(), &[]);
     let api_key = m.wait_ready();
     let mut sse = Sse::open(m.addr, "/api/v1/events", &api_key);
     assert_eq!(sse.status, 200);
 
-    let url = format!("server://{KEY}@127.0.0.1:{}/127.0.0.1:9?log=debug", free_port());
+    let url = format!(
+        "server://{KEY}@127.0.0.1:{}/127.0.0.1:9?log=debug",
+        free_port()
+    );
     let (status, body) = try_call(
         m.addr,
         &api_key,
@@ -47,11 +53,18 @@ fn tunnel_key_stays_out_of_ps_logs_and_log_events() {
     // The worker's "Server started" line, relayed as a log event: key masked, while the
     // instance in the same event still carries it.
     let started = sse.wait_for(Duration::from_secs(20), |e| {
-        e.kind() == "log" && e.data["logs"].as_str().unwrap_or("").contains("Server started")
+        e.kind() == "log"
+            && e.data["logs"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Server started")
     });
     let logs = started.data["logs"].as_str().unwrap();
     assert!(logs.contains("server://****@127.0.0.1:"), "{logs}");
-    assert!(started.data["instance"]["url"].as_str().unwrap().contains(KEY));
+    assert!(started.data["instance"]["url"]
+        .as_str()
+        .unwrap()
+        .contains(KEY));
 
     // The worker's command line, as `ps` reads it.
     let line = m.wait_line(10, |l| l.contains("Instance starting: ") && l.contains(&id));
@@ -86,13 +99,11 @@ fn tunnel_key_stays_out_of_ps_logs_and_log_events() {
     .expect("the master answers");
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while m
-        .output()
-        .matches(&format!("Instance starting: "))
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the restarted worker never started");
+    while m.output().matches(&format!("Instance starting: ")).count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted worker never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     sse.wait_for(Duration::from_secs(20), |e| {
@@ -109,7 +120,10 @@ fn tunnel_key_stays_out_of_ps_logs_and_log_events() {
     assert!(out.contains("Instance created: server://****@"), "{out}");
     assert!(out.contains("Instance starting: server://****@"), "{out}");
     assert!(out.contains("Server started: server://****@"), "{out}");
-    assert!(!out.contains(KEY), "the key is in the master's output:\n{out}");
+    assert!(
+        !out.contains(KEY),
+        "the key is in the master's output:\n{out}"
+    );
     // And every log event received.
     let raw = String::from_utf8_lossy(&sse.raw).into_owned();
     let mut log_events = 0;
@@ -178,7 +192,11 @@ fn worker_takes_the_url_as_argument_or_on_stdin_and_masks_the_key() {
     );
     // Through stdin, as the master does.
     let url = format!("server://{KEY}@127.0.0.1:{}/127.0.0.1:9", free_port());
-    let by_stdin = run_until(&["worker", "-"], Some(&format!("{url}\n")), "\"kind\":\"ready\"");
+    let by_stdin = run_until(
+        &["worker", "-"],
+        Some(&format!("{url}\n")),
+        "\"kind\":\"ready\"",
+    );
     assert!(
         by_stdin.iter().any(|l| l.contains("\"kind\":\"ready\"")),
         "{by_stdin:#?}"

@@ -58,7 +58,10 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
 fn restore_killed_at_several_points_keeps_key_instances_and_backup() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("state");
-    std::fs::DirBuilder::new().mode(0o700).create(&root).unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .unwrap();
     let original = Snapshot {
         master: Some(MasterRecord::generate()),
         instances: (0..INSTANCES)

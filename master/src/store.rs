@@ -121,8 +121,8 @@ impl Store {
             .db
             .get(FORMAT_KEY)
             .map_err(|e| corrupt_error(&db_path, &backup, &e.to_string()))?;
-        let empty = handles.instances.is_empty()
-            && handles.db.get(MASTER_KEY).ok().flatten().is_none();
+        let empty =
+            handles.instances.is_empty() && handles.db.get(MASTER_KEY).ok().flatten().is_none();
         let store = Store {
             root: root.to_path_buf(),
             handles: Arc::new(RwLock::new(Some(handles))),
@@ -444,7 +444,11 @@ impl Store {
                          to restore the backup",
                         self.backup_path().display(),
                         old.instances.len(),
-                        if other_master { ", another master id" } else { "" },
+                        if other_master {
+                            ", another master id"
+                        } else {
+                            ""
+                        },
                         snap.instances.len(),
                         self.root.join("db").display()
                     );
@@ -523,7 +527,9 @@ fn make_private(root: &Path) {
             continue;
         };
         for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             let path = entry.path();
             if kind.is_dir() {
                 let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));

@@ -119,7 +119,11 @@ async fn start_never_shrinks_the_backup_and_the_previous_one_is_kept() {
     assert!(!store.write_backup_at_start(&other_master).unwrap());
     let empty = Snapshot::default();
     assert!(!store.write_backup_at_start(&empty).unwrap());
-    assert_eq!(std::fs::read(&backup).unwrap(), saved, "the backup was replaced");
+    assert_eq!(
+        std::fs::read(&backup).unwrap(),
+        saved,
+        "the backup was replaced"
+    );
 
     // Same master, one more instance: written, and the old backup kept beside it.
     let mut more = snap.clone();

@@ -77,7 +77,8 @@ fn find_scheme(text: &str, from: usize) -> Option<(usize, usize)> {
         for scheme in SCHEMES {
             let name_len = scheme.len() - 3;
             if colon >= name_len
-                && bytes[colon - name_len..colon].eq_ignore_ascii_case(&scheme.as_bytes()[..name_len])
+                && bytes[colon - name_len..colon]
+                    .eq_ignore_ascii_case(&scheme.as_bytes()[..name_len])
             {
                 return Some((colon - name_len, scheme.len()));
             }
@@ -102,9 +103,15 @@ mod tests {
             "a server://****@h:1 and CLIENT://****@h:2?min=1 end"
         );
         // A key with an `@` in it is hidden whole (Go splits at the last `@`).
-        assert_eq!(mask_tunnel_keys("server://a@b@h:1/t:2"), "server://****@h:1/t:2");
+        assert_eq!(
+            mask_tunnel_keys("server://a@b@h:1/t:2"),
+            "server://****@h:1/t:2"
+        );
         // URL at the very end, no path.
-        assert_eq!(mask_tunnel_keys("url=server://abc@[::1]:1"), "url=server://****@[::1]:1");
+        assert_eq!(
+            mask_tunnel_keys("url=server://abc@[::1]:1"),
+            "url=server://****@[::1]:1"
+        );
         // Quoted in a message.
         assert_eq!(
             mask_tunnel_keys("bad URL \"client://k@h:1/x:2?tls=9\""),
@@ -134,7 +141,13 @@ mod tests {
 
     #[test]
     fn never_panics_on_any_text() {
-        for text in ["server://@", "server://é@ü", "client://a@", "xserver://k@h", "::///"] {
+        for text in [
+            "server://@",
+            "server://é@ü",
+            "client://a@",
+            "xserver://k@h",
+            "::///",
+        ] {
             let masked = mask_tunnel_keys(text);
             assert!(!masked.contains("k@"), "{masked}");
         }
