@@ -24,6 +24,8 @@ struct MasterProc {
 }
 
 fn spawn_master(state: &Path, port: u16) -> MasterProc {
+    // The master refuses a state directory other users can reach.
+    std::fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_nodepass"))
         .arg(format!("master://127.0.0.1:{port}/api?log=info"))
         .env("NP_STATE_DIR", state)
