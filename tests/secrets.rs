@@ -99,7 +99,7 @@ fn tunnel_key_stays_out_of_ps_logs_and_log_events() {
     .expect("the master answers");
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while m.output().matches(&format!("Instance starting: ")).count() < 2 {
+    while m.output().matches("Instance starting: ").count() < 2 {
         assert!(
             Instant::now() < deadline,
             "the restarted worker never started"
