@@ -250,3 +250,73 @@ fn master_refuses_a_state_dir_open_to_other_users() {
     assert_eq!(mode, 0o755, "the shared directory's mode was changed");
     m.kill9();
 }
+
+/// A worker left running by a master that died without taking it along (no
+/// PR_SET_PDEATHSIG, e.g. in some containers) is found by the instance named in its
+/// environment, now that its command line no longer holds the URL, and ended.
+#[test]
+fn stray_worker_of_a_previous_run_is_found_without_the_url_in_its_command_line() {
+    use nodepass_master::model::Instance;
+    use nodepass_master::store::{MasterRecord, Snapshot, StoredInstance};
+
+    let url = format!("server://{KEY}@127.0.0.1:{}/127.0.0.1:9", free_port());
+    let mut stray = Command::new(env!("CARGO_BIN_EXE_nodepass"))
+        .args(["worker", "-"])
+        .env("NODEPASS_INSTANCE", "5afe0001")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    stray
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{url}\n").as_bytes())
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(stray.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"kind\""), "the stray worker runs: {first}");
+
+    // The previous run's state names that pid for the instance.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("state");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .unwrap();
+    let snap = Snapshot {
+        master: Some(MasterRecord::generate()),
+        instances: vec![StoredInstance {
+            instance: Instance {
+                id: "5afe0001".into(),
+                kind: "server".into(),
+                status: "running".into(),
+                url,
+                restart: false,
+                ..Instance::default()
+            },
+            pid: Some(stray.id()),
+        }],
+    };
+    std::fs::write(root.join("backup.json"), serde_json::to_vec(&snap).unwrap()).unwrap();
+    let m = spawn(&root, free_port(), &[]);
+    m.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stray.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the stray worker still runs; master output:\n{}",
+            m.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        m.output()
+            .contains(&format!("Ending stray worker pid {}", stray.id())),
+        "{}",
+        m.output()
+    );
+}
