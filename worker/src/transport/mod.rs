@@ -120,3 +120,111 @@ fn unsupported(t: PoolType) -> anyhow::Error {
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodepass_proto::url::DnsSetting;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn ctx(port: u16, tls: TlsMode, server_tls: Option<Arc<tls::ServerTls>>) -> Context {
+        Context {
+            tunables: Tunables::default(),
+            dns: Arc::new(crate::dns::Dns::new(&DnsSetting::Ttl(Duration::from_secs(
+                60,
+            )))),
+            tunnel: HostPort {
+                host: "127.0.0.1".to_string(),
+                port,
+            },
+            tls,
+            sni: String::new(),
+            server_tls,
+            max: 4,
+        }
+    }
+
+    #[test]
+    fn types_without_a_transport_are_refused_by_name() {
+        for (t, name) in [
+            (PoolType::Quic, "QUIC"),
+            (PoolType::WebSocket, "WebSocket"),
+            (PoolType::Http2, "HTTP/2"),
+        ] {
+            let Err(e) = server_for(t, ctx(1, TlsMode::Off, None)) else {
+                panic!("type {} has no transport yet", t.code());
+            };
+            let text = e.to_string();
+            assert!(
+                text.contains("is not supported yet") && text.contains(name),
+                "{text}"
+            );
+            assert!(client_for(t, ctx(1, TlsMode::Off, None)).is_err());
+        }
+    }
+
+    /// What every transport must do, through the two traits only: the first entry is
+    /// `00000000`, both sides agree on ids, bytes flow both ways, an idle entry is alive,
+    /// and it reads as closed once the other side drops it. A new transport adds a test
+    /// calling this with its type.
+    async fn contract(t: PoolType, tls: TlsMode) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server_tls =
+            tls::ServerTls::new(tls, None, None, Duration::from_secs(3600)).expect("server tls");
+        let server = server_for(t, ctx(port, tls, server_tls)).expect("server");
+        let pool = Arc::new(Pool::new(4));
+        let cancel = CancellationToken::new();
+        let serving = tokio::spawn(server.serve(
+            listener,
+            pool.clone(),
+            "127.0.0.1".parse().expect("ip"),
+            cancel.clone(),
+        ));
+        let client = client_for(t, ctx(port, tls, None)).expect("client");
+        let (id1, mut c1) = client.open().await.expect("first entry");
+        let (id2, mut c2) = client.open().await.expect("second entry");
+        assert_eq!(
+            id1,
+            PoolId::CONTROL,
+            "the first entry is the control channel"
+        );
+        assert_ne!(id2, id1);
+        assert_eq!(c1.peer_cert_der().is_some(), tls != TlsMode::Off);
+        let wait = Duration::from_secs(10);
+        let mut s1 = pool.outgoing_get(id1, wait).await.expect("server has id1");
+        let mut s2 = pool.outgoing_get(id2, wait).await.expect("server has id2");
+        assert!(
+            !s1.peer_closed() && !c1.peer_closed(),
+            "fresh entries are alive"
+        );
+
+        c2.write_all(b"ping").await.expect("client write");
+        c2.flush().await.expect("client flush");
+        let mut buf = [0u8; 4];
+        s2.read_exact(&mut buf).await.expect("server read");
+        assert_eq!(&buf, b"ping");
+        s2.write_all(b"pong").await.expect("server write");
+        s2.flush().await.expect("server flush");
+        c2.read_exact(&mut buf).await.expect("client read");
+        assert_eq!(&buf, b"pong");
+
+        drop(c1);
+        let deadline = tokio::time::Instant::now() + wait;
+        while !s1.peer_closed() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a dropped entry never read as closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        serving.await.expect("serve ends on cancel");
+    }
+
+    #[tokio::test]
+    async fn tcp_meets_the_contract() {
+        contract(PoolType::Tcp, TlsMode::Off).await;
+        contract(PoolType::Tcp, TlsMode::SelfSigned).await;
+    }
+}
