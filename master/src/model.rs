@@ -218,7 +218,7 @@ pub struct MasterInfo {
     pub alias: String,
     /// Go's name for the CPU architecture (amd64, arm64, ...).
     pub arch: String,
-    /// Our own build (`nodepass-rs <version>`); `ver` is the API version we implement.
+    /// Our own build (`nodepass <version>`); `ver` is the API version we implement.
     pub build: String,
     /// CPU busy percent over 100 ms, -1 where unavailable.
     pub cpu: i32,

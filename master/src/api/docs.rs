@@ -35,7 +35,7 @@ impl Modify for ApiKeyAuth {
 #[openapi(
     info(
         title = "NodePass API",
-        description = "API for managing NodePass server and client instances (nodepass-rs, compatible with NodePass v1.14.0)",
+        description = "API for managing NodePass server and client instances",
         version = "v1"
     ),
     paths(
@@ -83,6 +83,12 @@ fn docs_page() {}
 /// The document with its server URL set to `base`.
 pub fn openapi_doc_for(base: &str) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    // Our own name and version, known only at build time (the derive takes literals).
+    doc.info.description = Some(format!(
+        "API for managing NodePass server and client instances (nodepass {}, compatible with NodePass {})",
+        env!("CARGO_PKG_VERSION"),
+        nodepass_proto::REFERENCE_VERSION
+    ));
     doc.servers = Some(vec![Server::new(base)]);
     doc
 }

@@ -62,7 +62,7 @@ async fn collect(m: &Master) -> MasterInfo {
     MasterInfo {
         alias: rec.alias,
         arch: crate::sysinfo::go_arch().to_string(),
-        build: format!("nodepass-rs {}", env!("CARGO_PKG_VERSION")),
+        build: format!("nodepass {}", env!("CARGO_PKG_VERSION")),
         cpu: host.cpu,
         crt: url.crt.clone().unwrap_or_default(),
         diskr: host.diskr,
