@@ -149,8 +149,8 @@ fn preload(state: &Path, n: usize) {
                 instance: Instance {
                     id: format!("{i:08x}"),
                     alias: format!("instance-{i}"),
-                    kind: "client".into(),
-                    status: "stopped".into(),
+                    kind: nodepass_master::model::InstanceKind::Client,
+                    status: nodepass_master::model::InstanceStatus::Stopped,
                     url,
                     config,
                     restart: false,
