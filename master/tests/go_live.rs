@@ -255,7 +255,20 @@ fn same_answers_as_the_go_master() {
                 assert_eq!(ov[k], gv[k], "{what}: {k}");
             }
         } else if *method != "HEAD" {
-            assert_eq!(o.text(), g.text(), "{what}: body");
+            // One deliberate difference (issue 8): a field of the wrong JSON type is named
+            // after the reference's text, e.g. `Invalid request body: field url must be a
+            // string, got integer `5``.
+            let error_of = |text: String| {
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+            };
+            let named = error_of(g.text()).as_deref() == Some("Invalid request body")
+                && error_of(o.text())
+                    .is_some_and(|e| e.starts_with("Invalid request body: field "));
+            if !named {
+                assert_eq!(o.text(), g.text(), "{what}: body");
+            }
         }
         compared += 1;
     }

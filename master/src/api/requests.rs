@@ -38,7 +38,8 @@ impl BodyError {
 }
 
 /// Decodes the first JSON value of `body` into `T`. `objects` lists the dotted paths that
-/// must hold a JSON object when present ("" is the body itself): serde would also accept
+/// must hold a JSON object when present ("" is the body itself, which without a field to
+/// name is [`BodyError::Unreadable`], as the reference treats it): serde would also accept
 /// an array there, field by field.
 pub fn decode<T: DeserializeOwned>(body: &[u8], objects: &[&str]) -> Result<T, BodyError> {
     let value = serde_json::Deserializer::from_slice(body)
@@ -53,13 +54,13 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], objects: &[&str]) -> Result<T, B
         }
         match at {
             None | Some(serde_json::Value::Null) | Some(serde_json::Value::Object(_)) => {}
+            // A body that is not an object has no field to name: the reference's answer.
+            Some(_) if path.is_empty() => return Err(BodyError::Unreadable),
             Some(other) => {
                 let got = json_type(other);
-                return Err(BodyError::WrongType(if path.is_empty() {
-                    format!("the body must be an object, got {got}")
-                } else {
-                    format!("field {path} must be an object, got {got}")
-                }));
+                return Err(BodyError::WrongType(format!(
+                    "field {path} must be an object, got {got}"
+                )));
             }
         }
     }
@@ -90,12 +91,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], objects: &[&str]) -> Result<T, B
         } else {
             expected
         };
-        let path = e.path().to_string();
-        if path == "." {
-            BodyError::WrongType(format!("the body must be {expected}, got {got}"))
-        } else {
-            BodyError::WrongType(format!("field {path} must be {expected}, got {got}"))
-        }
+        BodyError::WrongType(format!("field {} must be {expected}, got {got}", e.path()))
     })
 }
 
@@ -335,10 +331,8 @@ mod tests {
             "Invalid request body: field meta.peer must be an object, got string"
         );
         let e = create(b"[1]", &Inherited::default()).unwrap_err();
-        assert_eq!(
-            e.message,
-            "Invalid request body: the body must be an object, got sequence"
-        );
+        assert_eq!(e.message, "Invalid request body");
+        assert!(matches!(patch_body(b"[]"), Ok(PatchRequest::Nothing)));
         // null is an absent field (Go's decoder), not a type error.
         assert!(patch(r#"{"restart":null,"alias":null,"meta":{"tags":null}}"#).is_ok());
         // Syntax errors keep the reference's plain answers.
