@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::support::process::stop_child;
 use common::support::{free_port, request, Resp};
 use common::TestMaster;
 
@@ -25,15 +26,7 @@ impl Drop for GoMaster {
     fn drop(&mut self) {
         // SIGTERM first: the Go master stops its own instance processes then (it does not
         // tie them to its life), SIGKILL only if it hangs.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
