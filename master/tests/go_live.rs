@@ -220,7 +220,20 @@ fn same_answers_as_the_go_master() {
             answers.push(r);
         }
         let (g, o) = (&answers[0], &answers[1]);
-        let what = format!("{method} {path} {body:?}");
+        let what = format!("case {compared}: {method} {path} {body:?}");
+        // The Go master sometimes answers a second DELETE of the same instance 204: the
+        // goroutine watching the stopped process stores the instance again after the first
+        // DELETE removed it. Ours answers 404, which is what the first DELETE promised.
+        let go_delete_race = *method == "DELETE"
+            && path.ends_with("{id}")
+            && cases[..compared]
+                .iter()
+                .any(|c| c.0 == "DELETE" && c.1 == *path)
+            && (g.status, o.status) == (204, 404);
+        if go_delete_race {
+            compared += 1;
+            continue;
+        }
         assert_eq!(
             o.status,
             g.status,
