@@ -7,133 +7,27 @@
 #[path = "../master/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::process::{echo_server, MasterProc};
 use support::{free_port, Api, Sse};
-
-/// A master process; killed (SIGKILL) on drop if still running.
-struct MasterProc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    api: Api,
-}
 
 fn spawn_master(state: &Path, port: u16) -> MasterProc {
     // The master refuses a state directory other users can reach.
     std::fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nodepass"))
-        .arg(format!("master://127.0.0.1:{port}/api?log=info"))
-        .env("NP_STATE_DIR", state)
-        .env("NP_REPORT_INTERVAL", "500ms")
-        .env("NP_SHUTDOWN_TIMEOUT", "2s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the master binary");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    for pipe in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut mp = MasterProc {
-        child,
-        lines,
-        api: Api {
-            addr,
-            base: "/api/v1".into(),
-            key: String::new(),
-        },
-    };
-    let line = mp.wait_line(15, |l| l.contains("Master started: "));
-    assert!(line.contains(&format!("127.0.0.1:{port}/api/v1")), "{line}");
-    let key_line = mp.wait_line(5, |l| {
-        l.contains("API Key created: ") || l.contains("API Key loaded: ")
-    });
-    mp.api.key = key_line.rsplit(' ').next().unwrap().to_string();
-    assert_eq!(mp.api.key.len(), 32, "{key_line}");
-    mp
-}
-
-impl MasterProc {
-    fn wait_line(&self, secs: u64, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
-                return l.clone();
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "master never printed the expected line; output:\n{}",
-                    self.lines.lock().unwrap().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Pids of the workers started for `id`, from the master's log, in order.
-    fn worker_pids(&self, id: &str) -> Vec<i32> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("Instance starting: ") && l.contains(&format!("[{id}]")))
-            .filter_map(|l| l.rsplit("(pid ").next()?.trim_end_matches(')').parse().ok())
-            .collect()
-    }
-
-    fn wait_worker_pid(&self, id: &str, n: usize) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let pids = self.worker_pids(id);
-            if pids.len() >= n {
-                return pids[n - 1];
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker #{n} of {id} never started"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "master ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for MasterProc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+    MasterProc::spawn(
+        Path::new(env!("CARGO_BIN_EXE_nodepass")),
+        state,
+        port,
+        &[
+            ("NP_REPORT_INTERVAL", "500ms"),
+            ("NP_SHUTDOWN_TIMEOUT", "2s"),
+        ],
+    )
 }
 
 /// True while `pid` is a live (non-zombie) process.
@@ -154,25 +48,6 @@ fn wait_dead(pid: i32, secs: u64) {
         assert!(Instant::now() < deadline, "process {pid} is still running");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A loopback TCP echo server.
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// Sends `n` bytes through `via` and reads them back.

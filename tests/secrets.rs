@@ -256,7 +256,7 @@ fn master_refuses_a_state_dir_open_to_other_users() {
 /// environment, now that its command line no longer holds the URL, and ended.
 #[test]
 fn stray_worker_of_a_previous_run_is_found_without_the_url_in_its_command_line() {
-    use nodepass_master::model::Instance;
+    use nodepass_master::model::{Instance, InstanceKind, InstanceStatus};
     use nodepass_master::store::{MasterRecord, Snapshot, StoredInstance};
 
     let url = format!("server://{KEY}@127.0.0.1:{}/127.0.0.1:9", free_port());
@@ -292,8 +292,8 @@ fn stray_worker_of_a_previous_run_is_found_without_the_url_in_its_command_line()
         instances: vec![StoredInstance {
             instance: Instance {
                 id: "5afe0001".into(),
-                kind: "server".into(),
-                status: "running".into(),
+                kind: InstanceKind::Server,
+                status: InstanceStatus::Running,
                 url,
                 restart: false,
                 ..Instance::default()

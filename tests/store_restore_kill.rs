@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use master_proc::{free_port, spawn, try_call};
-use nodepass_master::model::Instance;
+use nodepass_master::model::{Instance, InstanceKind, InstanceStatus};
 use nodepass_master::store::{MasterRecord, Snapshot, StoredInstance};
 
 /// Enough instances that a restore takes a while, so the kill points fall inside it.
@@ -69,8 +69,8 @@ fn restore_killed_at_several_points_keeps_key_instances_and_backup() {
                 instance: Instance {
                     id: format!("{i:08x}"),
                     alias: format!("restored-{i}"),
-                    kind: "client".into(),
-                    status: "stopped".into(),
+                    kind: InstanceKind::Client,
+                    status: InstanceStatus::Stopped,
                     url: format!("client://k{i}@127.0.0.1:1/127.0.0.1:2"),
                     config: format!("client://k{i}@127.0.0.1:1/127.0.0.1:2?log=info"),
                     // Not started after the restore: the test is about the state only.

@@ -3,6 +3,9 @@
 //! with a CA and leaf made here by rcgen), single-end forwarding, a 64 MiB transfer with a
 //! checksum, 10k UDP datagrams, 200 concurrent connections, half-close, and the report
 //! lines a master reads.
+//!
+//! Every dual-end test runs once per pool type in [`POOL_TYPES`] (through [`each_type`]);
+//! a new transport joins the suite by adding its `type` number there.
 
 mod tunnel_support;
 
@@ -14,6 +17,19 @@ use std::time::Duration;
 use tunnel_support::*;
 
 const UP: Duration = Duration::from_secs(20);
+
+/// The pool types (`type=N`, REFERENCE.md 4) the dual-end tests run over.
+const POOL_TYPES: &[u8] = &[0];
+
+/// Runs `body` once per pool type with the server URL fragment that selects it
+/// (`&type=N`; the client learns the type in the handshake). The type in progress is
+/// printed first, so a failure's captured output says which one failed.
+fn each_type(body: impl Fn(&str)) {
+    for t in POOL_TYPES {
+        eprintln!("--- pool type {t}");
+        body(&format!("&type={t}"));
+    }
+}
 
 /// A started server + client pair in reverse mode (users connect to the server's `user`
 /// port, the client dials `target`).
@@ -61,94 +77,101 @@ impl Sum {
 
 #[test]
 fn reverse_tls0_carries_64_mib_with_checksum() {
-    let echo = Echo::start();
-    let pair = reverse_pair(&echo.addr(), "", "", &[]);
-    const TOTAL: usize = 64 << 20;
-    let mut s = TcpStream::connect(&pair.user).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut w = s.try_clone().expect("clone");
-    let writer = std::thread::spawn(move || {
-        let mut sum = Sum::default();
-        let chunk = pattern(1 << 20, 7);
-        for i in 0..(TOTAL >> 20) {
-            let mut c = chunk.clone();
-            c[0] = i as u8; // make every MiB differ
-            sum.add(&c);
-            w.write_all(&c).expect("write");
+    each_type(|ty| {
+        let echo = Echo::start();
+        let pair = reverse_pair(&echo.addr(), ty, "", &[]);
+        const TOTAL: usize = 64 << 20;
+        let mut s = TcpStream::connect(&pair.user).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut w = s.try_clone().expect("clone");
+        let writer = std::thread::spawn(move || {
+            let mut sum = Sum::default();
+            let chunk = pattern(1 << 20, 7);
+            for i in 0..(TOTAL >> 20) {
+                let mut c = chunk.clone();
+                c[0] = i as u8; // make every MiB differ
+                sum.add(&c);
+                w.write_all(&c).expect("write");
+            }
+            w.shutdown(Shutdown::Write).expect("half-close");
+            sum
+        });
+        let mut got = Sum::default();
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let k = s.read(&mut buf).expect("read echo");
+            if k == 0 {
+                break;
+            }
+            got.add(&buf[..k]);
+            n += k;
         }
-        w.shutdown(Shutdown::Write).expect("half-close");
-        sum
+        let sent = writer.join().expect("writer");
+        assert_eq!(n, TOTAL, "{}\n{}", pair.server.dump(), pair.client.dump());
+        assert_eq!((got.0, got.1), (sent.0, sent.1), "checksum");
     });
-    let mut got = Sum::default();
-    let mut n = 0usize;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let k = s.read(&mut buf).expect("read echo");
-        if k == 0 {
-            break;
-        }
-        got.add(&buf[..k]);
-        n += k;
-    }
-    let sent = writer.join().expect("writer");
-    assert_eq!(n, TOTAL, "{}\n{}", pair.server.dump(), pair.client.dump());
-    assert_eq!((got.0, got.1), (sent.0, sent.1), "checksum");
 }
 
 #[test]
 fn reverse_tls0_udp_10k_datagrams() {
-    let echo = Echo::start();
-    let pair = reverse_pair(&echo.addr(), "", "", &[]);
-    let sock = wait_udp(&pair.user, UP, &[&pair.server, &pair.client]);
-    sock.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    for i in 0..10_000u32 {
-        let payload = format!("datagram {i} {}", "x".repeat((i % 200) as usize));
-        let back = udp_echo(&sock, &pair.user, payload.as_bytes())
-            .unwrap_or_else(|e| panic!("datagram {i}: {e}\n{}", pair.client.dump()));
-        assert_eq!(back, payload.as_bytes(), "datagram {i}");
-    }
+    each_type(|ty| {
+        let echo = Echo::start();
+        let pair = reverse_pair(&echo.addr(), ty, "", &[]);
+        let sock = wait_udp(&pair.user, UP, &[&pair.server, &pair.client]);
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        for i in 0..10_000u32 {
+            let payload = format!("datagram {i} {}", "x".repeat((i % 200) as usize));
+            let back = udp_echo(&sock, &pair.user, payload.as_bytes())
+                .unwrap_or_else(|e| panic!("datagram {i}: {e}\n{}", pair.client.dump()));
+            assert_eq!(back, payload.as_bytes(), "datagram {i}");
+        }
+    });
 }
 
 #[test]
 fn reverse_tls0_200_concurrent_connections() {
-    let echo = Echo::start();
-    let pair = reverse_pair(&echo.addr(), "", "", &[]);
-    let n = 200;
-    let barrier = Arc::new(Barrier::new(n));
-    let workers: Vec<_> = (0..n)
-        .map(|i| {
-            let (user, barrier) = (pair.user.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(&user).map_err(|e| format!("connect {i}: {e}"))?;
-                s.set_read_timeout(Some(Duration::from_secs(20)))
-                    .map_err(|e| e.to_string())?;
-                // Hold all 200 open at once before any data moves.
-                barrier.wait();
-                let payload = pattern(64 * 1024, i as u64 + 1);
-                s.write_all(&payload)
-                    .map_err(|e| format!("write {i}: {e}"))?;
-                let mut back = vec![0u8; payload.len()];
-                s.read_exact(&mut back)
-                    .map_err(|e| format!("read {i}: {e}"))?;
-                if back != payload {
-                    return Err(format!("connection {i}: echo differs"));
-                }
-                Ok::<(), String>(())
+    each_type(|ty| {
+        let echo = Echo::start();
+        let pair = reverse_pair(&echo.addr(), ty, "", &[]);
+        let n = 200;
+        let barrier = Arc::new(Barrier::new(n));
+        let workers: Vec<_> = (0..n)
+            .map(|i| {
+                let (user, barrier) = (pair.user.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut s =
+                        TcpStream::connect(&user).map_err(|e| format!("connect {i}: {e}"))?;
+                    s.set_read_timeout(Some(Duration::from_secs(20)))
+                        .map_err(|e| e.to_string())?;
+                    // Hold all 200 open at once before any data moves.
+                    barrier.wait();
+                    let payload = pattern(64 * 1024, i as u64 + 1);
+                    s.write_all(&payload)
+                        .map_err(|e| format!("write {i}: {e}"))?;
+                    let mut back = vec![0u8; payload.len()];
+                    s.read_exact(&mut back)
+                        .map_err(|e| format!("read {i}: {e}"))?;
+                    if back != payload {
+                        return Err(format!("connection {i}: echo differs"));
+                    }
+                    Ok::<(), String>(())
+                })
             })
-        })
-        .collect();
-    let failures: Vec<String> = workers
-        .into_iter()
-        .filter_map(|w| w.join().expect("thread").err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{failures:?}\n{}\n{}",
-        pair.server.dump(),
-        pair.client.dump()
-    );
+            .collect();
+        let failures: Vec<String> = workers
+            .into_iter()
+            .filter_map(|w| w.join().expect("thread").err())
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{failures:?}\n{}\n{}",
+            pair.server.dump(),
+            pair.client.dump()
+        );
+    });
 }
 
 /// The user half-closes; the answer must still arrive in full afterwards.
@@ -172,112 +195,121 @@ fn half_close_roundtrip(user: &str) {
 
 #[test]
 fn half_close_over_tls0_and_tls1() {
-    let echo = Echo::start();
-    for tls in ["0", "1"] {
-        let pair = reverse_pair(&echo.addr(), &format!("&tls={tls}"), "", &[]);
-        half_close_roundtrip(&pair.user);
-    }
+    each_type(|ty| {
+        let echo = Echo::start();
+        for tls in ["0", "1"] {
+            let pair = reverse_pair(&echo.addr(), &format!("&tls={tls}{ty}"), "", &[]);
+            half_close_roundtrip(&pair.user);
+        }
+    });
 }
 
 #[test]
 fn reverse_tls1_tcp_udp_and_fingerprint_check() {
-    let echo = Echo::start();
-    let pair = reverse_pair(&echo.addr(), "&tls=1", "", &[]);
-    let payload = pattern(1 << 20, 11);
-    let back = echo_once(&pair.user, &payload, Duration::from_secs(10)).expect("echo");
-    assert!(back == payload);
-    let sock = wait_udp(&pair.user, UP, &[&pair.server, &pair.client]);
-    assert_eq!(
-        udp_echo(&sock, &pair.user, b"over tls").expect("udp"),
-        b"over tls"
-    );
-    for p in [&pair.server, &pair.client] {
-        p.wait_line("fingerprint verified", UP, |l| {
-            l.contains("TLS certificate fingerprint verified: sha256:")
-        });
-        assert_eq!(p.count("fingerprint mismatch"), 0, "{}", p.dump());
-    }
+    each_type(|ty| {
+        let echo = Echo::start();
+        let pair = reverse_pair(&echo.addr(), &format!("&tls=1{ty}"), "", &[]);
+        let payload = pattern(1 << 20, 11);
+        let back = echo_once(&pair.user, &payload, Duration::from_secs(10)).expect("echo");
+        assert!(back == payload);
+        let sock = wait_udp(&pair.user, UP, &[&pair.server, &pair.client]);
+        assert_eq!(
+            udp_echo(&sock, &pair.user, b"over tls").expect("udp"),
+            b"over tls"
+        );
+        for p in [&pair.server, &pair.client] {
+            p.wait_line("fingerprint verified", UP, |l| {
+                l.contains("TLS certificate fingerprint verified: sha256:")
+            });
+            assert_eq!(p.count("fingerprint mismatch"), 0, "{}", p.dump());
+        }
+    });
 }
 
 #[test]
 fn forward_mode_tls0() {
-    let echo = Echo::start();
-    let tunnel = free_port();
-    let user = free_port();
-    // The server dials the echo target; the client listens for users.
-    let server = Proc::worker(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/{}?mode=2", echo.addr()),
-        &[],
-    );
-    server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
-    assert!(
-        server
-            .lines()
-            .iter()
-            .any(|l| l.contains("\"kind\":\"ready\"") && l.contains("\"mode\":2")),
-        "{}",
-        server.dump()
-    );
-    let client = Proc::worker(
-        "client",
-        &format!("client://k@127.0.0.1:{tunnel}/127.0.0.1:{user}"),
-        &[],
-    );
-    let user = format!("127.0.0.1:{user}");
-    wait_tunnel(&user, UP, &[&server, &client]);
-    let payload = pattern(2 << 20, 5);
-    assert!(echo_once(&user, &payload, Duration::from_secs(10)).expect("echo") == payload);
-    half_close_roundtrip(&user);
-    let sock = wait_udp(&user, UP, &[&server, &client]);
-    assert_eq!(udp_echo(&sock, &user, b"fwd").expect("udp"), b"fwd");
+    each_type(|ty| {
+        let echo = Echo::start();
+        let tunnel = free_port();
+        let user = free_port();
+        // The server dials the echo target; the client listens for users.
+        let server = Proc::worker(
+            "server",
+            &format!("server://k@127.0.0.1:{tunnel}/{}?mode=2{ty}", echo.addr()),
+            &[],
+        );
+        server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+        assert!(
+            server
+                .lines()
+                .iter()
+                .any(|l| l.contains("\"kind\":\"ready\"") && l.contains("\"mode\":2")),
+            "{}",
+            server.dump()
+        );
+        let client = Proc::worker(
+            "client",
+            &format!("client://k@127.0.0.1:{tunnel}/127.0.0.1:{user}"),
+            &[],
+        );
+        let user = format!("127.0.0.1:{user}");
+        wait_tunnel(&user, UP, &[&server, &client]);
+        let payload = pattern(2 << 20, 5);
+        assert!(echo_once(&user, &payload, Duration::from_secs(10)).expect("echo") == payload);
+        half_close_roundtrip(&user);
+        let sock = wait_udp(&user, UP, &[&server, &client]);
+        assert_eq!(udp_echo(&sock, &user, b"fwd").expect("udp"), b"fwd");
+    });
 }
 
 #[test]
 fn tls2_with_a_test_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "nodepass test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf_params = CertificateParams::new(vec!["tunnel.test".to_string()]).expect("leaf params");
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &issuer)
-        .expect("leaf cert");
-    let (ca_pem, crt, key) = (
-        dir.path().join("ca.pem"),
-        dir.path().join("leaf.pem"),
-        dir.path().join("leaf.key"),
-    );
-    std::fs::write(&ca_pem, ca_cert.pem()).expect("write ca");
-    std::fs::write(&crt, leaf.pem()).expect("write crt");
-    std::fs::write(&key, leaf_key.serialize_pem()).expect("write key");
+    each_type(|ty| {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "nodepass test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let leaf_params =
+            CertificateParams::new(vec!["tunnel.test".to_string()]).expect("leaf params");
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf cert");
+        let (ca_pem, crt, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("leaf.pem"),
+            dir.path().join("leaf.key"),
+        );
+        std::fs::write(&ca_pem, ca_cert.pem()).expect("write ca");
+        std::fs::write(&crt, leaf.pem()).expect("write crt");
+        std::fs::write(&key, leaf_key.serialize_pem()).expect("write key");
 
-    let echo = Echo::start();
-    let ca_env = [("SSL_CERT_FILE", ca_pem.to_str().expect("utf-8 path"))];
-    let pair = reverse_pair(
-        &echo.addr(),
-        &format!(
-            "&tls=2&crt={}&key={}",
-            crt.to_str().expect("path"),
-            key.to_str().expect("path")
-        ),
-        "&sni=tunnel.test",
-        &ca_env,
-    );
-    let payload = pattern(1 << 20, 13);
-    assert!(echo_once(&pair.user, &payload, Duration::from_secs(10)).expect("echo") == payload);
-    for p in [&pair.server, &pair.client] {
-        p.wait_line("fingerprint verified", UP, |l| {
-            l.contains("TLS certificate fingerprint verified: sha256:")
-        });
-    }
+        let echo = Echo::start();
+        let ca_env = [("SSL_CERT_FILE", ca_pem.to_str().expect("utf-8 path"))];
+        let pair = reverse_pair(
+            &echo.addr(),
+            &format!(
+                "&tls=2&crt={}&key={}{ty}",
+                crt.to_str().expect("path"),
+                key.to_str().expect("path")
+            ),
+            "&sni=tunnel.test",
+            &ca_env,
+        );
+        let payload = pattern(1 << 20, 13);
+        assert!(echo_once(&pair.user, &payload, Duration::from_secs(10)).expect("echo") == payload);
+        for p in [&pair.server, &pair.client] {
+            p.wait_line("fingerprint verified", UP, |l| {
+                l.contains("TLS certificate fingerprint verified: sha256:")
+            });
+        }
+    });
 }
 
 #[test]

@@ -16,16 +16,14 @@
 #[path = "../../master/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nodepass_master::model::{Instance, Meta};
+use nodepass_master::model::{Instance, InstanceKind, InstanceStatus, Meta};
 use nodepass_master::store::{MasterRecord, Store, StoredInstance};
-use support::{free_port, Api, Sse};
+use support::process::{echo_server, MasterProc};
+use support::{free_port, Sse};
 
 fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("NODEPASS_BIN") {
@@ -41,74 +39,8 @@ fn binary() -> PathBuf {
     p
 }
 
-struct MasterProc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    api: Api,
-}
-
-impl Drop for MasterProc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn_master(state: &Path) -> MasterProc {
-    let port = free_port();
-    let mut child = Command::new(binary())
-        .arg(format!("master://127.0.0.1:{port}/api?log=info"))
-        .env("NP_STATE_DIR", state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the master");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let out = child.stdout.take().unwrap();
-    let l2 = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            l2.lock().unwrap().push(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let key = loop {
-        if let Some(l) = lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains("API Key created: ") || l.contains("API Key loaded: "))
-        {
-            break l.rsplit(' ').next().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "master did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    while !lines
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("Master started"))
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    MasterProc {
-        child,
-        lines,
-        api: Api {
-            addr,
-            base: "/api/v1".into(),
-            key,
-        },
-    }
+    MasterProc::spawn(&binary(), state, free_port(), &[])
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -149,8 +81,8 @@ fn preload(state: &Path, n: usize) {
                 instance: Instance {
                     id: format!("{i:08x}"),
                     alias: format!("instance-{i}"),
-                    kind: "client".into(),
-                    status: "stopped".into(),
+                    kind: InstanceKind::Client,
+                    status: InstanceStatus::Stopped,
                     url,
                     config,
                     restart: false,
@@ -173,24 +105,6 @@ fn preload(state: &Path, n: usize) {
             .unwrap();
     }
     rt.block_on(store.flush()).unwrap();
-}
-
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 fn main() {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::gojson;
-use crate::model::{Instance, InstanceEvent};
+use crate::model::{EventKind, Instance, InstanceEvent};
 
 /// Frames a subscriber may lag behind before it is disconnected.
 pub const EVENT_BUFFER: usize = 1024;
@@ -45,7 +45,7 @@ impl EventHub {
     }
 
     /// Renders one event frame.
-    pub fn render(kind: &str, instance: Option<&Instance>, logs: &str) -> Bytes {
+    pub fn render(kind: EventKind, instance: Option<&Instance>, logs: &str) -> Bytes {
         let ev = InstanceEvent {
             kind,
             time: gojson::rfc3339_nano(SystemTime::now()),
@@ -60,7 +60,7 @@ impl EventHub {
     }
 
     /// Publishes an event to every current subscriber; never blocks.
-    pub fn publish(&self, kind: &str, instance: Option<&Instance>, logs: &str) {
+    pub fn publish(&self, kind: EventKind, instance: Option<&Instance>, logs: &str) {
         if self.tx.receiver_count() == 0 {
             return;
         }
@@ -77,7 +77,7 @@ impl EventHub {
     /// regeneration).
     pub fn close_all(&self) {
         let _ = self.tx.send(Frame {
-            bytes: Self::render("shutdown", None, ""),
+            bytes: Self::render(EventKind::Shutdown, None, ""),
             close: true,
         });
     }

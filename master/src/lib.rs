@@ -11,6 +11,7 @@
 //! reference's NP_* tunables (REFERENCE.md 8), which workers inherit.
 
 pub mod api;
+pub mod counters;
 pub mod events;
 pub mod gojson;
 pub mod logging;
@@ -280,10 +281,7 @@ pub async fn start(opts: MasterOptions) -> Result<RunningMaster> {
     let m = master.clone();
     tokio::spawn(async move {
         for id in autostart {
-            let ctl = m.lock().instances.get(&id).map(|e| e.ctl.clone());
-            if let Some(ctl) = ctl {
-                let _ = ctl.send(Command::Start);
-            }
+            m.start(&id);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });

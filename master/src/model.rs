@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use nodepass_proto::url::Role;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
@@ -24,20 +25,72 @@ pub const MAX_TAGS: usize = 100;
 pub const MAX_URL_LEN: usize = 4096;
 
 /// Run state of an instance as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub enum InstanceStatus {
     Running,
     Stopped,
     Error,
+    /// The API key record has no run state: `""`.
+    #[default]
+    #[serde(rename = "")]
+    NotApplicable,
 }
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Running => "running",
-            Status::Stopped => "stopped",
-            Status::Error => "error",
+/// What an instance runs, from its URL scheme.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceKind {
+    Server,
+    Client,
+    /// The API key record runs nothing: `""`.
+    #[default]
+    #[serde(rename = "")]
+    NotApplicable,
+}
+
+impl From<Role> for InstanceKind {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Server => InstanceKind::Server,
+            Role::Client => InstanceKind::Client,
+        }
+    }
+}
+
+/// The `type` of an SSE event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// One per instance when a stream opens.
+    Initial,
+    Create,
+    Update,
+    Delete,
+    Log,
+    /// The stream ends (master stopping, API key regenerated).
+    Shutdown,
+}
+
+/// What PATCH `action` asks of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+    /// Zero the traffic totals.
+    Reset,
+}
+
+impl Action {
+    /// The action named by a PATCH body, or None for a name the API does not know.
+    pub fn parse(name: &str) -> Option<Action> {
+        match name {
+            "start" => Some(Action::Start),
+            "stop" => Some(Action::Stop),
+            "restart" => Some(Action::Restart),
+            "reset" => Some(Action::Reset),
+            _ => None,
         }
     }
 }
@@ -47,12 +100,15 @@ impl Status {
 #[serde(default)]
 pub struct Peer {
     /// Service id of the remote service: a UUID v4 (or empty).
+    #[serde(deserialize_with = "null_is_empty")]
     pub sid: String,
     /// Remote service type: "0" single-end forwarding, "1" NAT traversal, "2" tunnel
     /// forwarding (or empty).
     #[serde(rename = "type")]
+    #[serde(deserialize_with = "null_is_empty")]
     pub kind: String,
     /// Alias of the remote service.
+    #[serde(deserialize_with = "null_is_empty")]
     pub alias: String,
 }
 
@@ -79,9 +135,9 @@ pub struct Instance {
     pub alias: String,
     /// `server` or `client` (empty for the API key record).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: InstanceKind,
     /// `running`, `stopped` or `error` (empty for the API key record).
-    pub status: String,
+    pub status: InstanceStatus,
     /// The instance URL as stored and run (the API key for the key record).
     pub url: String,
     /// The canonical URL with every parameter filled in (the master id for the key record).
@@ -109,9 +165,8 @@ pub struct Instance {
 /// One SSE event's `data`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct InstanceEvent<'a> {
-    /// initial, create, update, delete, log or shutdown.
     #[serde(rename = "type")]
-    pub kind: &'a str,
+    pub kind: EventKind,
     /// RFC 3339 with nanoseconds, local offset.
     pub time: String,
     /// The instance after the change; null for shutdown.
@@ -126,13 +181,20 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// Reads a string field where `null` means absent, as Go's decoder treats it.
+fn null_is_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
 /// POST /instances body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct CreateInstanceRequest {
+    #[serde(deserialize_with = "null_is_empty")]
     pub alias: String,
     /// `server://...` or `client://...`
     #[schema(required = true, min_length = 1, pattern = "^(server|client)://")]
+    #[serde(deserialize_with = "null_is_empty")]
     pub url: String,
 }
 
@@ -142,6 +204,7 @@ pub struct CreateInstanceRequest {
 pub struct PutInstanceRequest {
     /// The new `server://...` or `client://...` URL.
     #[schema(required = true, min_length = 1, pattern = "^(server|client)://")]
+    #[serde(deserialize_with = "null_is_empty")]
     pub url: String,
 }
 
@@ -197,18 +260,45 @@ pub struct MetaPatch {
 #[serde(default)]
 pub struct PatchInstanceRequest {
     /// New alias (an empty string leaves it unchanged).
+    #[serde(deserialize_with = "null_is_empty")]
     pub alias: String,
     /// start, stop, restart or reset (reset zeroes the traffic counters). On `********`,
     /// restart regenerates the API key.
+    #[serde(deserialize_with = "null_is_empty")]
     pub action: String,
     /// New restart policy.
     pub restart: Option<bool>,
     pub meta: Option<MetaPatch>,
 }
 
+/// A PATCH body after validation: what to change, in the order it is applied.
+#[derive(Debug, Clone, Default)]
+pub struct InstancePatch {
+    /// A new alias (never empty: an empty alias in the body leaves it unchanged).
+    pub alias: Option<String>,
+    pub action: Option<Action>,
+    pub restart: Option<bool>,
+    /// A new peer; None keeps the current one (also for an empty peer object).
+    pub peer: Option<Peer>,
+    /// New tags, replacing all; None keeps them.
+    pub tags: Option<BTreeMap<String, String>>,
+    /// A `meta` object was given (even `{}`): the change is logged and published.
+    pub meta_given: bool,
+}
+
+/// An instance URL as the master stores it: its kind, the URL as given (with inherited
+/// parameters) and the canonical config (REFERENCE 9.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceUrl {
+    pub kind: InstanceKind,
+    pub url: String,
+    pub config: String,
+}
+
 /// POST /info body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct MasterAliasRequest {
+    #[serde(deserialize_with = "null_is_empty")]
     pub alias: String,
 }
 
@@ -218,7 +308,7 @@ pub struct MasterInfo {
     pub alias: String,
     /// Go's name for the CPU architecture (amd64, arm64, ...).
     pub arch: String,
-    /// Our own build (`nodepass-rs <version>`); `ver` is the API version we implement.
+    /// Our own build (`nodepass <version>`); `ver` is the API version we implement.
     pub build: String,
     /// CPU busy percent over 100 ms, -1 where unavailable.
     pub cpu: i32,
@@ -269,8 +359,8 @@ mod tests {
         let inst = Instance {
             id: "2bd44df0".into(),
             alias: "a".into(),
-            kind: "client".into(),
-            status: "running".into(),
+            kind: InstanceKind::Client,
+            status: InstanceStatus::Running,
             url: "u".into(),
             config: "c".into(),
             restart: true,

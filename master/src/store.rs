@@ -577,15 +577,15 @@ fn corrupt_error(db: &Path, backup: &Path, cause: &str) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Instance, Meta};
+    use crate::model::{Instance, InstanceKind, InstanceStatus, Meta};
 
     fn inst(id: &str) -> StoredInstance {
         StoredInstance {
             instance: Instance {
                 id: id.into(),
                 alias: "a".into(),
-                kind: "client".into(),
-                status: "stopped".into(),
+                kind: InstanceKind::Client,
+                status: InstanceStatus::Stopped,
                 url: "client://127.0.0.1:1/127.0.0.1:2".into(),
                 config: "c".into(),
                 restart: true,

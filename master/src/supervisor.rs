@@ -13,35 +13,68 @@
 //! (SIGKILL) so they never outlive a killed master, and their own process group so a
 //! terminal's Ctrl-C reaches only the master, which then stops them in order.
 
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use nodepass_proto::report::{decode_line, Report, ReportLevel, ReportLine};
+use nodepass_proto::report::{decode_line, Report, ReportLevel, ReportLine, Stats};
 use tokio::sync::{mpsc, oneshot};
 use tokio_process_stream::{Item, ProcessChunkStream};
 
 use crate::gojson::log_line;
-use crate::model::Status;
-use crate::state::Master;
 
-/// What the API asks of an instance's task.
+/// What the API asks of an instance's task. Commands carry what the task needs, so it
+/// never reads the registry.
 #[derive(Debug)]
 pub enum Command {
-    /// Start unless running (also from `error`, cancelling a pending backoff).
-    Start,
+    /// Start `url` unless running (also from `error`, cancelling a pending backoff). The
+    /// task keeps the URL for restarts after a crash.
+    Start { url: String },
     /// Stop if running; the sender (if any) is told when the worker is gone.
     Stop(Option<oneshot::Sender<()>>),
-    /// Stop, wait 100 ms, start.
-    Restart,
+    /// Stop, wait 100 ms, start `url`.
+    Restart { url: String },
     /// Stop and end the task (instance deleted).
     Delete(oneshot::Sender<()>),
     /// Stop and end the task (master shutting down).
     Shutdown(oneshot::Sender<()>),
+}
+
+/// How the supervisor reports what happened to an instance's worker. The master state
+/// implements it and is the only writer of instance fields and events; the supervisor
+/// only calls these methods, in the order things happen.
+pub trait InstanceSink: Send + Sync + 'static {
+    /// A worker process was spawned (traffic counting restarts from the current totals).
+    fn worker_spawned(&self, id: &str, pid: u32);
+    /// The worker reported `ready` with its resolved mode: status `running`.
+    fn worker_ready(&self, id: &str, mode: u8);
+    /// A `stats` report (cumulative figures of this worker): status `running`.
+    fn worker_stats(&self, id: &str, stats: &Stats);
+    /// The worker is gone as asked, or ended cleanly: status `stopped`, gauges zeroed.
+    fn worker_stopped(&self, id: &str);
+    /// The worker failed (crash, failed spawn, silence): status `error`, gauges zeroed.
+    /// Returns whether the instance wants to be restarted (its restart policy).
+    fn worker_failed(&self, id: &str) -> bool;
+    /// A log line of the instance, already rendered, for its `log` event.
+    fn worker_log(&self, id: &str, line: &str);
+}
+
+/// What every supervisor task needs to know, fixed at master start.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// The program run as `<exe> worker <url>`.
+    pub worker_exe: PathBuf,
+    /// Colour codes in the master's own output.
+    pub colour: bool,
+    /// NP_REPORT_INTERVAL: a worker silent for three of these is shown as `error`.
+    pub report_interval: Duration,
+    /// NP_SHUTDOWN_TIMEOUT: SIGTERM to SIGKILL.
+    pub shutdown_timeout: Duration,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -49,27 +82,35 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Longest line kept from a worker; longer output is cut into pieces of this size.
 const MAX_LINE: usize = 64 * 1024;
 
-/// Starts the task of one instance; returns its command sender.
-pub fn spawn(master: Weak<Master>, id: String) -> mpsc::UnboundedSender<Command> {
+/// Starts the task of one instance; returns its command sender. The task holds `sink`
+/// weakly and ends when the sink is gone.
+pub fn spawn(
+    sink: Weak<dyn InstanceSink>,
+    settings: SupervisorSettings,
+    id: String,
+) -> mpsc::UnboundedSender<Command> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(master.clone(), id.clone(), rx));
+    let task = tokio::spawn(run(sink.clone(), settings, id.clone(), rx));
     // A panic in the task (a bug, or tokio-process-stream's unwrap on a failed pipe read)
     // must not go unnoticed: say so and show the instance as failed.
     tokio::spawn(async move {
         if let Err(e) = task.await {
             if e.is_panic() {
                 tracing::error!("Supervisor of instance {id} crashed; restart the master [{id}]");
-                if let Some(m) = master.upgrade() {
-                    let mut reg = m.lock();
-                    if let Some(e) = reg.instances.get_mut(&id) {
-                        e.inst.status = Status::Error.as_str().to_string();
-                        m.events.publish("update", Some(&e.inst), "");
-                    }
+                if let Some(sink) = sink.upgrade() {
+                    sink.worker_failed(&id);
                 }
             }
         }
     });
     tx
+}
+
+/// What the functions of one task share: where to report, the settings, the instance id.
+struct Ctx<'a> {
+    sink: &'a dyn InstanceSink,
+    settings: &'a SupervisorSettings,
+    id: &'a str,
 }
 
 /// A running worker.
@@ -85,84 +126,101 @@ struct Worker {
     exit: Option<nodepass_proto::report::Exit>,
 }
 
-async fn run(weak: Weak<Master>, id: String, mut rx: mpsc::UnboundedReceiver<Command>) {
-    let Some(interval) = weak.upgrade().map(|m| m.settings.tunables.report_interval) else {
-        return;
-    };
+/// Restart bookkeeping of one task: the URL to run and the crash backoff.
+#[derive(Default)]
+struct Plan {
+    /// The URL of the last Start or Restart (used again after a crash).
+    url: Option<String>,
+    retry_at: Option<tokio::time::Instant>,
+    attempts: u32,
+}
+
+async fn run(
+    weak: Weak<dyn InstanceSink>,
+    settings: SupervisorSettings,
+    id: String,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
+    let interval = settings.report_interval;
     let mut worker: Option<Worker> = None;
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut attempts: u32 = 0;
+    let mut plan = Plan::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
             cmd = rx.recv() => {
-                let Some(m) = weak.upgrade() else { return };
+                let Some(sink) = weak.upgrade() else { return };
+                let cx = Ctx { sink: &*sink, settings: &settings, id: &id };
                 let Some(cmd) = cmd else {
                     // The registry dropped us: stop quietly.
-                    if let Some(w) = worker.take() { stop(&m, &id, w).await; }
+                    if let Some(w) = worker.take() { stop(&cx, w).await; }
                     return;
                 };
                 match cmd {
-                    Command::Start => {
-                        retry_at = None;
+                    Command::Start { url } => {
+                        plan.retry_at = None;
+                        plan.url = Some(url);
                         if worker.is_none() {
-                            attempts = 0;
-                            worker = start(&m, &id, &mut attempts, &mut retry_at);
+                            plan.attempts = 0;
+                            worker = start(&cx, &mut plan);
                         }
                     }
                     Command::Stop(done) => {
-                        retry_at = None;
+                        plan.retry_at = None;
                         match worker.take() {
-                            Some(w) => stop(&m, &id, w).await,
-                            None => set_stopped(&m, &id),
+                            Some(w) => stop(&cx, w).await,
+                            None => sink.worker_stopped(&id),
                         }
                         if let Some(done) = done { let _ = done.send(()); }
                     }
-                    Command::Restart => {
-                        retry_at = None;
-                        if let Some(w) = worker.take() { stop(&m, &id, w).await; }
+                    Command::Restart { url } => {
+                        plan.retry_at = None;
+                        plan.url = Some(url);
+                        if let Some(w) = worker.take() { stop(&cx, w).await; }
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        attempts = 0;
-                        worker = start(&m, &id, &mut attempts, &mut retry_at);
+                        plan.attempts = 0;
+                        worker = start(&cx, &mut plan);
                     }
                     Command::Delete(done) | Command::Shutdown(done) => {
-                        if let Some(w) = worker.take() { stop(&m, &id, w).await; }
+                        if let Some(w) = worker.take() { stop(&cx, w).await; }
                         let _ = done.send(());
                         return;
                     }
                 }
             }
             item = next_item(&mut worker) => {
-                let Some(m) = weak.upgrade() else { return };
+                let Some(sink) = weak.upgrade() else { return };
+                let cx = Ctx { sink: &*sink, settings: &settings, id: &id };
                 let Some(w) = worker.as_mut() else { continue };
                 match item {
-                    Some(Item::Stdout(chunk)) => feed(&m, &id, w, chunk, false),
-                    Some(Item::Stderr(chunk)) => feed(&m, &id, w, chunk, true),
+                    Some(Item::Stdout(chunk)) => feed(&cx, w, chunk, false),
+                    Some(Item::Stderr(chunk)) => feed(&cx, w, chunk, true),
                     Some(Item::Done(status)) => {
                         if let Some(w) = worker.take() {
-                            exited(&m, &id, w, status.ok(), &mut attempts, &mut retry_at);
+                            exited(&cx, w, status.ok(), &mut plan);
                         }
                     }
                     None => {
                         if let Some(w) = worker.take() {
-                            exited(&m, &id, w, None, &mut attempts, &mut retry_at);
+                            exited(&cx, w, None, &mut plan);
                         }
                     }
                 }
             }
-            _ = sleep_until(retry_at) => {
-                retry_at = None;
-                let Some(m) = weak.upgrade() else { return };
+            _ = sleep_until(plan.retry_at) => {
+                plan.retry_at = None;
+                let Some(sink) = weak.upgrade() else { return };
+                let cx = Ctx { sink: &*sink, settings: &settings, id: &id };
                 if worker.is_none() {
-                    worker = start(&m, &id, &mut attempts, &mut retry_at);
+                    worker = start(&cx, &mut plan);
                 }
             }
             _ = tick.tick() => {
-                let Some(m) = weak.upgrade() else { return };
+                let Some(sink) = weak.upgrade() else { return };
+                let cx = Ctx { sink: &*sink, settings: &settings, id: &id };
                 if let Some(w) = worker.as_mut() {
-                    check_stale(&m, &id, w, interval);
+                    check_stale(&cx, w, interval);
                 }
             }
         }
@@ -188,10 +246,13 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// not in the command line.
 pub const INSTANCE_ENV: &str = "NODEPASS_INSTANCE";
 
-/// The worker's command line: `<exe> worker -`, with the URL handed over on stdin by
-/// [`hand_over_url`]. The URL is not an argument because the command line of every process
-/// is readable by every local user (`ps`), and the URL carries the tunnel key.
-fn worker_command(exe: &std::path::Path, id: &str) -> tokio::process::Command {
+/// Runs `<exe> worker -` with the URL handed over on stdin ([`hand_over_url`]), its output
+/// piped, in its own process group, killed with the master (PR_SET_PDEATHSIG). Returns the
+/// output stream and the pid. This is the only place a worker process is created.
+///
+/// The URL is not an argument because the command line of every process is readable by
+/// every local user (`ps`), and the URL carries the tunnel key.
+fn spawn_worker(exe: &Path, url: &str, id: &str) -> std::io::Result<(ProcessChunkStream, u32)> {
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("worker")
         .arg("-")
@@ -201,7 +262,26 @@ fn worker_command(exe: &std::path::Path, id: &str) -> tokio::process::Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    cmd
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes two syscalls (prctl,
+    // getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            // The master may have died between fork and prctl: then do not start at all.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    hand_over_url(&mut child, url)?;
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("worker exited before its pid was read"))?;
+    Ok((ProcessChunkStream::from(child), pid))
 }
 
 /// Writes the URL as one line to the worker's stdin and closes it. The write runs as a
@@ -222,52 +302,14 @@ fn hand_over_url(child: &mut tokio::process::Child, url: &str) -> std::io::Resul
     Ok(())
 }
 
-/// Spawns the worker; on failure marks the instance `error` and schedules a retry.
-fn start(
-    m: &Arc<Master>,
-    id: &str,
-    attempts: &mut u32,
-    retry_at: &mut Option<tokio::time::Instant>,
-) -> Option<Worker> {
-    let url = {
-        let reg = m.lock();
-        reg.instances.get(id)?.inst.url.clone()
-    };
-    let mut cmd = worker_command(&m.settings.worker_exe, id);
-    let parent = std::process::id();
-    // SAFETY: the closure runs between fork and exec and only makes two syscalls (prctl,
-    // getppid); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-            // The master may have died between fork and prctl: then do not start at all.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-    let spawned = cmd.spawn().and_then(|mut child| {
-        hand_over_url(&mut child, &url)?;
-        let pid = child
-            .id()
-            .ok_or_else(|| std::io::Error::other("worker exited before its pid was read"))?;
-        Ok((ProcessChunkStream::from(child), pid))
-    });
-    match spawned {
+/// Spawns the worker for the planned URL; on failure marks the instance `error` and
+/// schedules a retry.
+fn start(cx: &Ctx, plan: &mut Plan) -> Option<Worker> {
+    let url = plan.url.clone()?;
+    match spawn_worker(&cx.settings.worker_exe, &url, cx.id) {
         Ok((stream, pid)) => {
-            {
-                let mut reg = m.lock();
-                if let Some(e) = reg.instances.get_mut(id) {
-                    e.pid = Some(pid);
-                    e.counters.base = [e.inst.tcprx, e.inst.tcptx, e.inst.udprx, e.inst.udptx];
-                    e.counters.offset = [0; 4];
-                    e.counters.last = [0; 4];
-                    e.dirty = true;
-                }
-            }
-            tracing::info!("Instance starting: {} [{}] (pid {})", url, id, pid);
+            cx.sink.worker_spawned(cx.id, pid);
+            tracing::info!("Instance starting: {} [{}] (pid {})", url, cx.id, pid);
             let now = Instant::now();
             Some(Worker {
                 stream,
@@ -284,126 +326,73 @@ fn start(
         Err(e) => {
             let reason = format!(
                 "cannot start worker {} ({e}); set NODEPASS_WORKER_EXE to the nodepass binary",
-                m.settings.worker_exe.display()
+                cx.settings.worker_exe.display()
             );
-            failed(m, id, &reason, attempts, retry_at);
+            failed(cx, &reason, plan);
             None
         }
     }
 }
 
 /// Marks an instance `error` after a crash or failed spawn, and schedules the retry.
-fn failed(
-    m: &Arc<Master>,
-    id: &str,
-    reason: &str,
-    attempts: &mut u32,
-    retry_at: &mut Option<tokio::time::Instant>,
-) {
-    let restart = {
-        let mut reg = m.lock();
-        let Some(e) = reg.instances.get_mut(id) else {
-            return;
-        };
-        e.inst.status = Status::Error.as_str().to_string();
-        zero_gauges(&mut e.inst);
-        e.dirty = true;
-        m.events.publish("update", Some(&e.inst), "");
-        e.inst.restart
-    };
+fn failed(cx: &Ctx, reason: &str, plan: &mut Plan) {
+    let restart = cx.sink.worker_failed(cx.id);
     let text = if restart {
         let delay = BACKOFF_BASE
-            .saturating_mul(1u32 << (*attempts).min(16))
+            .saturating_mul(1u32 << plan.attempts.min(16))
             .min(BACKOFF_MAX);
-        *attempts = attempts.saturating_add(1);
-        *retry_at = Some(tokio::time::Instant::now() + delay);
+        plan.attempts = plan.attempts.saturating_add(1);
+        plan.retry_at = Some(tokio::time::Instant::now() + delay);
         format!(
             "Instance failed: {reason}; restarting in {}s (attempt {})",
             delay.as_secs(),
-            attempts
+            plan.attempts
         )
     } else {
         format!("Instance failed: {reason}; restart is off, the instance stays in error")
     };
-    tracing::warn!("{} [{}]", text, id);
-    master_log(m, id, ReportLevel::Warn, &text);
+    tracing::warn!("{} [{}]", text, cx.id);
+    master_log(cx, ReportLevel::Warn, &text);
 }
 
 /// Publishes a line of the master's own about an instance as that instance's log event.
-fn master_log(m: &Master, id: &str, level: ReportLevel, text: &str) {
+fn master_log(cx: &Ctx, level: ReportLevel, text: &str) {
     let line = log_line(SystemTime::now(), level, text, true);
-    let reg = m.lock();
-    if let Some(e) = reg.instances.get(id) {
-        m.events.publish("log", Some(&e.inst), &line);
-    }
-}
-
-fn zero_gauges(inst: &mut crate::model::Instance) {
-    inst.ping = 0;
-    inst.pool = 0;
-    inst.tcps = 0;
-    inst.udps = 0;
+    cx.sink.worker_log(cx.id, &line);
 }
 
 /// Splits a chunk of worker output into lines and handles each.
-fn feed(m: &Master, id: &str, w: &mut Worker, chunk: Bytes, stderr: bool) {
+fn feed(cx: &Ctx, w: &mut Worker, chunk: Bytes, stderr: bool) {
     let mut buf = std::mem::take(if stderr { &mut w.err } else { &mut w.out });
     buf.extend_from_slice(&chunk);
     let mut start = 0;
     while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(&buf[start..start + pos]).into_owned();
-        handle_line(m, id, w, &line, stderr);
+        handle_line(cx, w, &line, stderr);
         start += pos + 1;
     }
     buf.drain(..start);
     while buf.len() >= MAX_LINE {
         let piece: Vec<u8> = buf.drain(..MAX_LINE).collect();
-        handle_line(m, id, w, &String::from_utf8_lossy(&piece), stderr);
+        handle_line(cx, w, &String::from_utf8_lossy(&piece), stderr);
     }
     *(if stderr { &mut w.err } else { &mut w.out }) = buf;
 }
 
-fn handle_line(m: &Master, id: &str, w: &mut Worker, line: &str, stderr: bool) {
+/// Turns one line of worker output into a report to the sink.
+fn handle_line(cx: &Ctx, w: &mut Worker, line: &str, stderr: bool) {
     match decode_line(line) {
         ReportLine::Report(Report::Ready(r)) => {
             w.ready = true;
             w.last_report = Instant::now();
             w.stale = false;
-            let mut reg = m.lock();
-            if let Some(e) = reg.instances.get_mut(id) {
-                e.inst.status = Status::Running.as_str().to_string();
-                e.inst.mode = i32::from(r.mode);
-                m.events.publish("update", Some(&e.inst), "");
-            }
+            cx.sink.worker_ready(cx.id, r.mode);
         }
         ReportLine::Report(Report::Stats(s)) => {
             w.ready = true;
             w.last_report = Instant::now();
             w.stale = false;
-            let mut reg = m.lock();
-            if let Some(e) = reg.instances.get_mut(id) {
-                let reported = [s.tcprx, s.tcptx, s.udprx, s.udptx];
-                let c = &mut e.counters;
-                let mut totals = [0u64; 4];
-                for i in 0..4 {
-                    if reported[i] < c.offset[i] {
-                        // Cannot happen within one worker's life; keep counting forward.
-                        c.offset[i] = 0;
-                    }
-                    c.last[i] = reported[i];
-                    totals[i] = c.base[i].saturating_add(reported[i] - c.offset[i]);
-                }
-                let inst = &mut e.inst;
-                inst.mode = i32::from(s.mode);
-                inst.ping = clamp_i32(s.ping);
-                inst.pool = clamp_i32(s.pool);
-                inst.tcps = clamp_i32(s.tcps);
-                inst.udps = clamp_i32(s.udps);
-                [inst.tcprx, inst.tcptx, inst.udprx, inst.udptx] = totals;
-                inst.status = Status::Running.as_str().to_string();
-                e.dirty = true;
-                m.events.publish("update", Some(&e.inst), "");
-            }
+            cx.sink.worker_stats(cx.id, &s);
         }
         ReportLine::Report(Report::Log(l)) => {
             let t = if l.ts_ms > 0 {
@@ -411,7 +400,7 @@ fn handle_line(m: &Master, id: &str, w: &mut Worker, line: &str, stderr: bool) {
             } else {
                 SystemTime::now()
             };
-            relay(m, id, t, l.level, &l.message);
+            relay_log_line(cx, t, l.level, &l.message);
         }
         ReportLine::Report(Report::Exit(e)) => {
             w.exit = Some(e);
@@ -426,13 +415,9 @@ fn handle_line(m: &Master, id: &str, w: &mut Worker, line: &str, stderr: bool) {
             } else {
                 ReportLevel::Info
             };
-            relay(m, id, SystemTime::now(), level, &text);
+            relay_log_line(cx, SystemTime::now(), level, &text);
         }
     }
-}
-
-fn clamp_i32(v: u64) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
 }
 
 /// Longest log message relayed; longer ones are cut (an SSE line must stay under the 64 KiB
@@ -440,7 +425,7 @@ fn clamp_i32(v: u64) -> i32 {
 const MAX_LOG_MESSAGE: usize = 8 * 1024;
 
 /// Prints a worker's log record as `<line> [<id>]` and publishes it as a `log` event.
-fn relay(m: &Master, id: &str, t: SystemTime, level: ReportLevel, message: &str) {
+fn relay_log_line(cx: &Ctx, t: SystemTime, level: ReportLevel, message: &str) {
     let cut;
     let message = if message.len() > MAX_LOG_MESSAGE {
         let mut end = MAX_LOG_MESSAGE;
@@ -454,33 +439,24 @@ fn relay(m: &Master, id: &str, t: SystemTime, level: ReportLevel, message: &str)
     };
     let coloured = log_line(t, level, message, true);
     crate::logging::print_instance_line(
-        if m.settings.colour {
+        if cx.settings.colour {
             coloured.clone()
         } else {
             log_line(t, level, message, false)
         },
-        id,
+        cx.id,
     );
-    let reg = m.lock();
-    if let Some(e) = reg.instances.get(id) {
-        m.events.publish("log", Some(&e.inst), &coloured);
-    }
+    cx.sink.worker_log(cx.id, &coloured);
 }
 
-fn check_stale(m: &Master, id: &str, w: &mut Worker, interval: Duration) {
+fn check_stale(cx: &Ctx, w: &mut Worker, interval: Duration) {
     let silent = w.last_report.elapsed();
     if w.stale || silent < interval.saturating_mul(3) {
         return;
     }
     w.stale = true;
-    {
-        let mut reg = m.lock();
-        if let Some(e) = reg.instances.get_mut(id) {
-            e.inst.status = Status::Error.as_str().to_string();
-            zero_gauges(&mut e.inst);
-            m.events.publish("update", Some(&e.inst), "");
-        }
-    }
+    // Shown as failed, but not restarted: the worker may still recover and report.
+    cx.sink.worker_failed(cx.id);
     let what = if w.ready {
         "stopped reporting"
     } else {
@@ -492,8 +468,8 @@ fn check_stale(m: &Master, id: &str, w: &mut Worker, interval: Duration) {
         what,
         silent.as_secs()
     );
-    tracing::warn!("{} [{}]", text, id);
-    master_log(m, id, ReportLevel::Warn, &text);
+    tracing::warn!("{} [{}]", text, cx.id);
+    master_log(cx, ReportLevel::Warn, &text);
 }
 
 fn describe(status: Option<ExitStatus>) -> String {
@@ -514,18 +490,11 @@ fn describe(status: Option<ExitStatus>) -> String {
 }
 
 /// A worker ended without being asked to.
-fn exited(
-    m: &Arc<Master>,
-    id: &str,
-    mut w: Worker,
-    status: Option<ExitStatus>,
-    attempts: &mut u32,
-    retry_at: &mut Option<tokio::time::Instant>,
-) {
-    flush_partial(m, id, &mut w);
+fn exited(cx: &Ctx, mut w: Worker, status: Option<ExitStatus>, plan: &mut Plan) {
+    flush_partial(cx, &mut w);
     let ran = w.spawned.elapsed();
     if ran >= BACKOFF_MAX {
-        *attempts = 0;
+        plan.attempts = 0;
     }
     let ok = status.is_some_and(|s| s.success()) && !w.exit.as_ref().is_some_and(|e| e.error);
     let mut reason = describe(status);
@@ -533,46 +502,27 @@ fn exited(
         reason = format!("{} ({reason})", e.reason);
     }
     if ok {
-        tracing::info!("Instance exited: {} [{}]", reason, id);
-        set_stopped(m, id);
+        tracing::info!("Instance exited: {} [{}]", reason, cx.id);
+        cx.sink.worker_stopped(cx.id);
         return;
     }
-    failed(
-        m,
-        id,
-        &format!("worker exited: {reason}"),
-        attempts,
-        retry_at,
-    );
+    failed(cx, &format!("worker exited: {reason}"), plan);
 }
 
-fn flush_partial(m: &Master, id: &str, w: &mut Worker) {
+fn flush_partial(cx: &Ctx, w: &mut Worker) {
     for stderr in [false, true] {
         let rest = std::mem::take(if stderr { &mut w.err } else { &mut w.out });
         if !rest.is_empty() {
-            handle_line(m, id, w, &String::from_utf8_lossy(&rest), stderr);
-        }
-    }
-}
-
-fn set_stopped(m: &Master, id: &str) {
-    let mut reg = m.lock();
-    if let Some(e) = reg.instances.get_mut(id) {
-        if e.inst.status != Status::Stopped.as_str() {
-            e.inst.status = Status::Stopped.as_str().to_string();
-            zero_gauges(&mut e.inst);
-            e.dirty = true;
-            m.events.publish("update", Some(&e.inst), "");
+            handle_line(cx, w, &String::from_utf8_lossy(&rest), stderr);
         }
     }
 }
 
 /// SIGTERM, wait up to NP_SHUTDOWN_TIMEOUT while relaying its last lines, then SIGKILL.
-async fn stop(m: &Arc<Master>, id: &str, mut w: Worker) {
+async fn stop(cx: &Ctx<'_>, mut w: Worker) {
     let pid = Pid::from_raw(w.pid as i32);
     let _ = kill(pid, Signal::SIGTERM);
-    let timeout = m.settings.tunables.shutdown_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + cx.settings.shutdown_timeout;
     let mut forced = false;
     loop {
         let item = if forced {
@@ -591,16 +541,16 @@ async fn stop(m: &Arc<Master>, id: &str, mut w: Worker) {
             }
         };
         match item {
-            Some(Item::Stdout(chunk)) => feed(m, id, &mut w, chunk, false),
-            Some(Item::Stderr(chunk)) => feed(m, id, &mut w, chunk, true),
+            Some(Item::Stdout(chunk)) => feed(cx, &mut w, chunk, false),
+            Some(Item::Stderr(chunk)) => feed(cx, &mut w, chunk, true),
             Some(Item::Done(_)) | None => break,
         }
     }
-    flush_partial(m, id, &mut w);
+    flush_partial(cx, &mut w);
     if forced {
-        tracing::warn!("Instance force killed [{}]", id);
+        tracing::warn!("Instance force killed [{}]", cx.id);
     } else {
-        tracing::info!("Instance stopped [{}]", id);
+        tracing::info!("Instance stopped [{}]", cx.id);
     }
-    set_stopped(m, id);
+    cx.sink.worker_stopped(cx.id);
 }

@@ -1,57 +1,40 @@
 //! TLS for the API itself: `tls=1` makes an in-memory self-signed certificate at start
 //! (ECDSA P-256, valid one year, as the reference), `tls=2` loads the `crt`/`key` PEM files
 //! (on failure the reference logs the error and falls back to a self-signed certificate, and
-//! so do we). TLS 1.3 only; ALPN offers h2 and http/1.1.
+//! so do we). Both go through the worker's `cert` module, so master and worker make and read
+//! certificates the same way (a FIFO or /dev/zero as `crt` is refused, never read). TLS 1.3
+//! only; ALPN offers h2 and http/1.1.
 //!
 //! [`TlsListener`] plugs into `axum::serve`: handshakes run in their own tasks (bounded by a
 //! timeout) so one slow client never holds up the accept loop.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nodepass_proto::url::{MasterUrl, TlsMode};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use nodepass_worker::cert;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// The tls=1 certificate (shared with the worker: [`nodepass_worker::cert`]).
 fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "nodepass-rs");
-    let now = std::time::SystemTime::now();
-    params.not_before = now.into();
-    params.not_after = (now + Duration::from_secs(365 * 24 * 3600)).into();
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok((
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    ))
+    let pair = cert::self_signed()?;
+    Ok((pair.chain, pair.key))
 }
 
-fn load_files(
+/// The tls=2 files, read only if they are small regular files ([`cert::read_small_file`]).
+pub fn load_files(
     crt: &str,
     key: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(crt).with_context(|| format!("Cannot open the certificate {crt}"))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("Cannot read the certificate {crt}"))?;
-    anyhow::ensure!(!certs.is_empty(), "No certificate found in {crt}");
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("Cannot open the key {key}"))?,
-    ))
-    .with_context(|| format!("Cannot read the key {key}"))?
-    .with_context(|| format!("No private key found in {key}"))?;
-    Ok((certs, key))
+    let pair = cert::load_pem_pair(Path::new(crt), Path::new(key))?;
+    Ok((pair.chain, pair.key))
 }
 
 /// The server configuration for the master URL, or None for plain HTTP.

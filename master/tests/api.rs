@@ -658,3 +658,108 @@ fn a_slow_subscriber_is_dropped_and_never_blocks_the_others() {
         "initial"
     );
 }
+
+/// Issue 8: every field of every request body is type-checked. A value of the wrong JSON
+/// type is a 400 that names the field (after the reference's `Invalid request body`), and
+/// nothing is applied; `null` still means an absent field, as for Go's decoder.
+#[test]
+fn request_fields_of_the_wrong_type_are_named() {
+    let tm = TestMaster::start();
+    let api = &tm.api;
+    let id = create(&tm, CLIENT_URL)["id"].as_str().unwrap().to_string();
+    let item = format!("/instances/{id}");
+    for (method, path, body, field, expected) in [
+        ("POST", "/instances", r#"{"url":5}"#, "url", "a string"),
+        (
+            "POST",
+            "/instances",
+            &format!(r#"{{"alias":["a"],"url":"{CLIENT_URL}"}}"#) as &str,
+            "alias",
+            "a string",
+        ),
+        ("PUT", &item, r#"{"url":{"u":1}}"#, "url", "a string"),
+        (
+            "PATCH",
+            &item,
+            r#"{"restart":"yes"}"#,
+            "restart",
+            "a boolean",
+        ),
+        (
+            "PATCH",
+            &item,
+            r#"{"alias":1,"restart":false}"#,
+            "alias",
+            "a string",
+        ),
+        ("PATCH", &item, r#"{"action":true}"#, "action", "a string"),
+        ("PATCH", &item, r#"{"meta":[]}"#, "meta", "an object"),
+        (
+            "PATCH",
+            &item,
+            r#"{"meta":{"peer":[1]}}"#,
+            "meta.peer",
+            "an object",
+        ),
+        (
+            "PATCH",
+            &item,
+            r#"{"meta":{"peer":{"sid":7}}}"#,
+            "meta.peer.sid",
+            "a string",
+        ),
+        (
+            "PATCH",
+            &item,
+            r#"{"meta":{"tags":["a"]}}"#,
+            "meta.tags",
+            "an object",
+        ),
+        (
+            "PATCH",
+            &item,
+            r#"{"meta":{"tags":{"k":false}}}"#,
+            "meta.tags.k",
+            "a string",
+        ),
+        (
+            "PATCH",
+            "/instances/********",
+            r#"{"action":1}"#,
+            "action",
+            "a string",
+        ),
+        ("POST", "/info", r#"{"alias":true}"#, "alias", "a string"),
+    ] {
+        let r = api.call(method, path, Some(body));
+        assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.text());
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "Invalid request body: field {field} must be {expected}, got "
+            )),
+            "{method} {path} {body}: {error}"
+        );
+    }
+    // Nothing of a refused body was applied, and no second instance was created.
+    let v = api.instance(&id);
+    assert_eq!(v["alias"], "t");
+    assert_eq!(v["restart"], true);
+    assert_eq!(v["url"], CLIENT_URL);
+    assert_eq!(api.get("/instances").json().as_array().unwrap().len(), 2);
+    // null is an absent field.
+    let r = api.call(
+        "PATCH",
+        &item,
+        Some(r#"{"alias":null,"restart":null,"meta":{"peer":null,"tags":null}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["alias"], "t");
+    let r = api.call(
+        "POST",
+        "/instances",
+        Some(&format!(r#"{{"alias":null,"url":"{CLIENT_URL}"}}"#)),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["alias"], "");
+}

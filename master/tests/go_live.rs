@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::support::process::stop_child;
 use common::support::{free_port, request, Resp};
 use common::TestMaster;
 
@@ -25,15 +26,7 @@ impl Drop for GoMaster {
     fn drop(&mut self) {
         // SIGTERM first: the Go master stops its own instance processes then (it does not
         // tie them to its life), SIGKILL only if it hangs.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -227,7 +220,20 @@ fn same_answers_as_the_go_master() {
             answers.push(r);
         }
         let (g, o) = (&answers[0], &answers[1]);
-        let what = format!("{method} {path} {body:?}");
+        let what = format!("case {compared}: {method} {path} {body:?}");
+        // The Go master sometimes answers a second DELETE of the same instance 204: the
+        // goroutine watching the stopped process stores the instance again after the first
+        // DELETE removed it. Ours answers 404, which is what the first DELETE promised.
+        let go_delete_race = *method == "DELETE"
+            && path.ends_with("{id}")
+            && cases[..compared]
+                .iter()
+                .any(|c| c.0 == "DELETE" && c.1 == *path)
+            && (g.status, o.status) == (204, 404);
+        if go_delete_race {
+            compared += 1;
+            continue;
+        }
         assert_eq!(
             o.status,
             g.status,
@@ -255,7 +261,20 @@ fn same_answers_as_the_go_master() {
                 assert_eq!(ov[k], gv[k], "{what}: {k}");
             }
         } else if *method != "HEAD" {
-            assert_eq!(o.text(), g.text(), "{what}: body");
+            // One deliberate difference (issue 8): a field of the wrong JSON type is named
+            // after the reference's text, e.g. `Invalid request body: field url must be a
+            // string, got integer `5``.
+            let error_of = |text: String| {
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+            };
+            let named = error_of(g.text()).as_deref() == Some("Invalid request body")
+                && error_of(o.text())
+                    .is_some_and(|e| e.starts_with("Invalid request body: field "));
+            if !named {
+                assert_eq!(o.text(), g.text(), "{what}: body");
+            }
         }
         compared += 1;
     }

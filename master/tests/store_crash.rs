@@ -8,7 +8,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use nodepass_master::model::Instance;
+use nodepass_master::model::{Instance, InstanceKind, InstanceStatus};
 use nodepass_master::store::{MasterRecord, Snapshot, Store, StoredInstance};
 
 fn inst(id: &str) -> StoredInstance {
@@ -16,8 +16,8 @@ fn inst(id: &str) -> StoredInstance {
         instance: Instance {
             id: id.into(),
             alias: format!("alias-{id}"),
-            kind: "client".into(),
-            status: "stopped".into(),
+            kind: InstanceKind::Client,
+            status: InstanceStatus::Stopped,
             url: format!("client://key-{id}@127.0.0.1:1/127.0.0.1:2"),
             config: "c".into(),
             restart: false,

@@ -121,3 +121,47 @@ fn certificate_files_tls() {
         "{text}"
     );
 }
+
+/// A `crt` that is a FIFO, /dev/zero or a 2 MiB file is refused with an error naming the
+/// path (never read: a FIFO would block start-up, /dev/zero would fill memory), and the
+/// master starts anyway on a self-signed certificate, as the reference falls back.
+#[test]
+fn unreadable_certificate_files_are_refused_and_the_master_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("crt.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let big = dir.path().join("big.crt");
+    std::fs::write(&big, vec![b'-'; 2 * 1024 * 1024]).unwrap();
+    let key = dir.path().join("api.key");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let key = key.display().to_string();
+    for (crt, why) in [
+        (fifo.display().to_string(), "is not a regular file"),
+        ("/dev/zero".to_string(), "is not a regular file"),
+        (big.display().to_string(), "more than the 1048576 bytes"),
+    ] {
+        let err = nodepass_master::tls::load_files(&crt, &key).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(why) && text.contains(&crt), "{crt}: {text}");
+
+        // The whole start, in a thread so a start-up that blocked would fail the test at a
+        // generous deadline instead of hanging it.
+        let url = format!("master://127.0.0.1:0/api?log=warn&tls=2&crt={crt}&key={key}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let tm = TestMaster::start_with(&url, PathBuf::from("/nonexistent/nodepass-worker"));
+            let (_, presented, text) = https_get(&tm, "/info");
+            let _ = tx.send((presented, text));
+        });
+        let (presented, text) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{crt}: the master did not start"));
+        assert!(text.starts_with("HTTP/1.1 200"), "{crt}: {text}");
+        // The fallback is our self-signed certificate.
+        assert!(presented.windows(8).any(|w| w == b"nodepass"), "{crt}");
+    }
+}

@@ -13,12 +13,12 @@ use crate::dns::Dns;
 use crate::figures::Figures;
 use crate::output;
 use crate::policy::{RelayPolicy, Slots};
-use crate::relay::{self, Counters, RelayIo};
+use crate::relay::{self, RelayIo, TrafficCounters};
 use crate::targets::Targets;
 
 pub struct Instance {
     pub url: TunnelUrl,
-    pub tun: Tunables,
+    pub tunables: Tunables,
     pub figures: Arc<Figures>,
     pub slots: Slots,
     pub policy: RelayPolicy,
@@ -31,7 +31,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(url: TunnelUrl, tun: Tunables) -> Arc<Self> {
+    pub fn new(url: TunnelUrl, tunables: Tunables) -> Arc<Self> {
         let figures = Arc::new(Figures::default());
         let slots = Slots::new(url.effective_slot(), figures.clone());
         let policy = RelayPolicy::new(url.effective_read(), url.effective_rate_bytes());
@@ -41,13 +41,13 @@ impl Instance {
             url.effective_lbs(),
             dns.clone(),
             url.effective_dial(),
-            tun.tcp_dial_timeout,
-            tun.udp_dial_timeout,
+            tunables.tcp_dial_timeout,
+            tunables.udp_dial_timeout,
         );
         Arc::new(Instance {
             dns,
             url,
-            tun,
+            tunables,
             figures,
             slots,
             policy,
@@ -94,7 +94,7 @@ impl Instance {
         to: &(dyn std::fmt::Display + Sync),
     ) {
         tracing::info!("Starting exchange: {from} <-> {to}");
-        let counters = Counters {
+        let counters = TrafficCounters {
             rx: &self.figures.tcprx,
             tx: &self.figures.tcptx,
         };
@@ -104,12 +104,26 @@ impl Instance {
         }
     }
 
+    /// The stats ticker of every mode: fires at once, then every NP_REPORT_INTERVAL; a late
+    /// tick is not made up for (the reference's ticker drops missed ticks too).
+    pub fn report_ticker(&self) -> tokio::time::Interval {
+        let mut tick = tokio::time::interval(self.tunables.report_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    }
+
+    /// Publishes one round of figures with this instance's mode, the measured `ping` (ms)
+    /// and the `pool` figure (idle entries; 0 in single-end mode).
+    pub fn publish_stats(&self, ping: u64, pool: u64) {
+        output::publish_stats(self.figures.snapshot(self.mode(), ping, pool));
+    }
+
     pub fn tcp_buf(&self) -> usize {
-        self.tun.tcp_data_buf_size
+        self.tunables.tcp_data_buf_size
     }
 
     /// Largest UDP datagram carried (NP_UDP_DATA_BUF_SIZE).
     pub fn udp_buf(&self) -> usize {
-        self.tun.udp_data_buf_size
+        self.tunables.udp_data_buf_size
     }
 }

@@ -9,6 +9,7 @@
 //! `policy/` slot/rate/read/block/proxy, `targets` dialing, `output` + `logging` what the
 //! process prints, `figures` the live counters.
 
+pub mod cert;
 pub mod dns;
 pub mod figures;
 pub mod instance;
@@ -36,7 +37,7 @@ use crate::instance::Instance;
 pub fn run(url: TunnelUrl, report_mode: bool) -> anyhow::Result<()> {
     output::start(report_mode);
     logging::init(url.effective_log());
-    let (tun, warnings) = Tunables::from_env();
+    let (tunables, warnings) = Tunables::from_env();
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -47,7 +48,7 @@ pub fn run(url: TunnelUrl, report_mode: bool) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")
         .and_then(|rt| {
-            let r = rt.block_on(run_async(url, tun));
+            let r = rt.block_on(run_async(url, tunables));
             // Relays still running after the grace period are cut here.
             rt.shutdown_timeout(Duration::from_millis(100));
             r
@@ -85,12 +86,12 @@ fn runtime_builder() -> tokio::runtime::Builder {
     }
 }
 
-async fn run_async(url: TunnelUrl, tun: Tunables) -> anyhow::Result<()> {
+async fn run_async(url: TunnelUrl, tunables: Tunables) -> anyhow::Result<()> {
     let name = match url.role {
         Role::Server => "Server",
         Role::Client => "Client",
     };
-    let inst = Instance::new(url, tun);
+    let inst = Instance::new(url, tunables);
     tracing::info!("{name} started: {}", inst.url.to_config());
     let shutdown = CancellationToken::new();
     let mut role = tokio::spawn(tunnel::run_role(inst.clone(), shutdown.clone()));
@@ -106,7 +107,7 @@ async fn run_async(url: TunnelUrl, tun: Tunables) -> anyhow::Result<()> {
     };
     tracing::debug!("received {stopped_by_signal}, stopping");
     shutdown.cancel();
-    match tokio::time::timeout(inst.tun.shutdown_timeout, role).await {
+    match tokio::time::timeout(inst.tunables.shutdown_timeout, role).await {
         Ok(_) => tracing::info!("{name} shutdown complete"),
         Err(_) => tracing::error!("{name} shutdown error: timed out"),
     }

@@ -5,21 +5,144 @@
 //!
 //! One short mutex guards the map; it is taken per pool operation (a connection or a
 //! signal), never per relayed chunk. Waiters sleep on a `Notify` woken by every `put`.
+//!
+//! An entry is an [`Entry`]: a bare TCP socket (so the relay can splice it) or any other
+//! byte stream a transport makes ([`PoolStream`]: a TLS session, a QUIC stream, a WebSocket
+//! connection, an HTTP/2 request body). This module owns that type so that the transports
+//! depend on the pool, never the other way round.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use nodepass_proto::wire::PoolId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::transport::Conn;
+use crate::relay::RelayIo;
+
+/// A pool entry that is not a bare TCP socket: what a transport implements for its streams.
+pub trait PoolStream: AsyncRead + AsyncWrite + Send + Unpin {
+    /// True when the peer has closed this idle entry, so handing it out would only cost the
+    /// peer a failed lookup. Must not wait, and must not lose data: bytes that are already
+    /// pending (a TLS session ticket, early user bytes) mean alive. Called on idle entries
+    /// only, just before one is taken.
+    fn peer_closed(&mut self) -> bool;
+
+    /// The peer's address as shown in logs (the underlying connection's).
+    fn peer_addr(&self) -> io::Result<SocketAddr>;
+
+    /// DER of the peer's leaf certificate as this side saw it (a client's view of the
+    /// server) for the fingerprint exchange (REFERENCE.md 5.4); None without TLS.
+    fn peer_cert_der(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// One pool entry (or the control channel, which is entry `00000000`).
+pub enum Entry {
+    /// A bare TCP socket (TCP pool with tls 0): the relay splices it.
+    Tcp(TcpStream),
+    /// Any other stream a transport makes.
+    Stream(Box<dyn PoolStream>),
+}
+
+impl Entry {
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Entry::Tcp(s) => s.peer_addr(),
+            Entry::Stream(s) => s.peer_addr(),
+        }
+    }
+
+    /// See [`PoolStream::peer_cert_der`].
+    pub fn peer_cert_der(&self) -> Option<Vec<u8>> {
+        match self {
+            Entry::Tcp(_) => None,
+            Entry::Stream(s) => s.peer_cert_der(),
+        }
+    }
+
+    /// See [`PoolStream::peer_closed`].
+    pub fn peer_closed(&mut self) -> bool {
+        match self {
+            Entry::Tcp(s) => tcp_peer_closed(s),
+            Entry::Stream(s) => s.peer_closed(),
+        }
+    }
+}
+
+/// Liveness of an idle TCP socket: a non-blocking peek sees EOF or an error. Pending data
+/// means alive. For transports whose entries sit on a TCP socket of their own.
+pub fn tcp_peer_closed(s: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // tokio sockets are non-blocking, so this peek never waits.
+    match socket2::SockRef::from(s).peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+impl AsyncRead for Entry {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Entry::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Entry::Stream(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Entry {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Entry::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Entry::Stream(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Entry::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Entry::Stream(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Entry::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Entry::Stream(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl RelayIo for Entry {
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Entry::Tcp(s) => Some(s),
+            Entry::Stream(_) => None,
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
-    idle: HashMap<PoolId, Conn>,
+    idle: HashMap<PoolId, Entry>,
     /// Arrival order of the ids in `idle` (may hold ids already taken; skipped lazily).
     order: VecDeque<PoolId>,
     closed: bool,
@@ -82,7 +205,7 @@ impl Pool {
     }
 
     /// Adds a ready entry; on refusal the connection is handed back to be closed.
-    pub fn put(&self, id: PoolId, conn: Conn) -> Result<(), (PutError, Conn)> {
+    pub fn put(&self, id: PoolId, conn: Entry) -> Result<(), (PutError, Entry)> {
         let mut st = self.lock();
         if st.closed {
             return Err((PutError::Closed, conn));
@@ -104,7 +227,7 @@ impl Pool {
 
     /// Takes the oldest idle entry that is still alive (not in `exclude`), waiting up to
     /// `timeout` for one.
-    pub async fn incoming_get(&self, timeout: Duration) -> Option<(PoolId, Conn)> {
+    pub async fn incoming_get(&self, timeout: Duration) -> Option<(PoolId, Entry)> {
         self.get_with(timeout, |st| take_oldest(st, &[])).await
     }
 
@@ -113,12 +236,12 @@ impl Pool {
         &self,
         timeout: Duration,
         exclude: &[PoolId],
-    ) -> Option<(PoolId, Conn)> {
+    ) -> Option<(PoolId, Entry)> {
         self.get_with(timeout, |st| take_oldest(st, exclude)).await
     }
 
     /// Takes the entry named `id`, waiting up to `timeout` for it to arrive.
-    pub async fn outgoing_get(&self, id: PoolId, timeout: Duration) -> Option<Conn> {
+    pub async fn outgoing_get(&self, id: PoolId, timeout: Duration) -> Option<Entry> {
         let got = self
             .get_with(timeout, |st| st.idle.remove(&id).map(|c| (id, c)))
             .await
@@ -132,8 +255,8 @@ impl Pool {
     async fn get_with(
         &self,
         timeout: Duration,
-        mut take: impl FnMut(&mut State) -> Option<(PoolId, Conn)>,
-    ) -> Option<(PoolId, Conn)> {
+        mut take: impl FnMut(&mut State) -> Option<(PoolId, Entry)>,
+    ) -> Option<(PoolId, Entry)> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.arrived.notified();
@@ -165,7 +288,7 @@ impl Pool {
 
     /// Closes every idle entry (in-use entries and the control channel are not here).
     pub fn flush(&self) {
-        let drained: Vec<Conn> = {
+        let drained: Vec<Entry> = {
             let mut st = self.lock();
             st.order.clear();
             st.idle.drain().map(|(_, c)| c).collect()
@@ -195,7 +318,7 @@ impl Pool {
 
 /// Pops the oldest idle id not in `exclude`, skipping (and closing) entries whose peer has
 /// already closed them: handing those out would only cost the peer a failed lookup.
-fn take_oldest(st: &mut State, exclude: &[PoolId]) -> Option<(PoolId, Conn)> {
+fn take_oldest(st: &mut State, exclude: &[PoolId]) -> Option<(PoolId, Entry)> {
     let mut i = 0;
     while i < st.order.len() {
         let id = st.order[i];
@@ -204,7 +327,7 @@ fn take_oldest(st: &mut State, exclude: &[PoolId]) -> Option<(PoolId, Conn)> {
             continue;
         }
         let _ = st.order.remove(i);
-        if let Some(conn) = st.idle.remove(&id) {
+        if let Some(mut conn) = st.idle.remove(&id) {
             if conn.peer_closed() {
                 continue;
             }
@@ -219,11 +342,11 @@ mod tests {
     use super::*;
     use tokio::net::{TcpListener, TcpStream};
 
-    async fn conn() -> (Conn, TcpStream) {
+    async fn conn() -> (Entry, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let a = l.local_addr().expect("addr");
         let (c, s) = tokio::join!(TcpStream::connect(a), l.accept());
-        (Conn::Tcp(c.expect("connect")), s.expect("accept").0)
+        (Entry::Tcp(c.expect("connect")), s.expect("accept").0)
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! counted one) and the other end of a relay (a pool entry, or the target in single-end
 //! mode), until both directions have ended.
 //!
-//! - Counters: bytes read from A go to `rx`, bytes written to A go to `tx` (REFERENCE.md
+//! - TrafficCounters: bytes read from A go to `rx`, bytes written to A go to `tx` (REFERENCE.md
 //!   4.6 counts exactly those sockets). One relaxed atomic add per chunk; no lock.
 //! - Half-close: when one direction reads EOF, the destination's write side is shut down
 //!   (TCP FIN, or TLS close_notify + FIN) and the other direction keeps flowing. The
@@ -43,7 +43,7 @@ impl RelayIo for TcpStream {
 
 /// The counters of side A.
 #[derive(Clone, Copy)]
-pub struct Counters<'a> {
+pub struct TrafficCounters<'a> {
     /// Bytes read from side A.
     pub rx: &'a AtomicU64,
     /// Bytes written to side A.
@@ -73,7 +73,7 @@ impl std::fmt::Display for Totals {
 pub async fn relay<A: RelayIo, B: RelayIo>(
     a: &mut A,
     b: &mut B,
-    counters: Counters<'_>,
+    counters: TrafficCounters<'_>,
     policy: &RelayPolicy,
     buf_size: usize,
 ) -> io::Result<Totals> {
@@ -150,7 +150,7 @@ impl Pump {
         src: &mut R,
         dst: &mut W,
         counted: Counted,
-        counters: Counters<'_>,
+        counters: TrafficCounters<'_>,
         policy: &RelayPolicy,
     ) -> Poll<io::Result<()>>
     where
@@ -250,7 +250,7 @@ impl Pump {
 async fn buffered_relay<A: RelayIo, B: RelayIo>(
     a: &mut A,
     b: &mut B,
-    counters: Counters<'_>,
+    counters: TrafficCounters<'_>,
     policy: &RelayPolicy,
     buf_size: usize,
 ) -> io::Result<Totals> {
@@ -306,7 +306,7 @@ fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
 async fn splice_relay(
     a: &TcpStream,
     b: &TcpStream,
-    counters: Counters<'_>,
+    counters: TrafficCounters<'_>,
     policy: &RelayPolicy,
 ) -> io::Result<Totals> {
     let ab = splice_dir(a, b, Some(counters.rx), None, policy, true);
@@ -493,7 +493,7 @@ mod tests {
             relay(
                 &mut a,
                 &mut b,
-                Counters { rx: &rx, tx: &tx },
+                TrafficCounters { rx: &rx, tx: &tx },
                 &policy,
                 16384,
             )
@@ -503,7 +503,7 @@ mod tests {
             relay(
                 &mut a,
                 &mut b,
-                Counters { rx: &rx, tx: &tx },
+                TrafficCounters { rx: &rx, tx: &tx },
                 &policy,
                 16384,
             )
@@ -536,7 +536,7 @@ mod tests {
             let rx = AtomicU64::new(0);
             let tx = AtomicU64::new(0);
             let policy = RelayPolicy::new(Duration::from_millis(100), 0);
-            let counters = Counters { rx: &rx, tx: &tx };
+            let counters = TrafficCounters { rx: &rx, tx: &tx };
             let totals = if opaque {
                 let (mut a, mut b) = (Opaque(a), Opaque(b));
                 relay(&mut a, &mut b, counters, &policy, 4096).await

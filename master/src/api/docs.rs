@@ -8,12 +8,13 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::server::Server;
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::Config;
 
+use super::ApiError;
 use crate::model::*;
 
 struct ApiKeyAuth;
@@ -35,7 +36,7 @@ impl Modify for ApiKeyAuth {
 #[openapi(
     info(
         title = "NodePass API",
-        description = "API for managing NodePass server and client instances (nodepass-rs, compatible with NodePass v1.14.0)",
+        description = "API for managing NodePass server and client instances",
         version = "v1"
     ),
     paths(
@@ -53,7 +54,7 @@ impl Modify for ApiKeyAuth {
         docs_page,
     ),
     components(schemas(
-        Instance, Meta, Peer, Status, InstanceEvent, ErrorBody, CreateInstanceRequest,
+        Instance, Meta, Peer, InstanceStatus, InstanceKind, EventKind, InstanceEvent, ErrorBody, CreateInstanceRequest,
         PutInstanceRequest, PatchInstanceRequest, MetaPatch, MasterAliasRequest, MasterInfo,
         TcpingResult
     )),
@@ -83,6 +84,12 @@ fn docs_page() {}
 /// The document with its server URL set to `base`.
 pub fn openapi_doc_for(base: &str) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    // Our own name and version, known only at build time (the derive takes literals).
+    doc.info.description = Some(format!(
+        "API for managing NodePass server and client instances (nodepass {}, compatible with NodePass {})",
+        env!("CARGO_PKG_VERSION"),
+        nodepass_proto::REFERENCE_VERSION
+    ));
     doc.servers = Some(vec![Server::new(base)]);
     doc
 }
@@ -122,14 +129,16 @@ fn file_response(config: Arc<Config<'static>>, tail: &str, base_href: Option<&st
             }
             resp
         }
-        Ok(None) => super::error(crate::state::ApiError::new(
+        Ok(None) => ApiError::new(
             StatusCode::NOT_FOUND,
             "No such file of the API documentation",
-        )),
-        Err(e) => super::error(crate::state::ApiError::new(
+        )
+        .into_response(),
+        Err(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("Cannot render the API documentation: {e}"),
-        )),
+        )
+        .into_response(),
     }
 }
 

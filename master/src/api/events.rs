@@ -14,6 +14,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::method_not_allowed;
 use crate::events::{EventHub, Frame};
+use crate::model::EventKind;
 use crate::state::Master;
 
 /// Subscribe to instance events (Server-Sent Events).
@@ -35,7 +36,7 @@ pub async fn events(State(m): State<Arc<Master>>, method: Method) -> Response {
     head.extend(
         m.all_instances()
             .iter()
-            .map(|i| EventHub::render("initial", Some(i), "")),
+            .map(|i| EventHub::render(EventKind::Initial, Some(i), "")),
     );
     let live = futures::stream::unfold(Some(rx), next_frame);
     let body = futures::stream::iter(head)

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use nodepass_proto::url::TlsMode;
 
-use super::{error, json, method_not_allowed};
+use super::{json, method_not_allowed, requests, ApiError};
 use crate::model::{ErrorBody, MasterAliasRequest, MasterInfo};
 use crate::state::Master;
 
@@ -19,7 +19,9 @@ pub const API_VERSION: &str = "v1.14.0";
 pub async fn info(State(m): State<Arc<Master>>, method: Method, body: Bytes) -> Response {
     match method {
         Method::GET => get_info(m).await,
-        Method::POST => set_master_alias(m, body).await,
+        Method::POST => set_master_alias(m, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
         _ => method_not_allowed("GET, POST"),
     }
 }
@@ -43,11 +45,10 @@ pub async fn get_info(m: Arc<Master>) -> Response {
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 500, description = "The state could not be saved", body = ErrorBody),
     ))]
-pub async fn set_master_alias(m: Arc<Master>, body: Bytes) -> Response {
-    match m.set_alias(&body).await {
-        Ok(()) => json(StatusCode::OK, &collect(&m).await),
-        Err(e) => error(e),
-    }
+pub async fn set_master_alias(m: Arc<Master>, body: Bytes) -> Result<Response, ApiError> {
+    let alias = requests::master_alias(&body)?;
+    m.set_alias(alias).await?;
+    Ok(json(StatusCode::OK, &collect(&m).await))
 }
 
 async fn collect(m: &Master) -> MasterInfo {
@@ -62,7 +63,7 @@ async fn collect(m: &Master) -> MasterInfo {
     MasterInfo {
         alias: rec.alias,
         arch: crate::sysinfo::go_arch().to_string(),
-        build: format!("nodepass-rs {}", env!("CARGO_PKG_VERSION")),
+        build: format!("nodepass {}", env!("CARGO_PKG_VERSION")),
         cpu: host.cpu,
         crt: url.crt.clone().unwrap_or_default(),
         diskr: host.diskr,

@@ -9,17 +9,20 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use super::{error, json, json_bytes, method_not_allowed};
+use super::requests::{self, PatchRequest};
+use super::{json, json_bytes, method_not_allowed, ApiError};
 use crate::model::*;
-use crate::state::{ApiError, Master};
+use crate::state::{Master, StateError};
 
 /// `{base}/instances`.
 pub async fn collection(State(m): State<Arc<Master>>, method: Method, body: Bytes) -> Response {
     match method {
         Method::GET => list_instances(m).await,
-        Method::POST => create_instance(m, body).await,
+        Method::POST => create_instance(m, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
         _ => method_not_allowed("GET, POST"),
     }
 }
@@ -33,21 +36,19 @@ pub async fn item(State(m): State<Arc<Master>>, method: Method, uri: Uri, body: 
         .unwrap_or_default()
         .to_string();
     if id.is_empty() || id == "/" {
-        return error(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "Instance ID is required",
-        ));
+        return ApiError::bad("Instance ID is required").into_response();
     }
     if let Err(e) = m.get(&id) {
-        return error(e);
+        return ApiError::from(e).into_response();
     }
-    match method {
+    let answer = match method {
         Method::GET => get_instance(m, id).await,
         Method::PATCH => patch_instance(m, id, body).await,
         Method::PUT => put_instance(m, id, body).await,
         Method::DELETE => delete_instance(m, id).await,
-        _ => method_not_allowed("GET, PATCH, PUT, DELETE"),
-    }
+        _ => return method_not_allowed("GET, PATCH, PUT, DELETE"),
+    };
+    answer.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// List every instance, the API key record `********` included.
@@ -69,15 +70,14 @@ pub async fn list_instances(m: Arc<Master>) -> Response {
     request_body = CreateInstanceRequest,
     responses(
         (status = 201, description = "Created (status `stopped` until the worker is ready)", body = Instance),
-        (status = 400, description = "Invalid request body, Invalid URL format, Invalid URL scheme", body = ErrorBody),
+        (status = 400, description = "Invalid request body (with the field's name for a value of the wrong JSON type), Invalid URL format, Invalid URL scheme", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 500, description = "The state could not be saved", body = ErrorBody),
     ))]
-pub async fn create_instance(m: Arc<Master>, body: Bytes) -> Response {
-    match m.create(&body).await {
-        Ok(inst) => json(StatusCode::CREATED, &inst),
-        Err(e) => error(e),
-    }
+pub async fn create_instance(m: Arc<Master>, body: Bytes) -> Result<Response, ApiError> {
+    let (alias, url) = requests::create(&body, &m.settings.inherited)?;
+    let inst = m.create(alias, url).await?;
+    Ok(json(StatusCode::CREATED, &inst))
 }
 
 /// Get one instance.
@@ -89,11 +89,8 @@ pub async fn create_instance(m: Arc<Master>, body: Bytes) -> Response {
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "Instance not found", body = ErrorBody),
     ))]
-pub async fn get_instance(m: Arc<Master>, id: String) -> Response {
-    match m.get(&id) {
-        Ok(inst) => json(StatusCode::OK, &inst),
-        Err(e) => error(e),
-    }
+pub async fn get_instance(m: Arc<Master>, id: String) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &m.get(&id)?))
 }
 
 /// Change alias, run state (`action`), restart policy or metadata. On `********`, the
@@ -103,16 +100,26 @@ pub async fn get_instance(m: Arc<Master>, id: String) -> Response {
     request_body = PatchInstanceRequest,
     responses(
         (status = 200, description = "The instance after the change (an undecodable body changes nothing)", body = Instance),
-        (status = 400, description = "Invalid action, a value too long, a peer.sid that is not a UUID v4, a peer.type not 0/1/2, a repeated tag key", body = ErrorBody),
+        (status = 400, description = "A field of the wrong JSON type (the text names it), Invalid action, a value too long, a peer.sid that is not a UUID v4, a peer.type not 0/1/2, a repeated tag key", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "Instance not found", body = ErrorBody),
         (status = 500, description = "The state could not be saved", body = ErrorBody),
     ))]
-pub async fn patch_instance(m: Arc<Master>, id: String, body: Bytes) -> Response {
-    match m.patch(&id, &body).await {
-        Ok(inst) => json(StatusCode::OK, &inst),
-        Err(e) => error(e),
-    }
+pub async fn patch_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<Response, ApiError> {
+    let inst = match requests::patch_body(&body)? {
+        // An undecodable body changes nothing and answers the instance (as the reference).
+        PatchRequest::Nothing => m.get(&id)?,
+        // On the key record only `restart` acts; nothing else is even checked.
+        PatchRequest::Body(req) if id == API_KEY_ID => {
+            if req.action == "restart" {
+                m.regenerate_key().await?
+            } else {
+                m.get(&id)?
+            }
+        }
+        PatchRequest::Body(req) => m.patch(&id, requests::validate_patch(req)?).await?,
+    };
+    Ok(json(StatusCode::OK, &inst))
 }
 
 /// Replace the URL and restart the instance (alias, meta, restart policy and traffic totals
@@ -122,18 +129,19 @@ pub async fn patch_instance(m: Arc<Master>, id: String, body: Bytes) -> Response
     request_body = PutInstanceRequest,
     responses(
         (status = 200, description = "The instance with its new URL", body = Instance),
-        (status = 400, description = "Invalid request body, Invalid URL format, Invalid URL scheme", body = ErrorBody),
+        (status = 400, description = "Invalid request body (with the field's name for a value of the wrong JSON type), Invalid URL format, Invalid URL scheme", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "Forbidden: API Key", body = ErrorBody),
         (status = 404, description = "Instance not found", body = ErrorBody),
         (status = 409, description = "Instance URL conflict (the URL is the current one)", body = ErrorBody),
         (status = 500, description = "The state could not be saved", body = ErrorBody),
     ))]
-pub async fn put_instance(m: Arc<Master>, id: String, body: Bytes) -> Response {
-    match m.put(&id, &body).await {
-        Ok(inst) => json(StatusCode::OK, &inst),
-        Err(e) => error(e),
+pub async fn put_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<Response, ApiError> {
+    if id == API_KEY_ID {
+        return Err(StateError::KeyRecordFixed.into());
     }
+    let url = requests::put(&body, &m.settings.inherited)?;
+    Ok(json(StatusCode::OK, &m.put(&id, url).await?))
 }
 
 /// Stop and remove an instance.
@@ -146,13 +154,9 @@ pub async fn put_instance(m: Arc<Master>, id: String, body: Bytes) -> Response {
         (status = 404, description = "Instance not found", body = ErrorBody),
         (status = 500, description = "The state could not be saved", body = ErrorBody),
     ))]
-pub async fn delete_instance(m: Arc<Master>, id: String) -> Response {
-    match m.delete(&id).await {
-        Ok(()) => {
-            let mut resp = Response::new(Body::empty());
-            *resp.status_mut() = StatusCode::NO_CONTENT;
-            resp
-        }
-        Err(e) => error(e),
-    }
+pub async fn delete_instance(m: Arc<Master>, id: String) -> Result<Response, ApiError> {
+    m.delete(&id).await?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
 }

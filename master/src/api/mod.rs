@@ -4,13 +4,16 @@
 //! checked (in constant time) before method and id checks, and Go's plain-text
 //! `404 page not found` (without CORS headers) for anything else.
 //!
-//! Handlers are thin: they parse, call [`crate::state::Master`], and render bare JSON plus
-//! `\n` exactly as Go's `json.Encoder` does.
+//! Handlers are thin: they parse the request into typed values ([`requests`]), call
+//! [`crate::state::Master`], and render bare JSON plus `\n` exactly as Go's `json.Encoder`
+//! does; errors are [`ApiError`]s, returned with `?`.
 
 pub mod docs;
+pub mod error;
 pub mod events;
 pub mod info;
 pub mod instances;
+pub mod requests;
 pub mod tcping;
 
 use std::sync::Arc;
@@ -19,12 +22,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 
-use crate::model::ErrorBody;
-use crate::state::{ApiError, Master};
+pub use self::error::ApiError;
+use crate::state::Master;
 
 /// Builds the router for `master`.
 pub fn router(master: Arc<Master>) -> Router {
@@ -90,9 +93,13 @@ async fn guard(State(master): State<Arc<Master>>, req: Request, next: Next) -> R
         return preflight();
     }
     let given = req.headers().get(&X_API_KEY).map(HeaderValue::as_bytes);
-    let mut resp = match master.check_key(given) {
-        Ok(()) => next.run(req).await,
-        Err(e) => error(e),
+    let mut resp = match given.filter(|g| !g.is_empty()) {
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized: API key required")
+            .into_response(),
+        Some(key) if !master.key_matches(key) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized: Invalid API key").into_response()
+        }
+        Some(_) => next.run(req).await,
     };
     add_cors(&mut resp);
     resp
@@ -141,17 +148,10 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     json_bytes(status, crate::gojson::to_vec(value))
 }
 
-/// `{"error": "..."}` with the error's status.
-pub fn error(e: ApiError) -> Response {
-    json(e.status, &ErrorBody { error: e.message })
-}
-
 /// 405 with the reference's message, plus the `Allow` header RFC 9110 asks for.
 pub fn method_not_allowed(allow: &'static str) -> Response {
-    let mut resp = error(ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method not allowed",
-    ));
+    let mut resp =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed").into_response();
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpStream;
 
-use super::{error, json, method_not_allowed};
+use super::{json, method_not_allowed, ApiError};
 use crate::model::{ErrorBody, TcpingResult};
-use crate::state::{ApiError, Master};
+use crate::state::Master;
 
 pub async fn tcping(
     State(m): State<Arc<Master>>,
@@ -28,10 +28,7 @@ pub async fn tcping(
         .and_then(|Query(q)| q.into_iter().find(|(k, _)| k == "target").map(|(_, v)| v))
         .unwrap_or_default();
     if target.is_empty() {
-        return error(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "Target address required",
-        ));
+        return ApiError::bad("Target address required").into_response();
     }
     probe_target(m, target).await
 }

@@ -1,7 +1,10 @@
 //! Test helpers shared by the master's tests, the end-to-end tests and the benchmark: a
 //! minimal HTTP/1.1 client over a real TCP socket (so tests see the exact status line,
-//! headers and bytes the master sends) and an SSE reader that de-chunks the event stream.
+//! headers and bytes the master sends), an SSE reader that de-chunks the event stream, and
+//! (in `process`) a master run as its own process plus a loopback echo server.
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,167 +1,230 @@
 //! Pool transports: how the data connections between a server and a client are made and
-//! identified. One trait pair for every `type` (REFERENCE.md 4): [`PoolServer`] turns
-//! accepted connections into identified idle entries of a [`Pool`], [`PoolClient`] opens
-//! one new entry and learns its id. The tunnel logic only sees [`Conn`] values and ids; it
-//! never names a concrete transport.
+//! identified (REFERENCE.md 4). The tunnel roles only see the two traits here, pool
+//! [`Entry`] values and ids; the one place that maps the URL's `type` to a transport is
+//! [`server_for`] / [`client_for`].
 //!
-//! Implemented: TCP (type 0) with optional TLS (tls 1/2) in [`tcp`] and [`tls`]. QUIC,
-//! WebSocket and HTTP/2 (types 1-3) are refused with a clear error for now.
+//! What stays the same for every type: the HTTP handshake runs on the tunnel TCP port
+//! (tunnel/handshake.rs), and the control channel is the pool entry `00000000`, so it
+//! travels on the transport like every other entry.
+//!
+//! # Adding a transport
+//! 1. Write `transport/<name>.rs` with a server type implementing [`PoolServer`] and a client
+//!    type implementing [`PoolClient`], both built from a [`Context`]. Entries that are not
+//!    bare TCP sockets are boxed [`PoolStream`]s (`Entry::Stream(Box::new(..))`); implement
+//!    `peer_closed` (non-blocking liveness of an idle entry) and, under TLS, `peer_cert_der`.
+//!    TLS over TCP: use [`tls::ServerTls`] / [`tls::ClientTls`].
+//! 2. Add `pub mod <name>;` below and one arm in each of [`server_for`] and [`client_for`].
+//! 3. Add the type's number to `POOL_TYPES` in tests/tunnel_e2e.rs.
+//!
+//! Implemented: TCP (type 0) with optional TLS (tls 1/2) in [`tcp`]. QUIC, WebSocket and
+//! HTTP/2 (types 1-3) are refused by the two matches below with a clear error.
 
 pub mod tcp;
 pub mod tls;
 
-use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use nodepass_proto::url::PoolType;
+use nodepass_proto::tunables::Tunables;
+use nodepass_proto::url::{HostPort, PoolType, TlsMode};
 use nodepass_proto::wire::PoolId;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::Pool;
-use crate::relay::RelayIo;
+pub use crate::pool::{Entry, PoolStream};
 
-/// One pool entry (or the control channel): a connection to the peer.
-pub enum Conn {
-    /// tls 0: a bare TCP socket (the relay can splice it).
-    Tcp(TcpStream),
-    /// tls 1/2: TLS 1.3 over TCP.
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+/// Pause after a failed accept (out of file descriptors and the like) before retrying.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Everything a transport may need, built by the role. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    /// The NP_* tunables (dial timeout, keep-alive period = report interval, ...).
+    pub tunables: Tunables,
+    /// Name resolution for the client's dials (re-resolve per dial to follow a moved server).
+    pub dns: Arc<crate::dns::Dns>,
+    /// The tunnel address from the URL: where the client dials.
+    pub tunnel: HostPort,
+    /// The tls mode in force: the server's own, the client's from the handshake.
+    pub tls: TlsMode,
+    /// The `sni` value (the client's TLS server name for tls 2, the HTTP/2 `:authority`).
+    pub sni: String,
+    /// The server's certificate (None with tls 0; server side only). Made once per
+    /// process so it stays the same across restarts.
+    pub server_tls: Option<Arc<tls::ServerTls>>,
+    /// Idle entries allowed at once (the server's `max`).
+    pub max: usize,
 }
 
-impl Conn {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Conn::Tcp(s) => s,
-            Conn::Tls(s) => s.get_ref().0,
-        }
-    }
-
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
-    }
-
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().local_addr()
-    }
-
-    /// DER of the peer's leaf certificate (a client's view of the server), if any.
-    pub fn peer_cert_der(&self) -> Option<Vec<u8>> {
-        match self {
-            Conn::Tcp(_) => None,
-            Conn::Tls(s) => s
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| c.as_ref().to_vec()),
-        }
-    }
-
-    /// True when the peer has closed this (idle) connection: a non-blocking peek sees EOF
-    /// or an error. Pending data (a TLS session ticket, early user bytes) means alive.
-    pub fn peer_closed(&self) -> bool {
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        // tokio sockets are non-blocking, so this peek never waits.
-        match socket2::SockRef::from(self.tcp()).peek(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        }
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-impl RelayIo for Conn {
-    fn as_tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Conn::Tcp(s) => Some(s),
-            Conn::Tls(_) => None,
-        }
-    }
-}
-
-/// The server side of a pool transport.
+/// The server side of a pool transport. One value per process; each session calls
+/// [`serve`](Self::serve) again (per-session state, like the first-id rule, lives there).
 pub trait PoolServer: Send + Sync {
-    /// Accepts pool entries on the tunnel address until `cancel` fires: refuses them while
-    /// the pool holds `max` idle entries or when they come from an address other than
-    /// `client_ip`, gives each an id (the first one `00000000`) and puts it in `pool`.
+    /// Accepts pool entries until `cancel` fires: refuses them while the pool holds `max`
+    /// idle entries or when they come from an address other than `client_ip`, gives each an
+    /// id (the first one `00000000`) and puts it in `pool`.
+    ///
+    /// `tunnel` is the tunnel TCP listener the handshake ran on, handed over once the
+    /// handshake is done (the reference re-listens on that address; handing it over avoids
+    /// a window with nothing listening). A transport carried over TCP accepts on it; one
+    /// that is not (QUIC) drops it and binds its own socket at its `local_addr()`.
     fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        tunnel: TcpListener,
         pool: Arc<Pool>,
         client_ip: IpAddr,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, ()>;
 }
 
-/// The client side of a pool transport.
+/// The client side of a pool transport: one value per session.
 pub trait PoolClient: Send + Sync {
-    /// Opens one new pool entry and reads the id the server gave it.
-    fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Conn)>>;
+    /// Opens one new pool entry and reads the id the server gave it. Should give up on its
+    /// own within a bounded time (one pool round waits for all its opens).
+    fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>>;
 }
 
-/// Refuses pool types this build does not carry yet, with a sentence saying so.
-pub fn ensure_supported(t: PoolType) -> anyhow::Result<()> {
-    match t {
-        PoolType::Tcp => Ok(()),
-        other => anyhow::bail!(
-            "pool type {} ({}) is not supported yet by this build; use type=0 (TCP)",
-            other.code(),
-            match other {
-                PoolType::Quic => "QUIC",
-                PoolType::WebSocket => "WebSocket",
-                _ => "HTTP/2",
-            }
-        ),
-    }
+/// The server side for pool type `t`: the one place a server picks its transport.
+pub fn server_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolServer>> {
+    Ok(match t {
+        PoolType::Tcp => Arc::new(tcp::TcpServer::new(ctx)),
+        other => return Err(unsupported(other)),
+    })
+}
+
+/// The client side for pool type `t` (as the handshake said): the one place a client picks
+/// its transport.
+pub fn client_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolClient>> {
+    Ok(match t {
+        PoolType::Tcp => Arc::new(tcp::TcpClient::new(ctx)?),
+        other => return Err(unsupported(other)),
+    })
+}
+
+fn unsupported(t: PoolType) -> anyhow::Error {
+    let name = match t {
+        PoolType::Tcp => "TCP",
+        PoolType::Quic => "QUIC",
+        PoolType::WebSocket => "WebSocket",
+        PoolType::Http2 => "HTTP/2",
+    };
+    anyhow::anyhow!(
+        "pool type {} ({name}) is not supported yet by this build; use type=0 (TCP)",
+        t.code()
+    )
 }
 
 /// Same IP, with IPv4-mapped IPv6 addresses (from a dual-stack listener) made IPv4.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodepass_proto::url::DnsSetting;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn ctx(port: u16, tls: TlsMode, server_tls: Option<Arc<tls::ServerTls>>) -> Context {
+        Context {
+            tunables: Tunables::default(),
+            dns: Arc::new(crate::dns::Dns::new(&DnsSetting::Ttl(Duration::from_secs(
+                60,
+            )))),
+            tunnel: HostPort {
+                host: "127.0.0.1".to_string(),
+                port,
+            },
+            tls,
+            sni: String::new(),
+            server_tls,
+            max: 4,
+        }
+    }
+
+    #[test]
+    fn types_without_a_transport_are_refused_by_name() {
+        for (t, name) in [
+            (PoolType::Quic, "QUIC"),
+            (PoolType::WebSocket, "WebSocket"),
+            (PoolType::Http2, "HTTP/2"),
+        ] {
+            let Err(e) = server_for(t, ctx(1, TlsMode::Off, None)) else {
+                panic!("type {} has no transport yet", t.code());
+            };
+            let text = e.to_string();
+            assert!(
+                text.contains("is not supported yet") && text.contains(name),
+                "{text}"
+            );
+            assert!(client_for(t, ctx(1, TlsMode::Off, None)).is_err());
+        }
+    }
+
+    /// What every transport must do, through the two traits only: the first entry is
+    /// `00000000`, both sides agree on ids, bytes flow both ways, an idle entry is alive,
+    /// and it reads as closed once the other side drops it. A new transport adds a test
+    /// calling this with its type.
+    async fn contract(t: PoolType, tls: TlsMode) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server_tls =
+            tls::ServerTls::new(tls, None, None, Duration::from_secs(3600)).expect("server tls");
+        let server = server_for(t, ctx(port, tls, server_tls)).expect("server");
+        let pool = Arc::new(Pool::new(4));
+        let cancel = CancellationToken::new();
+        let serving = tokio::spawn(server.serve(
+            listener,
+            pool.clone(),
+            "127.0.0.1".parse().expect("ip"),
+            cancel.clone(),
+        ));
+        let client = client_for(t, ctx(port, tls, None)).expect("client");
+        let (id1, mut c1) = client.open().await.expect("first entry");
+        let (id2, mut c2) = client.open().await.expect("second entry");
+        assert_eq!(
+            id1,
+            PoolId::CONTROL,
+            "the first entry is the control channel"
+        );
+        assert_ne!(id2, id1);
+        assert_eq!(c1.peer_cert_der().is_some(), tls != TlsMode::Off);
+        let wait = Duration::from_secs(10);
+        let mut s1 = pool.outgoing_get(id1, wait).await.expect("server has id1");
+        let mut s2 = pool.outgoing_get(id2, wait).await.expect("server has id2");
+        assert!(
+            !s1.peer_closed() && !c1.peer_closed(),
+            "fresh entries are alive"
+        );
+
+        c2.write_all(b"ping").await.expect("client write");
+        c2.flush().await.expect("client flush");
+        let mut buf = [0u8; 4];
+        s2.read_exact(&mut buf).await.expect("server read");
+        assert_eq!(&buf, b"ping");
+        s2.write_all(b"pong").await.expect("server write");
+        s2.flush().await.expect("server flush");
+        c2.read_exact(&mut buf).await.expect("client read");
+        assert_eq!(&buf, b"pong");
+
+        drop(c1);
+        let deadline = tokio::time::Instant::now() + wait;
+        while !s1.peer_closed() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a dropped entry never read as closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        serving.await.expect("serve ends on cancel");
+    }
+
+    #[tokio::test]
+    async fn tcp_meets_the_contract() {
+        contract(PoolType::Tcp, TlsMode::Off).await;
+        contract(PoolType::Tcp, TlsMode::SelfSigned).await;
+    }
 }

@@ -7,6 +7,7 @@
 //! channel). Client: dial, TLS, read the 4 id bytes (1-minute deadline).
 //! Both sides turn on TCP keep-alive with the NP_REPORT_INTERVAL period.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,15 +15,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use futures::future::BoxFuture;
-use nodepass_proto::url::HostPort;
 use nodepass_proto::wire::PoolId;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
-use super::{canonical_ip, Conn, PoolClient, PoolServer};
-use crate::pool::Pool;
+use super::{canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, RETRY_PAUSE};
+use crate::pool::{tcp_peer_closed, Pool};
 
 /// How long the client waits for the server to send an entry's id.
 const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,27 +39,37 @@ fn keepalive(s: &TcpStream, period: Duration) {
     let _ = s.set_nodelay(true);
 }
 
-/// Server side of the TCP pool for one session (the first-id rule is per session).
-pub struct TcpPoolServer {
-    tls: Option<Arc<ServerTls>>,
-    keepalive: Duration,
-    first_given: AtomicBool,
-}
-
-impl TcpPoolServer {
-    pub fn new(tls: Option<Arc<ServerTls>>, keepalive: Duration) -> Arc<Self> {
-        Arc::new(TcpPoolServer {
-            tls,
-            keepalive,
-            first_given: AtomicBool::new(false),
-        })
+/// A tls 1/2 entry: TLS 1.3 over its own TCP socket.
+impl PoolStream for TlsStream<TcpStream> {
+    fn peer_closed(&mut self) -> bool {
+        tcp_peer_closed(self.get_ref().0)
     }
 
-    fn next_id(&self) -> PoolId {
-        if !self.first_given.swap(true, Ordering::AcqRel) {
-            return PoolId::CONTROL;
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.get_ref().0.peer_addr()
+    }
+
+    fn peer_cert_der(&self) -> Option<Vec<u8>> {
+        self.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+    }
+}
+
+/// Server side of the TCP pool.
+pub struct TcpServer {
+    tls: Option<Arc<ServerTls>>,
+    keepalive: Duration,
+}
+
+impl TcpServer {
+    pub fn new(ctx: Context) -> Self {
+        TcpServer {
+            tls: ctx.server_tls,
+            keepalive: ctx.tunables.report_interval,
         }
-        PoolId(rand::random())
     }
 
     async fn admit(
@@ -67,6 +78,7 @@ impl TcpPoolServer {
         peer: SocketAddr,
         pool: Arc<Pool>,
         client_ip: IpAddr,
+        first_given: Arc<AtomicBool>,
     ) {
         if pool.active() >= pool.max() {
             tracing::debug!("Pool full: refusing {peer}");
@@ -79,11 +91,11 @@ impl TcpPoolServer {
             );
             return;
         }
-        let mut conn = match &self.tls {
-            None => Conn::Tcp(tcp),
+        let mut entry = match &self.tls {
+            None => Entry::Tcp(tcp),
             Some(tls) => {
                 match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, tls.acceptor().accept(tcp)).await {
-                    Ok(Ok(s)) => Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(s))),
+                    Ok(Ok(s)) => Entry::Stream(Box::new(TlsStream::Server(s))),
                     Ok(Err(e)) => {
                         tracing::debug!("Pool TLS handshake with {peer} failed: {e}");
                         return;
@@ -95,37 +107,50 @@ impl TcpPoolServer {
                 }
             }
         };
-        let id = self.next_id();
+        // The first entry of a session (after the checks) is the control channel.
+        let id = if !first_given.swap(true, Ordering::AcqRel) {
+            PoolId::CONTROL
+        } else {
+            PoolId(rand::random())
+        };
         if pool.contains(id) {
             return;
         }
-        if conn.write_all(&id.0).await.is_err() || conn.flush().await.is_err() {
+        if entry.write_all(&id.0).await.is_err() || entry.flush().await.is_err() {
             return;
         }
-        if let Err((why, _conn)) = pool.put(id, conn) {
+        if let Err((why, _entry)) = pool.put(id, entry) {
             tracing::debug!("Pool entry {id} from {peer} dropped: {why:?}");
         }
     }
 }
 
-impl PoolServer for TcpPoolServer {
+impl PoolServer for TcpServer {
     fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        tunnel: TcpListener,
         pool: Arc<Pool>,
         client_ip: IpAddr,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let client_ip = canonical_ip(client_ip);
+        // The first-id rule is per session (per pool object).
+        let first_given = Arc::new(AtomicBool::new(false));
         Box::pin(async move {
             loop {
                 let accepted = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    a = listener.accept() => a,
+                    a = tunnel.accept() => a,
                 };
                 match accepted {
                     Ok((tcp, peer)) => {
-                        let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
+                        let admit = self.clone().admit(
+                            tcp,
+                            peer,
+                            pool.clone(),
+                            client_ip,
+                            first_given.clone(),
+                        );
                         let cancel = cancel.clone();
                         tokio::spawn(async move {
                             tokio::select! {
@@ -136,7 +161,7 @@ impl PoolServer for TcpPoolServer {
                     }
                     Err(e) => {
                         tracing::debug!("Pool accept failed: {e}");
-                        tokio::time::sleep(crate::tunnel::RETRY_PAUSE).await;
+                        tokio::time::sleep(RETRY_PAUSE).await;
                     }
                 }
             }
@@ -145,41 +170,28 @@ impl PoolServer for TcpPoolServer {
 }
 
 /// Client side of the TCP pool.
-pub struct TcpPoolClient {
-    dns: Arc<crate::dns::Dns>,
-    server: HostPort,
+pub struct TcpClient {
+    ctx: Context,
     tls: Option<ClientTls>,
-    dial_timeout: Duration,
-    keepalive: Duration,
 }
 
-impl TcpPoolClient {
-    pub fn new(
-        dns: Arc<crate::dns::Dns>,
-        server: HostPort,
-        tls: Option<ClientTls>,
-        dial_timeout: Duration,
-        keepalive: Duration,
-    ) -> Self {
-        TcpPoolClient {
-            dns,
-            server,
-            tls,
-            dial_timeout,
-            keepalive,
-        }
+impl TcpClient {
+    pub fn new(ctx: Context) -> anyhow::Result<Self> {
+        let tls = ClientTls::new(ctx.tls, &ctx.sni)?;
+        Ok(TcpClient { ctx, tls })
     }
 
-    async fn open_entry(&self) -> anyhow::Result<(PoolId, Conn)> {
+    async fn open_entry(&self) -> anyhow::Result<(PoolId, Entry)> {
+        let t = &self.ctx.tunables;
         // Re-resolved per dial, like the reference, so a moved server is followed.
-        let addr = self.dns.resolve(&self.server).await?;
-        let tcp = tokio::time::timeout(self.dial_timeout, TcpStream::connect(addr))
+        let addr = self.ctx.dns.resolve(&self.ctx.tunnel).await?;
+        let tcp = tokio::time::timeout(t.tcp_dial_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow!("dial tcp {addr}: i/o timeout"))?
             .with_context(|| format!("dial tcp {addr}"))?;
-        keepalive(&tcp, self.keepalive);
-        let mut conn = match &self.tls {
-            None => Conn::Tcp(tcp),
+        keepalive(&tcp, t.report_interval);
+        let mut entry = match &self.tls {
+            None => Entry::Tcp(tcp),
             Some(tls) => {
                 // Bounded: one pool round waits for all its opens, so a server that
                 // accepts TCP but never answers TLS must not stall the pool for good.
@@ -190,20 +202,20 @@ impl TcpPoolClient {
                 .await
                 .map_err(|_| anyhow!("TLS handshake with {addr} timed out"))?
                 .with_context(|| format!("TLS handshake with {addr}"))?;
-                Conn::Tls(Box::new(tokio_rustls::TlsStream::Client(s)))
+                Entry::Stream(Box::new(TlsStream::Client(s)))
             }
         };
         let mut id = [0u8; 4];
-        tokio::time::timeout(ID_READ_TIMEOUT, conn.read_exact(&mut id))
+        tokio::time::timeout(ID_READ_TIMEOUT, entry.read_exact(&mut id))
             .await
             .map_err(|_| anyhow!("no pool id from {addr} within a minute"))?
             .with_context(|| format!("reading the pool id from {addr}"))?;
-        Ok((PoolId(id), conn))
+        Ok((PoolId(id), entry))
     }
 }
 
-impl PoolClient for TcpPoolClient {
-    fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Conn)>> {
+impl PoolClient for TcpClient {
+    fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>> {
         Box::pin(self.open_entry())
     }
 }

@@ -2,7 +2,7 @@
 //! ALPN.
 //!
 //! - Server tls=1: a self-signed certificate made once per process (ECDSA P-256, 128-bit
-//!   random serial, O = the reference version, valid one year, serverAuth, no SAN), as the
+//!   random serial, O = nodepass, valid one year, serverAuth, no SAN; crate::cert), as the
 //!   reference's cert library makes it.
 //! - Server tls=2: certificate chain and key from the `crt`/`key` PEM files, re-read on the
 //!   first handshake after NP_RELOAD_INTERVAL (a failed re-read keeps the old pair and logs
@@ -21,7 +21,7 @@ use nodepass_proto::url::TlsMode;
 use nodepass_proto::wire::cert_fingerprint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -104,40 +104,14 @@ impl ServerTls {
     }
 }
 
-/// Makes the tls=1 certificate.
+/// Makes the tls=1 certificate ([`crate::cert::self_signed`]) ready to serve.
 fn self_signed() -> anyhow::Result<Arc<CertifiedKey>> {
-    use rcgen::{
-        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
-        KeyUsagePurpose, SerialNumber,
-    };
-    let key = KeyPair::generate().context("cannot generate the TLS key")?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, nodepass_proto::REFERENCE_VERSION);
-    params.distinguished_name = dn;
-    let serial: [u8; 16] = rand::random();
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now;
-    params.not_after = now + time::Duration::days(365);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params
-        .self_signed(&key)
-        .context("cannot make the self-signed certificate")?;
-    let key_der = PrivateKeyDer::try_from(key.serialize_der())
-        .map_err(|e| anyhow!("cannot use the generated key: {e}"))?;
+    let pair = crate::cert::self_signed()?;
     let signing = provider()
         .key_provider
-        .load_private_key(key_der)
+        .load_private_key(pair.key)
         .context("cannot load the generated key")?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
-        signing,
-    )))
+    Ok(Arc::new(CertifiedKey::new(pair.chain, signing)))
 }
 
 struct CertFiles {
@@ -215,29 +189,13 @@ impl ResolvesServerCert for CertSource {
     }
 }
 
-/// Loads a PEM certificate chain and private key and checks that they belong together.
+/// Loads a PEM certificate chain and private key ([`crate::cert::load_pem_pair`]) and
+/// checks that they belong together.
 pub fn load_pair(crt: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
-    let crt_pem = std::fs::read(crt)
-        .with_context(|| format!("cannot read the certificate file {} (crt=)", crt.display()))?;
-    let key_pem = std::fs::read(key)
-        .with_context(|| format!("cannot read the key file {} (key=)", key.display()))?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut crt_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{} is not a PEM certificate file", crt.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!(
-            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-            crt.display()
-        );
-    }
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("{} is not a PEM key file", key.display()))?
-        .ok_or_else(|| {
-            anyhow!(
-                "{} holds no PEM private key (expected -----BEGIN PRIVATE KEY-----)",
-                key.display()
-            )
-        })?;
+    let crate::cert::CertPair {
+        chain,
+        key: key_der,
+    } = crate::cert::load_pem_pair(crt, key)?;
     let signing = provider()
         .key_provider
         .load_private_key(key_der)

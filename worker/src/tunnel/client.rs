@@ -16,8 +16,6 @@ use super::server::{bind_users, AbortOnDrop};
 use super::{handshake, set_control};
 use crate::instance::Instance;
 use crate::pool::Pool;
-use crate::transport::tcp::TcpPoolClient;
-use crate::transport::tls::ClientTls;
 use crate::transport::{self, PoolClient};
 
 /// Adaptive pool sizing step (REFERENCE.md 4.1).
@@ -33,30 +31,24 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     let sni = url.effective_sni();
     let config = tokio::select! {
         _ = cancel.cancelled() => anyhow::bail!("tunnelHandshake: context canceled"),
-        c = handshake::request(&inst.dns, &url.tunnel, &sni, &url.key, inst.tun.tcp_dial_timeout) => c?,
+        c = handshake::request(&inst.dns, &url.tunnel, &sni, &url.key, inst.tunables.tcp_dial_timeout) => c?,
     };
     tracing::info!("Loading tunnel config: {}", config.log_form());
-    transport::ensure_supported(config.pool_type)?;
-    let client_tls = ClientTls::new(config.tls, &sni)?;
+    let mut ctx = super::transport_context(inst, config.tls, None);
+    ctx.max = config.max as usize;
+    let opener = transport::client_for(config.pool_type, ctx)?;
     let verifier = match config.tls {
         TlsMode::Off => Verifier::None,
         m => Verifier::Client(m),
     };
     let pool = Arc::new(Pool::new(config.max as usize));
-    let opener: Arc<dyn PoolClient> = Arc::new(TcpPoolClient::new(
-        inst.dns.clone(),
-        url.tunnel.clone(),
-        client_tls,
-        inst.tun.tcp_dial_timeout,
-        inst.tun.report_interval,
-    ));
     let manager = tokio::spawn(manage(
         pool.clone(),
         opener,
         url.effective_min() as usize,
         config.max as usize,
-        inst.tun.min_pool_interval,
-        inst.tun.max_pool_interval,
+        inst.tunables.min_pool_interval,
+        inst.tunables.max_pool_interval,
         cancel.clone(),
     ));
     let _stop_manager = AbortOnDrop(manager);

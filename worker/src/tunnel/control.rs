@@ -27,10 +27,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::instance::Instance;
-use crate::output;
+use crate::pool::Entry;
 use crate::pool::Pool;
 use crate::transport::tls::ServerTls;
-use crate::transport::Conn;
 
 use super::{incoming, outgoing};
 
@@ -88,7 +87,7 @@ impl Session {
             match e {
                 mpsc::error::TrySendError::Full(_) => tracing::error!(
                     "signal queue limit reached: {}",
-                    self.inst.tun.semaphore_limit
+                    self.inst.tunables.semaphore_limit
                 ),
                 mpsc::error::TrySendError::Closed(_) => {}
             }
@@ -114,7 +113,7 @@ pub struct SessionSpec {
 /// Runs a session on `control` until an error or `cancel`.
 pub async fn run(
     spec: SessionSpec,
-    control: Conn,
+    control: Entry,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let SessionSpec {
@@ -125,7 +124,7 @@ pub async fn run(
         verifier,
         users,
     } = spec;
-    let (tx, rx) = mpsc::channel(inst.tun.semaphore_limit.max(1));
+    let (tx, rx) = mpsc::channel(inst.tunables.semaphore_limit.max(1));
     let (verified, _) = watch::channel(false);
     let sess = Arc::new(Session {
         inst,
@@ -204,7 +203,7 @@ pub async fn run(
 
 async fn writer(
     sess: Arc<Session>,
-    mut wr: tokio::io::WriteHalf<Conn>,
+    mut wr: tokio::io::WriteHalf<Entry>,
     mut rx: mpsc::Receiver<Signal>,
 ) -> anyhow::Result<()> {
     let key = sess.inst.url.key.clone();
@@ -222,9 +221,9 @@ async fn writer(
     Ok(())
 }
 
-async fn reader(sess: Arc<Session>, rd: tokio::io::ReadHalf<Conn>) -> anyhow::Result<()> {
+async fn reader(sess: Arc<Session>, rd: tokio::io::ReadHalf<Entry>) -> anyhow::Result<()> {
     let key = sess.inst.url.key.clone();
-    let deadline = sess.inst.tun.report_interval * 3;
+    let deadline = sess.inst.tunables.report_interval * 3;
     let mut rd = BufReader::new(rd);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -246,8 +245,7 @@ async fn reader(sess: Arc<Session>, rd: tokio::io::ReadHalf<Conn>) -> anyhow::Re
 }
 
 async fn health(sess: Arc<Session>) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(sess.inst.tun.report_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = sess.inst.report_ticker();
     loop {
         tick.tick().await;
         let errors = sess.pool.error_count() as usize;
@@ -285,11 +283,7 @@ impl Session {
             Signal::Pong => {
                 let now = self.started.elapsed().as_millis() as u64;
                 let ping = now.saturating_sub(self.checkpoint_ms.load(Ordering::Relaxed));
-                output::publish_stats(self.inst.figures.snapshot(
-                    self.inst.mode(),
-                    ping,
-                    self.pool.active() as u64,
-                ));
+                self.inst.publish_stats(ping, self.pool.active() as u64);
             }
             Signal::Flush => {
                 self.pool.flush();
@@ -307,7 +301,7 @@ impl Session {
     }
 
     /// Our certificate view of `entry` for the exchange.
-    fn fingerprint_of(&self, entry: &Conn) -> String {
+    fn fingerprint_of(&self, entry: &Entry) -> String {
         match &self.verifier {
             Verifier::None => String::new(),
             Verifier::Server(tls) => tls.fingerprint(),
@@ -330,7 +324,7 @@ impl Session {
             .clone();
         let Some((id, entry)) = self
             .pool
-            .incoming_get_excluding(self.inst.tun.pool_get_timeout, &exclude)
+            .incoming_get_excluding(self.inst.tunables.pool_get_timeout, &exclude)
             .await
         else {
             return Err(anyhow!(
@@ -369,7 +363,7 @@ impl Session {
         }
         let Some(entry) = self
             .pool
-            .outgoing_get(pid, self.inst.tun.pool_get_timeout)
+            .outgoing_get(pid, self.inst.tunables.pool_get_timeout)
             .await
         else {
             tracing::error!(

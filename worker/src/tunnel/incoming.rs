@@ -15,39 +15,25 @@ use tokio::sync::mpsc;
 
 use super::activity::Activity;
 use super::control::Session;
-use crate::policy::{block, SlotKind};
-use crate::transport::Conn;
+use crate::policy::SlotKind;
+use crate::pool::Entry;
 
 pub async fn tcp_loop(sess: Arc<Session>, listener: TcpListener) -> anyhow::Result<()> {
-    loop {
-        match listener.accept().await {
-            Ok((user, peer)) => {
-                tokio::spawn(tcp_once(sess.clone(), user, peer));
-            }
-            Err(e) => {
-                tracing::error!("commonTCPLoop: accept failed: {e}");
-                tokio::time::sleep(super::RETRY_PAUSE).await;
-            }
-        }
-    }
+    let (inst, cancel) = (sess.inst.clone(), sess.cancel.clone());
+    super::user::serve_tcp(
+        inst,
+        listener,
+        "commonTCPLoop",
+        cancel,
+        move |user, peer| tcp_once(sess.clone(), user, peer),
+    )
+    .await
 }
 
+/// One admitted user connection: take an idle entry, name it in a `tcp` signal, relay.
 async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
     let inst = &sess.inst;
-    let Some(_slot) = inst.slots.try_acquire(SlotKind::Tcp) else {
-        tracing::error!(
-            "commonTCPLoop: TCP slot limit reached: {}/{}",
-            inst.slots.used(),
-            inst.slots.limit()
-        );
-        return;
-    };
-    let _ = user.set_nodelay(true);
-    if let Some(p) = block::detect(inst.url.effective_block(), &user).await {
-        tracing::warn!("commonTCPLoop: blocked {p} protocol from {peer}");
-        return;
-    }
-    let Some((id, mut entry)) = sess.pool.incoming_get(inst.tun.pool_get_timeout).await else {
+    let Some((id, mut entry)) = sess.pool.incoming_get(inst.tunables.pool_get_timeout).await else {
         tracing::warn!(
             "commonTCPLoop: request timeout: IncomingGet: insufficient pool connections"
         );
@@ -66,7 +52,7 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
 }
 
 struct UdpSession {
-    to_tunnel: WriteHalf<Conn>,
+    to_tunnel: WriteHalf<Entry>,
     generation: u64,
     /// Traffic of both directions; once closed, the session is over even if its end
     /// message is still queued: the next datagram starts a new session.
@@ -102,15 +88,11 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             sessions.remove(&peer);
         }
         if let std::collections::hash_map::Entry::Vacant(vacant) = sessions.entry(peer) {
-            let Some(slot) = inst.slots.try_acquire(SlotKind::Udp) else {
-                tracing::error!(
-                    "commonUDPLoop: UDP slot limit reached: {}/{}",
-                    inst.slots.used(),
-                    inst.slots.limit()
-                );
+            let Some(slot) = super::user::slot(&inst, SlotKind::Udp, "commonUDPLoop") else {
                 continue;
             };
-            let Some((id, entry)) = sess.pool.incoming_get(inst.tun.pool_get_timeout).await else {
+            let Some((id, entry)) = sess.pool.incoming_get(inst.tunables.pool_get_timeout).await
+            else {
                 tracing::warn!(
                     "commonUDPLoop: request timeout: IncomingGet: insufficient pool connections"
                 );
@@ -158,7 +140,7 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
 /// for NP_UDP_READ_TIMEOUT.
 async fn replies(
     sess: &Session,
-    mut from_tunnel: tokio::io::ReadHalf<Conn>,
+    mut from_tunnel: tokio::io::ReadHalf<Entry>,
     socket: &UdpSocket,
     peer: SocketAddr,
     activity: &Activity,
@@ -167,21 +149,22 @@ async fn replies(
     let mut buf = vec![0u8; inst.udp_buf()];
     let mut seen = activity.tick();
     loop {
-        let n = match tokio::time::timeout(inst.tun.udp_read_timeout, from_tunnel.read(&mut buf))
-            .await
-        {
-            Err(_) if !activity.expire(&mut seen) => continue,
-            Err(_) => {
-                tracing::debug!("UDP session abort: {peer} idle");
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::error!("commonUDPLoop: read from tunnel failed: {e}");
-                return;
-            }
-            Ok(Ok(0)) => return,
-            Ok(Ok(n)) => n,
-        };
+        let n =
+            match tokio::time::timeout(inst.tunables.udp_read_timeout, from_tunnel.read(&mut buf))
+                .await
+            {
+                Err(_) if !activity.expire(&mut seen) => continue,
+                Err(_) => {
+                    tracing::debug!("UDP session abort: {peer} idle");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("commonUDPLoop: read from tunnel failed: {e}");
+                    return;
+                }
+                Ok(Ok(0)) => return,
+                Ok(Ok(n)) => n,
+            };
         activity.touch();
         match socket.send_to(&buf[..n], peer).await {
             Ok(m) => {

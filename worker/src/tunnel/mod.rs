@@ -13,10 +13,10 @@ pub mod incoming;
 pub mod outgoing;
 pub mod server;
 pub mod single;
+pub mod user;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use nodepass_proto::url::{HostPort, Role, RunMode};
@@ -25,9 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::instance::Instance;
 use crate::transport::tls::ServerTls;
-
-/// Pause after a failed accept (out of file descriptors and the like) before retrying.
-pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+pub use crate::transport::RETRY_PAUSE;
 
 /// Marks an error that ends the process instead of the restart loop.
 #[derive(Debug)]
@@ -68,8 +66,8 @@ pub async fn set_control(
     inst: &Instance,
     pool: &crate::pool::Pool,
     cancel: &CancellationToken,
-) -> anyhow::Result<crate::transport::Conn> {
-    let wait = inst.tun.handshake_timeout + inst.tun.pool_get_timeout;
+) -> anyhow::Result<crate::pool::Entry> {
+    let wait = inst.tunables.handshake_timeout + inst.tunables.pool_get_timeout;
     tokio::select! {
         _ = cancel.cancelled() => anyhow::bail!("setControlConn: context canceled"),
         c = pool.outgoing_get(nodepass_proto::wire::PoolId::CONTROL, wait) => {
@@ -85,21 +83,26 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
         Role::Client => "Client",
     };
     // Made once per process, like the reference: the tls=1 certificate stays the same
-    // across restarts, and unusable tls=2 files are reported before anything listens.
-    let server_tls = match inst.role() {
+    // across restarts, and an unsupported type or unusable tls=2 files are reported before
+    // anything listens.
+    let server_side = match inst.role() {
         Role::Server => {
-            crate::transport::ensure_supported(inst.url.effective_pool_type()).context(Fatal)?;
             let tls = ServerTls::new(
                 inst.url.effective_tls(),
                 inst.url.params.crt.as_deref(),
                 inst.url.params.key.as_deref(),
-                inst.tun.reload_interval,
+                inst.tunables.reload_interval,
+            )
+            .context(Fatal)?;
+            let pool_server = crate::transport::server_for(
+                inst.url.effective_pool_type(),
+                transport_context(&inst, inst.url.effective_tls(), tls.clone()),
             )
             .context(Fatal)?;
             if let Some(t) = &tls {
                 tracing::info!("TLS: {} with TLS 1.3", t.describe());
             }
-            tls
+            Some((pool_server, tls))
         }
         Role::Client => None,
     };
@@ -108,9 +111,11 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
         let session = shutdown.child_token();
         // Each start resolves names afresh, like the reference.
         inst.dns.clear();
-        let result = match inst.role() {
-            Role::Server => server::start(&inst, server_tls.clone(), &session, first).await,
-            Role::Client => client_start(&inst, &session, first).await,
+        let result = match &server_side {
+            Some((pool_server, tls)) => {
+                server::start(&inst, pool_server.clone(), tls.clone(), &session, first).await
+            }
+            None => client_start(&inst, &session, first).await,
         };
         session.cancel();
         if shutdown.is_cancelled() {
@@ -124,9 +129,27 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
         first = false;
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(inst.tun.service_cooldown) => {}
+            _ = tokio::time::sleep(inst.tunables.service_cooldown) => {}
         }
         tracing::info!("{name} restart");
+    }
+}
+
+/// What a transport needs from this instance; `tls` is the mode in force (the server's
+/// own, the client's from the handshake).
+pub fn transport_context(
+    inst: &Instance,
+    tls: nodepass_proto::url::TlsMode,
+    server_tls: Option<Arc<ServerTls>>,
+) -> crate::transport::Context {
+    crate::transport::Context {
+        tunables: inst.tunables,
+        dns: inst.dns.clone(),
+        tunnel: inst.url.tunnel.clone(),
+        tls,
+        sni: inst.url.effective_sni(),
+        server_tls,
+        max: inst.url.effective_max() as usize,
     }
 }
 

@@ -6,7 +6,6 @@
 //! share an old one's socket, so two sessions could steal each other's answers. Here a new
 //! session for the same user address ends the old one and gets its own socket.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::activity::Activity;
 use super::control::Session;
-use crate::policy::{proxy, SlotKind};
-use crate::transport::Conn;
+use super::user;
+use crate::policy::SlotKind;
+use crate::pool::Entry;
 
-async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Conn> {
+async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Entry> {
     let Some(pid) = PoolId::from_hex(id) else {
         tracing::error!("{what}: invalid pool id {id:?} in signal");
         sess.pool.add_error();
@@ -27,7 +27,7 @@ async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Conn> {
     };
     match sess
         .pool
-        .outgoing_get(pid, sess.inst.tun.pool_get_timeout)
+        .outgoing_get(pid, sess.inst.tunables.pool_get_timeout)
         .await
     {
         Some(c) => Some(c),
@@ -44,40 +44,12 @@ pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
         return;
     };
     let inst = &sess.inst;
-    let Some(_slot) = inst.slots.try_acquire(SlotKind::Tcp) else {
-        tracing::error!(
-            "commonTCPOnce: TCP slot limit reached: {}/{}",
-            inst.slots.used(),
-            inst.slots.limit()
-        );
+    let Some(_slot) = user::slot(inst, SlotKind::Tcp, "commonTCPOnce") else {
         return;
     };
-    let mut target = match inst.targets.dial_tcp().await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("commonTCPOnce: dialWithRotation failed: {e:#}");
-            return;
-        }
+    let Some((mut target, shown)) = user::dial_target(inst, &remote, "commonTCPOnce").await else {
+        return;
     };
-    let target_addr = target.peer_addr().ok();
-    if inst.url.effective_proxy() {
-        let src: Option<SocketAddr> = remote.parse().ok();
-        match (src, target_addr) {
-            (Some(src), Some(dst)) => {
-                if let Err(e) = target.write_all(proxy::v1_line(src, dst).as_bytes()).await {
-                    tracing::error!("commonTCPOnce: sendProxyV1Header failed: {e}");
-                    return;
-                }
-            }
-            _ => {
-                tracing::error!(
-                    "commonTCPOnce: sendProxyV1Header failed: cannot parse remote {remote:?}"
-                );
-                return;
-            }
-        }
-    }
-    let shown = target_addr.map(|a| a.to_string()).unwrap_or_default();
     inst.relay_tcp(&mut target, &mut entry, &remote, &shown)
         .await;
 }
@@ -103,12 +75,7 @@ pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
         remote: &remote,
         generation,
     };
-    let Some(_slot) = inst.slots.try_acquire(SlotKind::Udp) else {
-        tracing::error!(
-            "commonUDPOnce: UDP slot limit reached: {}/{}",
-            inst.slots.used(),
-            inst.slots.limit()
-        );
+    let Some(_slot) = user::slot(&inst, SlotKind::Udp, "commonUDPOnce") else {
         return;
     };
     let target = match inst.targets.dial_udp().await {
@@ -120,7 +87,7 @@ pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
     };
     tracing::debug!("Starting transfer: {remote} <-> {:?}", target.peer_addr());
     let (mut from_tunnel, mut to_tunnel) = tokio::io::split(entry);
-    let idle = inst.tun.udp_read_timeout;
+    let idle = inst.tunables.udp_read_timeout;
     let figures = &inst.figures;
     let mut up = vec![0u8; inst.udp_buf()];
     let mut down = vec![0u8; inst.udp_buf()];

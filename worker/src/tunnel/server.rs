@@ -16,9 +16,8 @@ use super::control::{self, UserListeners, Verifier};
 use super::{bind_tcp, handshake, listen_addr, set_control, Fatal};
 use crate::instance::Instance;
 use crate::pool::Pool;
-use crate::transport::tcp::TcpPoolServer;
 use crate::transport::tls::ServerTls;
-use crate::transport::PoolServer as _;
+use crate::transport::PoolServer;
 
 /// Binds the user-facing listeners on the first target (TCP unless notcp, UDP unless
 /// noudp). Used by the incoming side: the server in mode 1, the client in flow `+`.
@@ -60,6 +59,7 @@ fn listen_list(tunnel: SocketAddr, users: Option<&UserListeners>) -> Vec<String>
 /// One start of the server role; returns when the session ends.
 pub async fn start(
     inst: &Arc<Instance>,
+    pool_server: Arc<dyn PoolServer>,
     tls: Option<Arc<ServerTls>>,
     cancel: &CancellationToken,
     first: bool,
@@ -108,8 +108,7 @@ pub async fn start(
     let client_ip = handshake::serve(&listener, &url.key, config, cancel).await?;
     let began = Instant::now();
     let pool = Arc::new(Pool::new(url.effective_max() as usize));
-    let server = TcpPoolServer::new(tls.clone(), inst.tun.report_interval);
-    let accept = tokio::spawn(server.serve(listener, pool.clone(), client_ip, cancel.clone()));
+    let accept = tokio::spawn(pool_server.serve(listener, pool.clone(), client_ip, cancel.clone()));
     let _stop_accept = AbortOnDrop(accept);
     tracing::info!("Getting tunnel pool ready...");
     let control_conn = set_control(inst, &pool, cancel).await?;

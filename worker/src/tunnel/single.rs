@@ -8,15 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::instance::Instance;
-use crate::policy::{block, proxy, SlotKind};
+use crate::policy::SlotKind;
+use crate::tunnel;
 use crate::tunnel::activity::Activity;
-use crate::{output, tunnel};
+use crate::tunnel::user;
 
 /// The sockets of a single-end instance.
 pub struct Listeners {
@@ -86,16 +86,14 @@ pub async fn run(
 }
 
 async fn stats_loop(inst: Arc<Instance>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let every = inst.tun.report_interval;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = inst.report_ticker();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let ping = inst.targets.probe(every).await;
-        output::publish_stats(inst.figures.snapshot(1, ping, 0));
+        let ping = inst.targets.probe(inst.tunables.report_interval).await;
+        inst.publish_stats(ping, 0);
     }
 }
 
@@ -104,55 +102,23 @@ async fn tcp_loop(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((conn, peer)) => {
-                tokio::spawn(tcp_once(inst.clone(), conn, peer));
-            }
-            Err(e) => {
-                // Out of fds and the like: say so and pause instead of spinning.
-                tracing::error!("singleTCPLoop: accept failed: {e}");
-                tokio::time::sleep(tunnel::RETRY_PAUSE).await;
-            }
-        }
-    }
+    let i2 = inst.clone();
+    user::serve_tcp(
+        inst,
+        listener,
+        "singleTCPLoop",
+        cancel,
+        move |user, peer| tcp_once(i2.clone(), user, peer),
+    )
+    .await
 }
 
+/// One admitted user connection: dial a target and relay.
 async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
-    let Some(_slot) = inst.slots.try_acquire(SlotKind::Tcp) else {
-        tracing::error!(
-            "singleTCPLoop: TCP slot limit reached: {}/{}",
-            inst.slots.used(),
-            inst.slots.limit()
-        );
+    let src = peer.to_string();
+    let Some((mut target, shown)) = user::dial_target(&inst, &src, "singleTCPLoop").await else {
         return;
     };
-    let _ = user.set_nodelay(true);
-    if let Some(p) = block::detect(inst.url.effective_block(), &user).await {
-        tracing::warn!("singleTCPLoop: blocked {p} protocol from {peer}");
-        return;
-    }
-    let mut target = match inst.targets.dial_tcp().await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("singleTCPLoop: dialWithRotation failed: {e:#}");
-            return;
-        }
-    };
-    let target_addr = target.peer_addr().ok();
-    if inst.url.effective_proxy() {
-        if let Some(dst) = target_addr {
-            if let Err(e) = target.write_all(proxy::v1_line(peer, dst).as_bytes()).await {
-                tracing::error!("singleTCPLoop: sendProxyV1Header failed: {e}");
-                return;
-            }
-        }
-    }
-    let shown = target_addr.map(|a| a.to_string()).unwrap_or_default();
     inst.relay_tcp(&mut user, &mut target, &peer, &shown).await;
 }
 
@@ -203,12 +169,7 @@ async fn udp_loop(
         let (socket, activity) = match live {
             Some(s) => (s.socket.clone(), s.activity.clone()),
             None => {
-                let Some(slot) = inst.slots.try_acquire(SlotKind::Udp) else {
-                    tracing::error!(
-                        "singleUDPLoop: UDP slot limit reached: {}/{}",
-                        inst.slots.used(),
-                        inst.slots.limit()
-                    );
+                let Some(slot) = user::slot(&inst, SlotKind::Udp, "singleUDPLoop") else {
                     continue;
                 };
                 let target = match inst.targets.dial_udp().await {
@@ -271,7 +232,7 @@ async fn udp_replies(
     loop {
         let n = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(inst.tun.udp_read_timeout, target.recv(&mut buf)) => match r {
+            r = tokio::time::timeout(inst.tunables.udp_read_timeout, target.recv(&mut buf)) => match r {
                 Err(_) if !activity.expire(&mut seen) => continue,
                 Err(_) => {
                     tracing::debug!("UDP session abort: {peer} idle");

@@ -1,0 +1,170 @@
+//! Processes for the tests and the benchmark that run real binaries: a `nodepass master`
+//! process with its output collected, stopping a child politely, and a loopback echo
+//! server to send traffic to.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Api;
+
+/// SIGTERM, up to `grace` for the process to end, then SIGKILL; reaps it either way.
+pub fn stop_child(child: &mut Child, grace: Duration) {
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `nodepass master://127.0.0.1:<port>/api?log=info` process. Every line it prints
+/// (stdout and stderr) is kept in `lines`. Stopped with [`stop_child`] on drop.
+pub struct MasterProc {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub api: Api,
+}
+
+impl MasterProc {
+    /// Starts `exe` as a master with its state in `state` and the extra environment
+    /// `env`; returns once it printed its API key and listens.
+    pub fn spawn(exe: &Path, state: &Path, port: u16, env: &[(&str, &str)]) -> MasterProc {
+        let mut child = Command::new(exe)
+            .arg(format!("master://127.0.0.1:{port}/api?log=info"))
+            .env("NP_STATE_DIR", state)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the master binary");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut mp = MasterProc {
+            child,
+            lines,
+            api: Api {
+                addr,
+                base: "/api/v1".into(),
+                key: String::new(),
+            },
+        };
+        let line = mp.wait_line(30, |l| l.contains("Master started: "));
+        assert!(line.contains(&format!("127.0.0.1:{port}/api/v1")), "{line}");
+        let key_line = mp.wait_line(5, |l| {
+            l.contains("API Key created: ") || l.contains("API Key loaded: ")
+        });
+        mp.api.key = key_line.rsplit(' ').next().unwrap().to_string();
+        assert_eq!(mp.api.key.len(), 32, "{key_line}");
+        mp
+    }
+
+    /// The first line matching `pred`, waiting up to `secs` for it.
+    pub fn wait_line(&self, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "master never printed the expected line; output:\n{}",
+                    self.lines.lock().unwrap().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pids of the workers started for `id`, from the master's log, in order.
+    pub fn worker_pids(&self, id: &str) -> Vec<i32> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("Instance starting: ") && l.contains(&format!("[{id}]")))
+            .filter_map(|l| l.rsplit("(pid ").next()?.trim_end_matches(')').parse().ok())
+            .collect()
+    }
+
+    /// The pid of the `n`th worker started for `id` (1-based), waiting for it.
+    pub fn wait_worker_pid(&self, id: &str, n: usize) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let pids = self.worker_pids(id);
+            if pids.len() >= n {
+                return pids[n - 1];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker #{n} of {id} never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; waits for the exit and returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "master ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for MasterProc {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(20));
+    }
+}
+
+/// A loopback TCP echo server.
+pub fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
