@@ -174,33 +174,46 @@ pub fn judge_handshake_request(
 ) -> Result<Option<(HandshakeVerdict, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HANDSHAKE_HEAD {
-                return Err(HandshakeError::TooLarge);
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(HandshakeError::Http(e.to_string())),
+    let Some(n) = head_length(buf, req.parse(buf))? else {
+        return Ok(None);
     };
     let verdict = if req.method != Some("GET") {
         HandshakeVerdict::MethodNotAllowed
     } else if req.path.map(request_path) != Some("/") {
         HandshakeVerdict::NotFound
     } else {
-        let token = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let token =
+            header_value(req.headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
         match token {
             Some(t) if verify_auth_token(key, t) => HandshakeVerdict::Accept,
             _ => HandshakeVerdict::Unauthorized,
         }
     };
     Ok(Some((verdict, n)))
+}
+
+/// What `httparse` made of the bytes so far, for either end of the handshake: the length
+/// of a complete head, `None` while more bytes may complete it, or why it never will.
+fn head_length(
+    buf: &[u8],
+    parsed: httparse::Result<usize>,
+) -> Result<Option<usize>, HandshakeError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HANDSHAKE_HEAD => {
+            Err(HandshakeError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(HandshakeError::Http(e.to_string())),
+    }
+}
+
+/// The first header of that name (case-insensitive, as HTTP names are), if it is UTF-8.
+fn header_value<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
 }
 
 /// The path part of a request target, as Go's `r.URL.Path` sees it for the check: the
@@ -257,25 +270,14 @@ pub fn handshake_response(
 pub fn parse_handshake_response(buf: &[u8]) -> Result<Option<TunnelConfig>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
-    let n = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HANDSHAKE_HEAD {
-                return Err(HandshakeError::TooLarge);
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(HandshakeError::Http(e.to_string())),
+    let Some(n) = head_length(buf, resp.parse(buf))? else {
+        return Ok(None);
     };
     let status = resp.code.unwrap_or(0);
     if status != 200 {
         return Err(HandshakeError::Status(status));
     }
-    let len = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
+    let len = header_value(resp.headers, "content-length")
         .and_then(|v| v.trim().parse::<usize>().ok());
     let body = &buf[n..];
     match len {
