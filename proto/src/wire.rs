@@ -277,8 +277,8 @@ pub fn parse_handshake_response(buf: &[u8]) -> Result<Option<TunnelConfig>, Hand
     if status != 200 {
         return Err(HandshakeError::Status(status));
     }
-    let len = header_value(resp.headers, "content-length")
-        .and_then(|v| v.trim().parse::<usize>().ok());
+    let len =
+        header_value(resp.headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
     let body = &buf[n..];
     match len {
         Some(len) if len > MAX_HANDSHAKE_HEAD => Err(HandshakeError::TooLarge),
