@@ -6,11 +6,10 @@
 //! share an old one's socket, so two sessions could steal each other's answers. Here a new
 //! session for the same user address ends the old one and gets its own socket.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use nodepass_proto::wire::PoolId;
+use nodepass_proto::wire::{PoolId, RemoteAddr};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -19,15 +18,10 @@ use super::control::Session;
 use crate::policy::{proxy, SlotKind};
 use crate::transport::Conn;
 
-async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Conn> {
-    let Some(pid) = PoolId::from_hex(id) else {
-        tracing::error!("{what}: invalid pool id {id:?} in signal");
-        sess.pool.add_error();
-        return None;
-    };
+async fn take_entry(sess: &Session, id: PoolId, what: &str) -> Option<Conn> {
     match sess
         .pool
-        .outgoing_get(pid, sess.inst.tun.pool_get_timeout)
+        .outgoing_get(id, sess.inst.tun.pool_get_timeout)
         .await
     {
         Some(c) => Some(c),
@@ -39,8 +33,8 @@ async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Conn> {
     }
 }
 
-pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
-    let Some(mut entry) = take_entry(&sess, &id, "commonTCPOnce").await else {
+pub async fn tcp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
+    let Some(mut entry) = take_entry(&sess, id, "commonTCPOnce").await else {
         return;
     };
     let inst = &sess.inst;
@@ -61,8 +55,7 @@ pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
     };
     let target_addr = target.peer_addr().ok();
     if inst.url.effective_proxy() {
-        let src: Option<SocketAddr> = remote.parse().ok();
-        match (src, target_addr) {
+        match (remote.socket_addr(), target_addr) {
             (Some(src), Some(dst)) => {
                 if let Err(e) = target.write_all(proxy::v1_line(src, dst).as_bytes()).await {
                     tracing::error!("commonTCPOnce: sendProxyV1Header failed: {e}");
@@ -71,7 +64,8 @@ pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
             }
             _ => {
                 tracing::error!(
-                    "commonTCPOnce: sendProxyV1Header failed: cannot parse remote {remote:?}"
+                    "commonTCPOnce: sendProxyV1Header failed: cannot parse remote {:?}",
+                    remote.to_string()
                 );
                 return;
             }
@@ -82,8 +76,8 @@ pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
         .await;
 }
 
-pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
-    let Some(entry) = take_entry(&sess, &id, "commonUDPOnce").await else {
+pub async fn udp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
+    let Some(entry) = take_entry(&sess, id, "commonUDPOnce").await else {
         return;
     };
     let inst = sess.inst.clone();
@@ -185,7 +179,7 @@ pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
 /// Removes this session from the map when it ends, unless a newer one replaced it.
 struct SessionCleanup<'a> {
     sess: &'a Session,
-    remote: &'a str,
+    remote: &'a RemoteAddr,
     generation: u64,
 }
 
