@@ -856,6 +856,14 @@ mod tests {
             }
         );
         assert_eq!(s.to_json().as_bytes(), plain);
+        // What a peer may write differently (a padded address, an upper-case id) decodes
+        // to the same value as our form, so a decoded signal re-encodes to one that
+        // decodes to it again.
+        let odd = br#"{"action":"tcp","remote":"[::0001]:05","id":"0A0B0C0D"}"#;
+        let ours = br#"{"action":"tcp","remote":"[::1]:5","id":"0a0b0c0d"}"#;
+        let s = Signal::from_json(odd).unwrap();
+        assert_eq!(s.to_json().as_bytes(), ours);
+        assert_eq!(Signal::from_json(ours), Ok(s));
     }
 
     #[test]
