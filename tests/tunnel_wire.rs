@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use nodepass_proto::url::{PoolType, TlsMode, TunnelKey};
 use nodepass_proto::wire::{
-    handshake_request, handshake_response, judge_handshake_request, Flow, HandshakeVerdict, Signal,
-    TunnelConfig,
+    handshake_request, handshake_response, judge_handshake_request, Flow, HandshakeVerdict, PoolId,
+    RemoteAddr, Signal, TunnelConfig,
 };
 use tunnel_support::*;
 
@@ -130,8 +130,8 @@ fn our_client_speaks_the_reference_wire_protocol() {
     entry.set_read_timeout(Some(UP)).expect("timeout");
     w.write_all(
         &Signal::Tcp {
-            remote: "127.0.0.1:5555".into(),
-            id: "a0000001".into(),
+            remote: RemoteAddr::parse("127.0.0.1:5555"),
+            id: PoolId::from_hex("a0000001").expect("a pool id"),
         }
         .encode(&key),
     )
@@ -146,8 +146,8 @@ fn our_client_speaks_the_reference_wire_protocol() {
     uentry.set_read_timeout(Some(UP)).expect("timeout");
     w.write_all(
         &Signal::Udp {
-            remote: "127.0.0.1:5556".into(),
-            id: "a0000002".into(),
+            remote: RemoteAddr::parse("127.0.0.1:5556"),
+            id: PoolId::from_hex("a0000002").expect("a pool id"),
         }
         .encode(&key),
     )
@@ -158,19 +158,28 @@ fn our_client_speaks_the_reference_wire_protocol() {
     assert_eq!(&dgram, b"udp-hello");
 
     // 6. Signals naming entries that never come are pool errors; more errors than half the
-    //    idle entries make the client flush and tell us so.
-    for _ in 0..8 {
+    //    idle entries make the client flush and tell us so. Half of them name an id no
+    //    entry can have (not hex), which counts the same.
+    // Python: base64.b64encode(bytes(c ^ ord("k") for c in
+    //   b'{"action":"tcp","remote":"127.0.0.1:5557","id":"not-hex!"}'))
+    let not_hex =
+        b"EEkKCB8CBAVJUUkfCBtJR0kZDgYEHw5JUUlaWVxFW0VbRVpRXl5eXElHSQIPSVFJBQQfRgMOE0pJFg==\n";
+    for _ in 0..4 {
         w.write_all(
             &Signal::Tcp {
-                remote: "127.0.0.1:5557".into(),
-                id: "deadbeef".into(),
+                remote: RemoteAddr::parse("127.0.0.1:5557"),
+                id: PoolId::from_hex("deadbeef").expect("a pool id"),
             }
             .encode(&key),
         )
         .expect("bogus signal");
+        w.write_all(not_hex).expect("signal with a bad id");
     }
     wait_signal(&mut r, &mut w, &key, |s| *s == Signal::Flush);
     client.wait_line("errors logged", UP, |l| {
         l.contains("OutgoingGet: pool connection not found")
+    });
+    client.wait_line("bad ids logged", UP, |l| {
+        l.contains("invalid pool id") && l.contains("not-hex!")
     });
 }

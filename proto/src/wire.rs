@@ -5,6 +5,7 @@
 //! captures in `shared/spec/go-wire-capture.md`, not from this code.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -174,33 +175,46 @@ pub fn judge_handshake_request(
 ) -> Result<Option<(HandshakeVerdict, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HANDSHAKE_HEAD {
-                return Err(HandshakeError::TooLarge);
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(HandshakeError::Http(e.to_string())),
+    let Some(n) = head_length(buf, req.parse(buf))? else {
+        return Ok(None);
     };
     let verdict = if req.method != Some("GET") {
         HandshakeVerdict::MethodNotAllowed
     } else if req.path.map(request_path) != Some("/") {
         HandshakeVerdict::NotFound
     } else {
-        let token = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let token =
+            header_value(req.headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
         match token {
             Some(t) if verify_auth_token(key, t) => HandshakeVerdict::Accept,
             _ => HandshakeVerdict::Unauthorized,
         }
     };
     Ok(Some((verdict, n)))
+}
+
+/// What `httparse` made of the bytes so far, for either end of the handshake: the length
+/// of a complete head, `None` while more bytes may complete it, or why it never will.
+fn head_length(
+    buf: &[u8],
+    parsed: httparse::Result<usize>,
+) -> Result<Option<usize>, HandshakeError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HANDSHAKE_HEAD => {
+            Err(HandshakeError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(HandshakeError::Http(e.to_string())),
+    }
+}
+
+/// The first header of that name (case-insensitive, as HTTP names are), if it is UTF-8.
+fn header_value<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
 }
 
 /// The path part of a request target, as Go's `r.URL.Path` sees it for the check: the
@@ -257,26 +271,15 @@ pub fn handshake_response(
 pub fn parse_handshake_response(buf: &[u8]) -> Result<Option<TunnelConfig>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
-    let n = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HANDSHAKE_HEAD {
-                return Err(HandshakeError::TooLarge);
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(HandshakeError::Http(e.to_string())),
+    let Some(n) = head_length(buf, resp.parse(buf))? else {
+        return Ok(None);
     };
     let status = resp.code.unwrap_or(0);
     if status != 200 {
         return Err(HandshakeError::Status(status));
     }
-    let len = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
+    let len =
+        header_value(resp.headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
     let body = &buf[n..];
     match len {
         Some(len) if len > MAX_HANDSHAKE_HEAD => Err(HandshakeError::TooLarge),
@@ -323,25 +326,70 @@ impl fmt::Debug for PoolId {
     }
 }
 
+/// The user address a `tcp`/`udp` signal carries: the peer address of the user's
+/// connection as the sending side saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RemoteAddr {
+    /// An IP address and port: what this implementation and the reference always send.
+    Socket(SocketAddr),
+    /// Text that is no socket address, kept as the peer sent it (an IPv6 zone given by
+    /// interface name, as Go writes it, or nothing at all): shown in logs and used to tell
+    /// sessions apart, but it cannot go into a PROXY line.
+    Other(String),
+}
+
+impl RemoteAddr {
+    /// Reads the `remote` field of a signal; never fails (see [`RemoteAddr::Other`]).
+    pub fn parse(text: &str) -> Self {
+        match text.parse() {
+            Ok(addr) => RemoteAddr::Socket(addr),
+            Err(_) => RemoteAddr::Other(text.to_string()),
+        }
+    }
+
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            RemoteAddr::Socket(addr) => Some(*addr),
+            RemoteAddr::Other(_) => None,
+        }
+    }
+}
+
+impl From<SocketAddr> for RemoteAddr {
+    fn from(addr: SocketAddr) -> Self {
+        RemoteAddr::Socket(addr)
+    }
+}
+
+impl fmt::Display for RemoteAddr {
+    /// The wire form: `1.2.3.4:5`, `[::1]:5` (as Go writes them), or the text as received.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoteAddr::Socket(addr) => addr.fmt(f),
+            RemoteAddr::Other(text) => f.write_str(text),
+        }
+    }
+}
+
 /// One control-channel message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// A user TCP connection from `remote` rides on pool entry `id`.
     Tcp {
-        remote: String,
-        id: String,
+        remote: RemoteAddr,
+        id: PoolId,
     },
     /// A user UDP session from `remote` rides on pool entry `id`.
     Udp {
-        remote: String,
-        id: String,
+        remote: RemoteAddr,
+        id: PoolId,
     },
     Ping,
     Pong,
     Flush,
     /// TLS fingerprint check of pool entry `id`.
     Verify {
-        id: String,
+        id: PoolId,
         fp: String,
     },
     /// An action this version does not know; ignored by receivers (kept for logs).
@@ -350,9 +398,31 @@ pub enum Signal {
     },
 }
 
+/// The signals that name a pool entry by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolSignal {
+    Tcp,
+    Udp,
+    Verify,
+}
+
+impl fmt::Display for PoolSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolSignal::Tcp => "tcp",
+            PoolSignal::Udp => "udp",
+            PoolSignal::Verify => "verify",
+        })
+    }
+}
+
 /// Why a control-channel line was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignalError {
+    /// A signal of a known action whose pool id is not 8 hex digits (or is missing): no
+    /// entry can ever have it. The receiver treats it as a named entry that never comes.
+    #[error("{action} signal names pool id {id:?}: expected 8 hex digits")]
+    PoolId { action: PoolSignal, id: String },
     #[error("signal is not valid base64: {0}")]
     Base64(String),
     #[error("signal is not a JSON object: {0}")]
@@ -381,14 +451,16 @@ impl Signal {
 
     /// The JSON form with Go's field order (action, remote, id, fp) and `omitempty`.
     pub fn to_json(&self) -> String {
-        let (remote, id, fp): (&str, &str, &str) = match self {
-            Signal::Tcp { remote, id } | Signal::Udp { remote, id } => (remote, id, ""),
-            Signal::Verify { id, fp } => ("", id, fp),
-            _ => ("", "", ""),
+        let (remote, id, fp) = match self {
+            Signal::Tcp { remote, id } | Signal::Udp { remote, id } => {
+                (remote.to_string(), id.to_hex(), "")
+            }
+            Signal::Verify { id, fp } => (String::new(), id.to_hex(), fp.as_str()),
+            _ => (String::new(), String::new(), ""),
         };
         let mut out = String::from("{\"action\":");
         go_json_string(&mut out, self.action());
-        for (name, value) in [("remote", remote), ("id", id), ("fp", fp)] {
+        for (name, value) in [("remote", remote.as_str()), ("id", id.as_str()), ("fp", fp)] {
             if !value.is_empty() {
                 out.push_str(",\"");
                 out.push_str(name);
@@ -424,7 +496,8 @@ impl Signal {
     }
 
     /// Parses the JSON object like Go's decoder: field names case-insensitive, unknown
-    /// fields ignored, missing fields empty.
+    /// fields ignored, missing fields empty. A pool id that cannot be one is refused with
+    /// [`SignalError::PoolId`]; a `remote` that is no socket address is kept as text.
     pub fn from_json(raw: &[u8]) -> Result<Signal, SignalError> {
         let value: serde_json::Value =
             serde_json::from_slice(raw).map_err(|e| SignalError::Json(e.to_string()))?;
@@ -443,22 +516,26 @@ impl Signal {
                 .unwrap_or_default()
                 .to_string()
         };
+        let pool_id = |action: PoolSignal| {
+            let id = field("id");
+            PoolId::from_hex(&id).ok_or(SignalError::PoolId { action, id })
+        };
         let action = field("action");
         let signal = match action.as_str() {
             "" => return Err(SignalError::NoAction),
             "tcp" => Signal::Tcp {
-                remote: field("remote"),
-                id: field("id"),
+                remote: RemoteAddr::parse(&field("remote")),
+                id: pool_id(PoolSignal::Tcp)?,
             },
             "udp" => Signal::Udp {
-                remote: field("remote"),
-                id: field("id"),
+                remote: RemoteAddr::parse(&field("remote")),
+                id: pool_id(PoolSignal::Udp)?,
             },
             "ping" => Signal::Ping,
             "pong" => Signal::Pong,
             "flush" => Signal::Flush,
             "verify" => Signal::Verify {
-                id: field("id"),
+                id: pool_id(PoolSignal::Verify)?,
                 fp: field("fp"),
             },
             _ => Signal::Unknown { action },
@@ -506,6 +583,14 @@ mod tests {
 
     fn k() -> TunnelKey {
         TunnelKey::new("k")
+    }
+
+    fn remote(text: &str) -> RemoteAddr {
+        RemoteAddr::parse(text)
+    }
+
+    fn pool_id(hex: &str) -> PoolId {
+        PoolId::from_hex(hex).unwrap_or_else(|| panic!("{hex} is a pool id"))
     }
 
     // go-wire-capture.md section 1: HMAC-SHA256(key=b"k", msg=b"") checked with Python hmac.
@@ -662,15 +747,15 @@ mod tests {
             (
                 "EEkKCB8CBAVJUUkfCBtJR0kZDgYEHw5JUUlaWVxFW0VbRVpRX1xYW11JR0kCD0lRSVxSU1pYCllTSRY=",
                 Signal::Tcp {
-                    remote: "127.0.0.1:47306".into(),
-                    id: "79813a28".into(),
+                    remote: remote("127.0.0.1:47306"),
+                    id: pool_id("79813a28"),
                 },
             ),
             (
                 "EEkKCB8CBAVJUUkeDxtJR0kZDgYEHw5JUUlaWVxFW0VbRVpRXlJSWlJJR0kCD0lRSVJfU15cCAhdSRY=",
                 Signal::Udp {
-                    remote: "127.0.0.1:59919".into(),
-                    id: "94857cc6".into(),
+                    remote: remote("127.0.0.1:59919"),
+                    id: pool_id("94857cc6"),
                 },
             ),
         ];
@@ -695,7 +780,7 @@ mod tests {
             b"EEkKCB8CBAVJUUkNBx4YA0kW\n".to_vec()
         );
         let verify = Signal::Verify {
-            id: "00000000".into(),
+            id: pool_id("00000000"),
             fp: "sha256:AB".into(),
         };
         let key = TunnelKey::new("secret");
@@ -717,8 +802,8 @@ mod tests {
         assert_eq!(
             Signal::from_json(plain),
             Ok(Signal::Tcp {
-                remote: "1.2.3.4:5".into(),
-                id: "0a0b0c0d".into()
+                remote: remote("1.2.3.4:5"),
+                id: pool_id("0a0b0c0d")
             })
         );
         assert_eq!(
@@ -738,12 +823,82 @@ mod tests {
     #[test]
     fn go_escapes_html_characters() {
         let s = Signal::Tcp {
-            remote: "<a&b>".into(),
-            id: "\"\n".into(),
+            remote: remote("<a&b>\"\n"),
+            id: pool_id("0a0b0c0d"),
         };
         assert_eq!(
             s.to_json(),
-            r#"{"action":"tcp","remote":"\u003ca\u0026b\u003e","id":"\"\n"}"#
+            r#"{"action":"tcp","remote":"\u003ca\u0026b\u003e\"\n","id":"0a0b0c0d"}"#
+        );
+    }
+
+    #[test]
+    fn remote_addresses_are_typed_and_other_text_is_kept() {
+        assert_eq!(
+            remote("127.0.0.1:5"),
+            RemoteAddr::Socket(SocketAddr::from(([127, 0, 0, 1], 5)))
+        );
+        assert_eq!(remote("[::1]:5").to_string(), "[::1]:5");
+        assert_eq!(remote("[::1]:5").socket_addr(), "[::1]:5".parse().ok());
+        // Go names an IPv6 zone by interface; that is no SocketAddr, but it still shows.
+        let zoned = remote("[fe80::1%eth0]:5");
+        assert_eq!(zoned, RemoteAddr::Other("[fe80::1%eth0]:5".into()));
+        assert_eq!(zoned.socket_addr(), None);
+        assert_eq!(zoned.to_string(), "[fe80::1%eth0]:5");
+        // A missing remote is empty text, and stays out of the JSON (omitempty).
+        let plain = br#"{"action":"udp","id":"0a0b0c0d"}"#;
+        let s = Signal::from_json(plain).unwrap();
+        assert_eq!(
+            s,
+            Signal::Udp {
+                remote: RemoteAddr::Other(String::new()),
+                id: pool_id("0a0b0c0d")
+            }
+        );
+        assert_eq!(s.to_json().as_bytes(), plain);
+        // What a peer may write differently (a padded address, an upper-case id) decodes
+        // to the same value as our form, so a decoded signal re-encodes to one that
+        // decodes to it again.
+        let odd = br#"{"action":"tcp","remote":"[::0001]:05","id":"0A0B0C0D"}"#;
+        let ours = br#"{"action":"tcp","remote":"[::1]:5","id":"0a0b0c0d"}"#;
+        let s = Signal::from_json(odd).unwrap();
+        assert_eq!(s.to_json().as_bytes(), ours);
+        assert_eq!(Signal::from_json(ours), Ok(s));
+    }
+
+    #[test]
+    fn a_pool_id_that_cannot_be_one_is_refused_naming_the_signal() {
+        let cases = [
+            (
+                r#"{"action":"tcp","remote":"1.2.3.4:5","id":"xyz"}"#,
+                PoolSignal::Tcp,
+                "xyz",
+            ),
+            (
+                r#"{"action":"udp","remote":"1.2.3.4:5"}"#,
+                PoolSignal::Udp,
+                "",
+            ),
+            (
+                r#"{"action":"verify","id":"0a0b0c0d0e","fp":"x"}"#,
+                PoolSignal::Verify,
+                "0a0b0c0d0e",
+            ),
+        ];
+        for (json, action, id) in cases {
+            let want = SignalError::PoolId {
+                action,
+                id: id.to_string(),
+            };
+            assert_eq!(Signal::from_json(json.as_bytes()), Err(want), "{json}");
+        }
+        let err = SignalError::PoolId {
+            action: PoolSignal::Tcp,
+            id: "xyz".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "tcp signal names pool id \"xyz\": expected 8 hex digits"
         );
     }
 
@@ -755,6 +910,8 @@ mod tests {
     //     PoolConnID string `json:"id,omitempty"`; Fingerprint string `json:"fp,omitempty"` }
     //   data, _ := json.Marshal(s); for i := range data { data[i] ^= key[i%len(key)] }
     //   fmt.Println(string(jsonOf(s)), base64.StdEncoding.EncodeToString(data))
+    // Re-run with go1.27.3 when pool ids became typed: the escape vector now carries an id,
+    // and a verify with an empty fp shows `omitempty`.
     #[test]
     fn signals_match_go_encoder_vectors() {
         let fp = "sha256:BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD";
@@ -763,8 +920,8 @@ mod tests {
                 // A multi-byte UTF-8 key: XOR runs over its bytes.
                 "ключ-🔑",
                 Signal::Tcp {
-                    remote: "[::1]:50000".into(),
-                    id: "0a0b0c0d".into(),
+                    remote: remote("[::1]:50000"),
+                    id: pool_id("0a0b0c0d"),
                 },
                 r#"{"action":"tcp","remote":"[::1]:50000","id":"0a0b0c0d"}"#,
                 "q5ix2KXnvukPyr3g8qCY/Jmj67zoWZW9rrOLgOqKjLTktx3Ar7a98tO0meus4eYdkq/3obSYrQ==",
@@ -773,21 +930,31 @@ mod tests {
                 // The derived key of port 10101 and a full-length fingerprint.
                 "e68be2b4",
                 Signal::Verify {
-                    id: "4f3c2b1a".into(),
+                    id: pool_id("4f3c2b1a"),
                     fp: fp.into(),
                 },
                 r#"{"action":"verify","id":"4f3c2b1a","fp":"sha256:BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"}"#,
                 "HhRZARFbDVpHDBoUAEALUhwUFEAMVkAORwJeUQYAAAUEFBRAA0JADkdFUANXB1QOJ3cCVV0IUwJfdH5YXXRYBFQMeyRfdyMOUQcCVlQIVgRfcn1YUHZYdSAMClBfAFEOJwYCUlYIVAVfdwtYXARYBVIMDyNfCyEOJwICU1UIJHJfAAlYIwBYBFUMCVdfcyYWGA==",
             ),
             (
-                // Every escape Go's encoder makes, and an empty id left out.
+                // Every escape Go's encoder makes.
                 "k",
                 Signal::Udp {
-                    remote: "a\u{8}\u{c}\u{0}\u{1f}<>&\u{2028}\u{2029}\"\\\n\r\té".into(),
-                    id: String::new(),
+                    remote: remote("a\u{8}\u{c}\u{0}\u{1f}<>&\u{2028}\u{2029}\"\\\n\r\té"),
+                    id: pool_id("0a0b0c0d"),
                 },
-                r#"{"action":"udp","remote":"a\b\f\u0000\u001f\u003c\u003e\u0026\u2028\u2029\"\\\n\r\té"}"#,
-                "EEkKCB8CBAVJUUkeDxtJR0kZDgYEHw5JUUkKNwk3DTceW1tbWzceW1taDTceW1tYCDceW1tYDjceW1tZXTceWVtZUzceWVtZUjdJNzc3BTcZNx+owkkW",
+                r#"{"action":"udp","remote":"a\b\f\u0000\u001f\u003c\u003e\u0026\u2028\u2029\"\\\n\r\té","id":"0a0b0c0d"}"#,
+                "EEkKCB8CBAVJUUkeDxtJR0kZDgYEHw5JUUkKNwk3DTceW1tbWzceW1taDTceW1tYCDceW1tYDjceW1tZXTceWVtZUzceWVtZUjdJNzc3BTcZNx+owklHSQIPSVFJWwpbCVsIWw9JFg==",
+            ),
+            (
+                // An empty fingerprint left out.
+                "k",
+                Signal::Verify {
+                    id: PoolId::CONTROL,
+                    fp: String::new(),
+                },
+                r#"{"action":"verify","id":"00000000"}"#,
+                "EEkKCB8CBAVJUUkdDhkCDRJJR0kCD0lRSVtbW1tbW1tbSRY=",
             ),
             (
                 // A key longer than the message.
@@ -805,6 +972,14 @@ mod tests {
             assert_eq!(signal.encode(&key), wire, "{signal:?}");
             assert_eq!(Signal::decode(&wire, &key), Ok(signal));
         }
+        // Go leaves an empty id out; no pool entry has that id, so the line is refused.
+        let mut no_id = b"EEkKCB8CBAVJUUkeDxtJR0kZDgYEHw5JUUkKNwk3DTceW1tbWzceW1taDTceW1tYCDceW1tYDjceW1tZXTceWVtZUzceWVtZUjdJNzc3BTcZNx+owkkW".to_vec();
+        no_id.push(b'\n');
+        let want = SignalError::PoolId {
+            action: PoolSignal::Udp,
+            id: String::new(),
+        };
+        assert_eq!(Signal::decode(&no_id, &k()), Err(want));
     }
 
     // Python: hmac.new("e68be2b4".encode(), b"", hashlib.sha256).hexdigest() and the same

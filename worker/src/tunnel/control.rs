@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use nodepass_proto::url::TlsMode;
-use nodepass_proto::wire::{cert_fingerprint, Flow, PoolId, Signal, MAX_SIGNAL_LINE};
+use nodepass_proto::wire::{
+    cert_fingerprint, Flow, PoolId, PoolSignal, RemoteAddr, Signal, SignalError, MAX_SIGNAL_LINE,
+};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -67,7 +69,7 @@ pub struct Session {
     /// Flips to true once the peer's certificate fingerprint has been verified.
     verified: watch::Sender<bool>,
     /// Outgoing-side UDP sessions by user address, so a new one replaces an old one.
-    pub(super) udp_sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    pub(super) udp_sessions: Mutex<HashMap<RemoteAddr, (u64, CancellationToken)>>,
     pub(super) udp_generation: AtomicU64,
 }
 
@@ -239,6 +241,7 @@ async fn reader(sess: Arc<Session>, rd: tokio::io::ReadHalf<Entry>) -> anyhow::R
         }
         match Signal::decode(&line, &key) {
             Ok(sig) => sess.dispatch(sig),
+            Err(SignalError::PoolId { action, id }) => sess.unknown_pool_id(action, &id),
             Err(e) => tracing::error!("commonQueue: decode signal failed: {e}"),
         }
     }
@@ -300,6 +303,28 @@ impl Session {
         }
     }
 
+    /// A signal naming a pool id that no entry can have ends as if the named entry never
+    /// came: a pool error for `tcp`/`udp` (when that traffic is on), a failed check for
+    /// `verify` (when TLS is on).
+    fn unknown_pool_id(&self, action: PoolSignal, id: &str) {
+        let url = &self.inst.url;
+        match action {
+            PoolSignal::Tcp if !url.effective_notcp() => {
+                tracing::error!("commonTCPOnce: invalid pool id {id:?} in signal");
+                self.pool.add_error();
+            }
+            PoolSignal::Udp if !url.effective_noudp() => {
+                tracing::error!("commonUDPOnce: invalid pool id {id:?} in signal");
+                self.pool.add_error();
+            }
+            PoolSignal::Verify if self.tls_on() => {
+                tracing::error!("outgoingVerify: invalid pool id {id:?}");
+                self.cancel.cancel();
+            }
+            _ => {}
+        }
+    }
+
     /// Our certificate view of `entry` for the exchange.
     fn fingerprint_of(&self, entry: &Entry) -> String {
         match &self.verifier {
@@ -332,26 +357,18 @@ impl Session {
             ));
         };
         let fp = self.fingerprint_of(&entry);
-        self.send(Signal::Verify {
-            id: id.to_hex(),
-            fp,
-        });
+        self.send(Signal::Verify { id, fp });
         tracing::debug!("TLS verify signal: cid {id} ->");
         drop(entry);
         Ok(())
     }
 
     /// Checks the peer's `verify` against the named entry.
-    async fn outgoing_verify(self: Arc<Self>, id: String, fp: String) {
-        let Some(pid) = PoolId::from_hex(&id) else {
-            tracing::error!("outgoingVerify: invalid pool id {id:?}");
-            self.cancel.cancel();
-            return;
-        };
+    async fn outgoing_verify(self: Arc<Self>, id: PoolId, fp: String) {
         self.peer_verify_ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(pid);
+            .push(id);
         tracing::debug!("TLS verify signal: cid {id} <-");
         let go_tls2_server = fp.is_empty()
             && !self.is_server
@@ -363,7 +380,7 @@ impl Session {
         }
         let Some(entry) = self
             .pool
-            .outgoing_get(pid, self.inst.tunables.pool_get_timeout)
+            .outgoing_get(id, self.inst.tunables.pool_get_timeout)
             .await
         else {
             tracing::error!(

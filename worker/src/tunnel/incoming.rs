@@ -44,8 +44,8 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
         sess.pool.active()
     );
     sess.send(Signal::Tcp {
-        remote: peer.to_string(),
-        id: id.to_hex(),
+        remote: peer.into(),
+        id,
     });
     let far = entry.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     inst.relay_tcp(&mut user, &mut entry, &peer, &far).await;
@@ -117,8 +117,8 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
                 activity,
             });
             sess.send(Signal::Udp {
-                remote: peer.to_string(),
-                id: id.to_hex(),
+                remote: peer.into(),
+                id,
             });
             tracing::debug!("Starting transfer: {peer} over {id}");
         }

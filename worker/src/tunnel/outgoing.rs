@@ -9,7 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use nodepass_proto::wire::PoolId;
+use nodepass_proto::wire::{PoolId, RemoteAddr};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -19,15 +19,10 @@ use super::user;
 use crate::policy::SlotKind;
 use crate::pool::Entry;
 
-async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Entry> {
-    let Some(pid) = PoolId::from_hex(id) else {
-        tracing::error!("{what}: invalid pool id {id:?} in signal");
-        sess.pool.add_error();
-        return None;
-    };
+async fn take_entry(sess: &Session, id: PoolId, what: &str) -> Option<Entry> {
     match sess
         .pool
-        .outgoing_get(pid, sess.inst.tunables.pool_get_timeout)
+        .outgoing_get(id, sess.inst.tunables.pool_get_timeout)
         .await
     {
         Some(c) => Some(c),
@@ -39,8 +34,8 @@ async fn take_entry(sess: &Session, id: &str, what: &str) -> Option<Entry> {
     }
 }
 
-pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
-    let Some(mut entry) = take_entry(&sess, &id, "commonTCPOnce").await else {
+pub async fn tcp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
+    let Some(mut entry) = take_entry(&sess, id, "commonTCPOnce").await else {
         return;
     };
     let inst = &sess.inst;
@@ -54,8 +49,8 @@ pub async fn tcp(sess: Arc<Session>, remote: String, id: String) {
         .await;
 }
 
-pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
-    let Some(entry) = take_entry(&sess, &id, "commonUDPOnce").await else {
+pub async fn udp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
+    let Some(entry) = take_entry(&sess, id, "commonUDPOnce").await else {
         return;
     };
     let inst = sess.inst.clone();
@@ -152,7 +147,7 @@ pub async fn udp(sess: Arc<Session>, remote: String, id: String) {
 /// Removes this session from the map when it ends, unless a newer one replaced it.
 struct SessionCleanup<'a> {
     sess: &'a Session,
-    remote: &'a str,
+    remote: &'a RemoteAddr,
     generation: u64,
 }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use nodepass_proto::wire::RemoteAddr;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -115,7 +116,7 @@ async fn tcp_loop(
 
 /// One admitted user connection: dial a target and relay.
 async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
-    let src = peer.to_string();
+    let src = RemoteAddr::from(peer);
     let Some((mut target, shown)) = user::dial_target(&inst, &src, "singleTCPLoop").await else {
         return;
     };

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use nodepass_proto::wire::RemoteAddr;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -82,7 +83,11 @@ where
 /// Dials the next target (with the instance's rotation and failover) and, when `proxy=1`,
 /// writes the PROXY v1 line naming `src` (the user's address) first. Returns the target
 /// and its address as shown in logs; None after logging the failure.
-pub async fn dial_target(inst: &Instance, src: &str, what: &str) -> Option<(TcpStream, String)> {
+pub async fn dial_target(
+    inst: &Instance,
+    src: &RemoteAddr,
+    what: &str,
+) -> Option<(TcpStream, String)> {
     let mut target = match inst.targets.dial_tcp().await {
         Ok(t) => t,
         Err(e) => {
@@ -96,8 +101,11 @@ pub async fn dial_target(inst: &Instance, src: &str, what: &str) -> Option<(TcpS
             tracing::error!("{what}: sendProxyV1Header failed: the target connection is gone");
             return None;
         };
-        let Ok(src) = src.parse::<SocketAddr>() else {
-            tracing::error!("{what}: sendProxyV1Header failed: cannot parse remote {src:?}");
+        let Some(src) = src.socket_addr() else {
+            tracing::error!(
+                "{what}: sendProxyV1Header failed: cannot parse remote {:?}",
+                src.to_string()
+            );
             return None;
         };
         if let Err(e) = target.write_all(proxy::v1_line(src, dst).as_bytes()).await {

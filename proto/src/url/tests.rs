@@ -801,3 +801,107 @@ fn the_readme_examples_parse() {
         "/admin/v1"
     );
 }
+
+// ---------------------------------------------------------------- the parameter table
+
+#[test]
+fn master_urls_read_the_parameters_whose_roles_include_the_master() {
+    assert_eq!(MASTER_PARAMS, ["log", "tls", "crt", "key"]);
+    let names: Vec<&str> = PARAMS.iter().map(|p| p.name).collect();
+    assert_eq!(names, TUNNEL_PARAMS);
+}
+
+#[test]
+fn config_defaults_per_role_come_from_the_table() {
+    let defaults = |role| -> Vec<(&str, String)> {
+        PARAMS
+            .iter()
+            .filter_map(|p| p.config_default(role).map(|d| (p.name, d)))
+            .collect()
+    };
+    let common = [
+        ("dns", "5m0s"),
+        ("mode", "0"),
+        ("dial", "auto"),
+        ("read", "0s"),
+        ("rate", "0"),
+        ("slot", "65536"),
+        ("proxy", "0"),
+        ("block", "0"),
+        ("notcp", "0"),
+        ("noudp", "0"),
+    ];
+    let mut server: Vec<(&str, String)> = common.iter().map(|(n, d)| (*n, d.to_string())).collect();
+    let mut client = server.clone();
+    server.extend([("max", "1024".to_string()), ("type", "0".to_string())]);
+    client.extend([("sni", "none".to_string()), ("min", "64".to_string())]);
+    let sorted = |mut v: Vec<(&'static str, String)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(defaults(Role::Server)), sorted(server));
+    assert_eq!(sorted(defaults(Role::Client)), sorted(client));
+    // Every default is a valid value of its parameter, already in canonical form.
+    for p in PARAMS {
+        for role in [Role::Server, Role::Client] {
+            if let Some(d) = p.config_default(role) {
+                assert_eq!(p.canonical(&d).as_deref(), Some(d.as_str()), "{}", p.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_readme_url_table_has_the_roles_of_the_parameter_table() {
+    let readme = include_str!("../../../README.md");
+    let mut rows = 0;
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | `name`[, `name`] | roles | default | values | meaning |
+        if cells.len() < 4 || !cells[1].starts_with('`') {
+            continue;
+        }
+        let names: Vec<&str> = cells[1].split(", ").map(|n| n.trim_matches('`')).collect();
+        let Some(first) = Param::find(names[0]) else {
+            continue;
+        };
+        let roles = first.roles;
+        let written = match cells[2] {
+            "all" => Roles::ALL,
+            "server, client" => Roles::TUNNEL,
+            "server, master" => Roles::SERVER_MASTER,
+            "server" => Roles::SERVER,
+            "client" => Roles::CLIENT,
+            other => panic!("README roles {other:?} of {names:?}"),
+        };
+        for name in names {
+            let param = Param::find(name).unwrap_or_else(|| panic!("README names {name}"));
+            assert_eq!(param.roles, written, "{name}");
+            assert_eq!(param.roles, roles, "{name}");
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, PARAMS.len(), "every parameter has a README row");
+}
+
+#[test]
+fn typed_accessors_give_the_default_until_a_value_is_given() {
+    let mut p = TunnelParams::default();
+    assert_eq!(p.read(), Duration::ZERO);
+    assert_eq!(p.slot(), DEFAULT_SLOT);
+    assert_eq!(p.sni(), "none");
+    p.set("read", "1m").unwrap();
+    p.set("slot", "7").unwrap();
+    assert_eq!(
+        (p.read(), p.read),
+        (Duration::from_secs(60), Some(Duration::from_secs(60)))
+    );
+    assert_eq!(p.slot(), 7);
+    assert_eq!(p.set("nope", "1"), Ok(false));
+    assert_eq!(p.text("nope"), None);
+    let err = Param::find("slot").unwrap().set(&mut p, "x").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid value \"x\" for slot: expected a whole number from 0 to 16777216 (0 = unlimited)"
+    );
+}
