@@ -11,6 +11,43 @@ use std::path::Path;
 use nodepass_master::model::{Instance, InstanceKind, InstanceStatus};
 use nodepass_master::store::{MasterRecord, Snapshot, Store, StoredInstance};
 
+/// Store::open, retried while an earlier handle in this process still holds sled's file
+/// lock: sled's flusher thread lets go of a dropped database on its own schedule. (A real
+/// restart is a new process, where the lock is gone with the old one.)
+fn open(root: &Path) -> nodepass_master::store::Opened {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(root) {
+            Ok(o) => return o,
+            Err(e)
+                if format!("{e:#}").contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the store: {e:#}"),
+        }
+    }
+}
+
+/// sled::open with the same retry, for writing a database the way an interrupted restore
+/// leaves it.
+fn open_sled(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open {}: {e}", path.display()),
+        }
+    }
+}
+
 fn inst(id: &str) -> StoredInstance {
     StoredInstance {
         instance: Instance {
@@ -30,7 +67,7 @@ fn inst(id: &str) -> StoredInstance {
 /// A state directory with a master record, `n` instances and a backup of them; returns the
 /// snapshot it holds.
 async fn populated(root: &Path, n: usize) -> Snapshot {
-    let opened = Store::open(root).expect("open a new store");
+    let opened = open(root);
     let store = opened.store;
     let snap = Snapshot {
         master: Some(MasterRecord::generate()),
@@ -66,7 +103,7 @@ async fn interrupted_restore_is_restored_again() {
     for partial in [0usize, 1, 7] {
         // What the interrupted restore got onto disk (sled's own files, some records).
         {
-            let db = sled::open(root.join("db")).unwrap();
+            let db = open_sled(&root.join("db"));
             let tree = db.open_tree("instances").unwrap();
             for rec in snap.instances.iter().take(partial) {
                 tree.insert(rec.instance.id.as_bytes(), serde_json::to_vec(rec).unwrap())
@@ -74,7 +111,7 @@ async fn interrupted_restore_is_restored_again() {
             }
             db.flush().unwrap();
         }
-        let opened = Store::open(&root).unwrap();
+        let opened = open(&root);
         assert!(
             opened.restored_from.is_some(),
             "a database without its format marker must be restored from the backup \
@@ -87,7 +124,7 @@ async fn interrupted_restore_is_restored_again() {
         );
         drop(opened);
         // The completed restore is the state from now on: opened again, nothing restored.
-        let again = Store::open(&root).unwrap();
+        let again = open(&root);
         assert!(again.restored_from.is_none());
         assert_eq!(again.snapshot.master, snap.master);
         assert_eq!(again.snapshot.instances.len(), snap.instances.len());
@@ -103,7 +140,7 @@ async fn start_never_shrinks_the_backup_and_the_previous_one_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("state");
     let snap = populated(&root, 5).await;
-    let store = Store::open(&root).unwrap().store;
+    let store = open(&root).store;
     let backup = root.join("backup.json");
     let saved = std::fs::read(&backup).unwrap();
 
@@ -143,7 +180,7 @@ async fn start_never_shrinks_the_backup_and_the_previous_one_is_kept() {
     drop(store);
     std::fs::write(&backup, b"{ not json").unwrap();
     std::fs::remove_dir_all(root.join("db")).unwrap();
-    let opened = Store::open(&root).unwrap();
+    let opened = open(&root);
     assert_eq!(
         opened.restored_from.as_deref(),
         Some(root.join("backup.prev.json").as_path())
@@ -182,7 +219,7 @@ async fn store_files_are_private() {
     // Created by the store: 0700 even under a permissive umask's default of 0755.
     let root = dir.path().join("new").join("state");
     populated(&root, 3).await;
-    let store = Store::open(&root).unwrap().store;
+    let store = open(&root).store;
     store.write_backup(&Snapshot::default()).unwrap();
     drop(store);
     assert_eq!(mode(&root), 0o700);
