@@ -43,10 +43,13 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
         return;
     };
     let _ = user.set_nodelay(true);
-    if let Some(p) = block::detect(inst.url.effective_block(), &user).await {
-        tracing::warn!("commonTCPLoop: blocked {p} protocol from {peer}");
-        return;
-    }
+    let prefix = match block::sniff(inst.url.effective_block(), &mut user).await {
+        block::Verdict::Allow(prefix) => prefix,
+        block::Verdict::Block(p) => {
+            tracing::warn!("commonTCPLoop: blocked {p} protocol from {peer}");
+            return;
+        }
+    };
     let Some((id, mut entry)) = sess.pool.incoming_get(inst.tun.pool_get_timeout).await else {
         tracing::warn!(
             "commonTCPLoop: request timeout: IncomingGet: insufficient pool connections"
@@ -61,6 +64,10 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
         remote: peer.to_string(),
         id: id.to_hex(),
     });
+    if let Err(e) = block::forward(&prefix, &mut entry, &inst.figures.tcprx, &inst.policy).await {
+        tracing::error!("commonTCPLoop: write to tunnel failed: {e}");
+        return;
+    }
     let far = entry.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     inst.relay_tcp(&mut user, &mut entry, &peer, &far).await;
 }
@@ -96,6 +103,7 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             },
         };
         inst.figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
+        inst.policy.pace_read(n).await;
         // `touch` records the datagram (the idle timer re-arms) and tells whether the
         // session is still open; an ending session never gets it.
         if sessions.get(&peer).is_some_and(|s| !s.activity.touch()) {
@@ -183,6 +191,7 @@ async fn replies(
             Ok(Ok(n)) => n,
         };
         activity.touch();
+        inst.policy.pace_write(n).await;
         match socket.send_to(&buf[..n], peer).await {
             Ok(m) => {
                 inst.figures.udptx.fetch_add(m as u64, Ordering::Relaxed);

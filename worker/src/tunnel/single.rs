@@ -132,10 +132,13 @@ async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
         return;
     };
     let _ = user.set_nodelay(true);
-    if let Some(p) = block::detect(inst.url.effective_block(), &user).await {
-        tracing::warn!("singleTCPLoop: blocked {p} protocol from {peer}");
-        return;
-    }
+    let prefix = match block::sniff(inst.url.effective_block(), &mut user).await {
+        block::Verdict::Allow(prefix) => prefix,
+        block::Verdict::Block(p) => {
+            tracing::warn!("singleTCPLoop: blocked {p} protocol from {peer}");
+            return;
+        }
+    };
     let mut target = match inst.targets.dial_tcp().await {
         Ok(t) => t,
         Err(e) => {
@@ -151,6 +154,10 @@ async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
                 return;
             }
         }
+    }
+    if let Err(e) = block::forward(&prefix, &mut target, &inst.figures.tcprx, &inst.policy).await {
+        tracing::error!("singleTCPLoop: write to target failed: {e}");
+        return;
     }
     let shown = target_addr.map(|a| a.to_string()).unwrap_or_default();
     inst.relay_tcp(&mut user, &mut target, &peer, &shown).await;
@@ -197,6 +204,7 @@ async fn udp_loop(
         inst.figures
             .udprx
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        inst.policy.pace_read(n).await;
         // `touch` both records the datagram (so the idle timer re-arms) and tells whether
         // the session is still open; an ending session never gets it.
         let live = sessions.get(&peer).filter(|s| s.activity.touch());
@@ -285,6 +293,7 @@ async fn udp_replies(
             },
         };
         activity.touch();
+        inst.policy.pace_write(n).await;
         match listener.send_to(&buf[..n], peer).await {
             Ok(m) => {
                 inst.figures
