@@ -40,14 +40,23 @@ fn trickle(addr: &str, bytes: &[u8], then_wait: Duration) -> Vec<u8> {
 }
 
 fn blocked_cases() -> Vec<(&'static str, Vec<u8>)> {
-    let mut client_hello = vec![0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03];
+    let mut client_hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03,
+    ];
     client_hello.extend_from_slice(&[0x11; 32]);
     vec![
-        ("SOCKS4", vec![0x04, 0x01, 0x00, 0x50, 127, 0, 0, 1, b'u', 0]),
+        (
+            "SOCKS4",
+            vec![0x04, 0x01, 0x00, 0x50, 127, 0, 0, 1, b'u', 0],
+        ),
         (
             "SOCKS4",
             // SOCKS4a: IP 0.0.0.1 and the host name after the user id.
-            [&[0x04, 0x01, 0x00, 0x50, 0, 0, 0, 1, b'u', 0][..], b"example.com\0"].concat(),
+            [
+                &[0x04, 0x01, 0x00, 0x50, 0, 0, 0, 1, b'u', 0][..],
+                b"example.com\0",
+            ]
+            .concat(),
         ),
         ("SOCKS5", vec![0x05, 0x01, 0x00]),
         ("SOCKS5", vec![0x05, 0x02, 0x00, 0x02]),
@@ -60,18 +69,32 @@ fn blocked_cases() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 fn check_blocking(addr: &str, logs: &Proc, procs: &[&Proc]) {
-    let dumps = || procs.iter().map(|p| p.dump()).collect::<Vec<_>>().join("\n");
+    let dumps = || {
+        procs
+            .iter()
+            .map(|p| p.dump())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     for (proto, bytes) in blocked_cases() {
         let before = logs.count(&format!("blocked {proto} protocol"));
         let back = trickle(addr, &bytes, Duration::ZERO);
-        assert!(back.is_empty(), "{proto} {bytes:?} reached the target\n{}", dumps());
+        assert!(
+            back.is_empty(),
+            "{proto} {bytes:?} reached the target\n{}",
+            dumps()
+        );
         logs.wait_line("blocked log", UP, |_| {
             logs.count(&format!("blocked {proto} protocol")) > before
         });
     }
     // A prefix that could still be HTTP when the wait ends is refused.
     let back = trickle(addr, b"GE", Duration::from_millis(1500));
-    assert!(back.is_empty(), "a lingering \"GE\" reached the target\n{}", dumps());
+    assert!(
+        back.is_empty(),
+        "a lingering \"GE\" reached the target\n{}",
+        dumps()
+    );
     // Other protocols pass byte-identical, split or not.
     for allowed in [
         b"SSH-2.0-test\r\n".to_vec(),

@@ -17,7 +17,13 @@ const UP: Duration = Duration::from_secs(20);
 const WINDOW: Duration = Duration::from_secs(3);
 
 fn check(what: &str, limit: f64, m: Measured, procs: &[&Proc]) {
-    let dumps = || procs.iter().map(|p| p.dump()).collect::<Vec<_>>().join("\n");
+    let dumps = || {
+        procs
+            .iter()
+            .map(|p| p.dump())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     eprintln!("{what}: limit {limit} Mbit/s, measured {m:?}");
     assert!(
         m.mbps <= limit * 1.1,
@@ -69,7 +75,12 @@ fn rate_single_end_tcp_shared_by_connections_both_directions() {
     );
     p8.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
     let user8 = format!("127.0.0.1:{port8}");
-    check("single-end TCP x8 up", 10.0, upload(&user8, &sink8, 8), &[&p8]);
+    check(
+        "single-end TCP x8 up",
+        10.0,
+        upload(&user8, &sink8, 8),
+        &[&p8],
+    );
 
     // The way back (target -> user) is held by the write bucket.
     let source = meter::tcp_source();
@@ -133,7 +144,12 @@ fn dual_end(target: &str, server_q: &str, client_q: &str) -> (String, Proc, Proc
 fn rate_dual_end_on_the_server_tcp_and_udp() {
     let sink = Sink::start();
     let (user, srv, cli) = dual_end(&sink.addr(), "&rate=10", "");
-    check("server TCP x8 up", 10.0, upload(&user, &sink, 8), &[&srv, &cli]);
+    check(
+        "server TCP x8 up",
+        10.0,
+        upload(&user, &sink, 8),
+        &[&srv, &cli],
+    );
     let sink_udp = Sink::start();
     let (user_udp, srv_udp, cli_udp) = dual_end(&sink_udp.addr(), "&rate=1", "");
     meter::udp_blast(&user_udp, 1, 3.0, WINDOW + Duration::from_millis(500));
@@ -149,7 +165,12 @@ fn rate_dual_end_on_the_server_tcp_and_udp() {
 fn rate_dual_end_on_the_client_tcp_and_udp() {
     let sink = Sink::start();
     let (user, srv, cli) = dual_end(&sink.addr(), "", "&rate=1");
-    check("client TCP x1 up", 1.0, upload(&user, &sink, 1), &[&srv, &cli]);
+    check(
+        "client TCP x1 up",
+        1.0,
+        upload(&user, &sink, 1),
+        &[&srv, &cli],
+    );
     let sink_udp = Sink::start();
     // 10 Mbit/s: the far side turns each read from the pool entry into one datagram, up
     // to 16 KiB, which alone is more than 100 ms of traffic at 1 Mbit/s.

@@ -57,9 +57,7 @@ fn decide(block: BlockSet, b: &[u8]) -> Decision {
         let name = if b[0] == 0x04 { "SOCKS4" } else { "SOCKS5" };
         match b.get(1) {
             None => open = Some(name),
-            Some(&c) if b[0] == 0x04 && (c == 0x01 || c == 0x02) => {
-                return Decision::Blocked(name)
-            }
+            Some(&c) if b[0] == 0x04 && (c == 0x01 || c == 0x02) => return Decision::Blocked(name),
             Some(&c) if b[0] == 0x05 && (0x01..=0x03).contains(&c) => {
                 return Decision::Blocked(name)
             }
