@@ -1,8 +1,8 @@
 //! Target-side policies through running tunnels: `dial=IP` (the target sees that source
 //! address; an address that cannot be bound falls back to auto with one error log), `lbs`
-//! 0 (round-robin over the live targets, a dead one skipped and taken back) and 2
-//! (failover to the next and back to the primary), for TCP connections and UDP
-//! sessions, and `notcp=1` / `noudp=1` (the protocol is neither listened for nor
+//! 0 (round-robin over the live targets, a dead one skipped and taken back), 1 (the
+//! target faster to connect is preferred, and a change is followed) and 2 (failover to
+//! the next and back to the primary), for TCP connections and UDP sessions, and `notcp=1` / `noudp=1` (the protocol is neither listened for nor
 //! forwarded).
 
 mod tunnel_support;
@@ -401,4 +401,223 @@ fn notcp_and_noudp_neither_listen_nor_forward() {
         assert!(udp_echo(&sock, &uaddr, b"x").is_err(), "UDP was forwarded");
     }
     assert_eq!(t.udp_count(), before, "the target got a datagram");
+}
+
+/// A TCP echo target whose connects can be made slow: while `slow` is set, its accept
+/// queue (backlog 0: one connection) is kept full with a filler connection, so a SYN is
+/// dropped; once a dialer's SYN_SENT socket shows up in /proc/net/tcp the filler is taken
+/// out, and the dialer's retransmitted SYN (about 1 s later) gets in. Loopback has no
+/// netem here; this makes a connect take about a second without any privilege.
+struct SlowTarget {
+    port: u16,
+    slow: Arc<AtomicBool>,
+    /// Set while the filler is in the queue (connects are slow from then on).
+    armed: Arc<AtomicBool>,
+    hits: Arc<Mutex<usize>>,
+}
+
+impl SlowTarget {
+    fn start(start_slow: bool) -> SlowTarget {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(async {
+                let s = tokio::net::TcpSocket::new_v4()?;
+                s.bind("127.0.0.1:0".parse().expect("addr"))?;
+                s.listen(0)?.into_std()
+            })
+            .expect("listen with backlog 0");
+        drop(rt);
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let t = SlowTarget {
+            port,
+            slow: Arc::new(AtomicBool::new(start_slow)),
+            armed: Arc::default(),
+            hits: Arc::default(),
+        };
+        let (slow, armed, hits) = (t.slow.clone(), t.armed.clone(), t.hits.clone());
+        std::thread::spawn(move || {
+            let mut filler: Option<TcpStream> = None;
+            loop {
+                if slow.load(Ordering::Relaxed) {
+                    if filler.is_none() {
+                        let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                        match TcpStream::connect_timeout(&to, Duration::from_millis(100)) {
+                            Ok(f) => {
+                                filler = Some(f);
+                                armed.store(true, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                // A dialer got into the queue first: serve it, refill after.
+                                if let Ok((c, _)) = listener.accept() {
+                                    serve(c, hits.clone());
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    if syn_waiting(port) {
+                        // Take the filler out of the queue; the retransmitted SYN gets in.
+                        while !matches!(listener.accept(), Ok(_)) {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        filler = None;
+                        armed.store(false, Ordering::Relaxed);
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while Instant::now() < deadline {
+                            if let Ok((c, _)) = listener.accept() {
+                                serve(c, hits.clone());
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                } else {
+                    filler = None;
+                    armed.store(false, Ordering::Relaxed);
+                }
+                match listener.accept() {
+                    Ok((c, _)) => serve(c, hits.clone()),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        t.set_slow(start_slow);
+        t
+    }
+
+    /// Makes connects slow (or fast again); returns once that holds.
+    fn set_slow(&self, slow: bool) {
+        self.slow.store(slow, Ordering::Relaxed);
+        let deadline = Instant::now() + UP;
+        while slow && !self.armed.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "slow target never armed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn hits(&self) -> usize {
+        *self.hits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Echoes one connection on a thread; counts it once it carries data (fillers never do).
+fn serve(mut c: TcpStream, hits: Arc<Mutex<usize>>) {
+    std::thread::spawn(move || {
+        let _ = c.set_nonblocking(false);
+        let mut buf = [0u8; 4096];
+        let mut counted = false;
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if !counted {
+                *hits.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                counted = true;
+            }
+            if c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Whether a socket on this host is in SYN_SENT towards 127.0.0.1:`port`.
+fn syn_waiting(port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let want = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[2] == want && f[3] == "02"
+    })
+}
+
+#[test]
+fn lbs_least_latency_prefers_the_faster_and_follows_a_change() {
+    let a = SlowTarget::start(true);
+    let b = SlowTarget::start(false);
+    let port = free_port();
+    let p = Proc::foreground(
+        "single",
+        &format!(
+            "client://127.0.0.1:{port}/{},{}?mode=1&lbs=1",
+            a.addr(),
+            b.addr()
+        ),
+        QUIET,
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let t0 = Instant::now();
+    wait_tunnel(&addr, UP, &[&p]);
+    eprintln!("up after {:?} a {} b {}", t0.elapsed(), a.hits(), b.hits());
+    // The start-up `ping` probe dials alongside the first connections and can slip into
+    // the slow target's queue when it is freed for another; start from figures that have
+    // all expired instead.
+    std::thread::sleep(Duration::from_millis(3300));
+    let echo = || {
+        let back = echo_once(&addr, b"which", Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("through the tunnel: {e}\n{}", p.dump()));
+        assert_eq!(back, b"which");
+    };
+    // Each target gets measured once, then the fast one (b) takes the connections.
+    // Returns the number of connections it took until `fast` took `run` in a row.
+    let until_run = |fast: &SlowTarget, run: usize| {
+        let mut in_row = 0;
+        for i in 1..=40 {
+            let before = fast.hits();
+            echo();
+            if fast.hits() > before {
+                in_row += 1;
+                if in_row == run {
+                    return i;
+                }
+            } else {
+                in_row = 0;
+            }
+        }
+        panic!("the faster target never took {run} in a row\n{}", p.dump());
+    };
+    let started = Instant::now();
+    until_run(&b, 5);
+    eprintln!(
+        "phase 1: {:?}, slow {} fast {}",
+        started.elapsed(),
+        a.hits(),
+        b.hits()
+    );
+    assert!(a.hits() >= 2, "the slow target was never measured again");
+    let (a0, b0) = (a.hits(), b.hits());
+    for _ in 0..5 {
+        echo();
+    }
+    // Within the 3 s a measurement lasts, at most one re-measure of the slow one.
+    assert!(
+        a.hits() - a0 <= 1 && b.hits() - b0 >= 4,
+        "slow {} fast {}",
+        a.hits() - a0,
+        b.hits() - b0
+    );
+    // Now a is fast and b slow: the connections move to a once the figures are renewed.
+    a.set_slow(false);
+    b.set_slow(true);
+    let started = Instant::now();
+    until_run(&a, 5);
+    eprintln!(
+        "phase 2: {:?}, a {} b {}",
+        started.elapsed(),
+        a.hits(),
+        b.hits()
+    );
 }
