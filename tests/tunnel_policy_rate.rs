@@ -2,7 +2,8 @@
 //! dual-end with the limit on the server or on the client, TCP with 1 and 8 connections
 //! (the limit is one per instance, shared) in both directions, and UDP. Bytes are counted
 //! where they arrive. Asserted: the average over 3 s is not above the limit + 10%, and no
-//! 100 ms window after the first second carries more than twice the limit. How close to
+//! 100 ms window after the first second carries more than twice the limit (judged only
+//! when the metering process itself was scheduled on time, see `Meter`). How close to
 //! the limit from below, and the 100/1000 Mbit/s cases, are in benches/tunnel/rate.py
 //! (a loaded machine may not reach them).
 
@@ -10,13 +11,20 @@ mod tunnel_support;
 
 use std::time::Duration;
 
-use tunnel_support::meter::{self, Measured, Sink};
+use tunnel_support::meter::{self, Measured, Meter, Sink};
 use tunnel_support::*;
 
 const UP: Duration = Duration::from_secs(20);
 const WINDOW: Duration = Duration::from_secs(3);
 
 fn check(what: &str, limit: f64, m: Measured, procs: &[&Proc]) {
+    check_with(what, limit, m, true, procs);
+}
+
+/// `last_hop`: the limiting process writes straight to the meter. When an unlimited
+/// process sits between them (the client behind a limiting server), its own scheduling
+/// pauses bunch traffic up after the limiter, so only the average is judged.
+fn check_with(what: &str, limit: f64, m: Measured, last_hop: bool, procs: &[&Proc]) {
     let dumps = || {
         procs
             .iter()
@@ -31,12 +39,22 @@ fn check(what: &str, limit: f64, m: Measured, procs: &[&Proc]) {
         m.mbps,
         dumps()
     );
-    assert!(
-        m.burst_mbps <= limit * 2.0,
-        "{what}: a 100 ms window carried {:.2} Mbit/s, over twice {limit}\n{}",
-        m.burst_mbps,
-        dumps()
-    );
+    // The relay itself cannot exceed it (50 ms of burst + a 20 ms read at most, whatever
+    // its scheduling); a receiver descheduled for a while records a backlog as a burst, so
+    // the figure is only judged when this process ran on time.
+    if last_hop && m.late_ms <= Meter::MAX_LATE_MS {
+        assert!(
+            m.burst_mbps <= limit * 2.0,
+            "{what}: a 100 ms window carried {:.2} Mbit/s, over twice {limit}\n{}",
+            m.burst_mbps,
+            dumps()
+        );
+    } else {
+        eprintln!(
+            "{what}: burst not judged (meter {} ms late, limiter last hop: {last_hop})",
+            m.late_ms
+        );
+    }
     // Not a speed requirement: proof that traffic flowed at all (a few % of the limit).
     assert!(
         m.mbps >= limit * 0.05,
@@ -144,19 +162,26 @@ fn dual_end(target: &str, server_q: &str, client_q: &str) -> (String, Proc, Proc
 fn rate_dual_end_on_the_server_tcp_and_udp() {
     let sink = Sink::start();
     let (user, srv, cli) = dual_end(&sink.addr(), "&rate=10", "");
+    let m = upload(&user, &sink, 8);
+    check_with("server TCP x8 up", 10.0, m, false, &[&srv, &cli]);
+    // The way back: the server writes to the user itself.
+    let source = meter::tcp_source();
+    let (user_down, srv_down, cli_down) = dual_end(&source, "&rate=10", "");
+    let m = meter::tcp_drain(&user_down, 8, WINDOW + Duration::from_millis(300));
     check(
-        "server TCP x8 up",
+        "server TCP x8 down",
         10.0,
-        upload(&user, &sink, 8),
-        &[&srv, &cli],
+        m.measured(WINDOW),
+        &[&srv_down, &cli_down],
     );
     let sink_udp = Sink::start();
     let (user_udp, srv_udp, cli_udp) = dual_end(&sink_udp.addr(), "&rate=1", "");
     meter::udp_blast(&user_udp, 1, 3.0, WINDOW + Duration::from_millis(500));
-    check(
+    check_with(
         "server UDP x1",
         1.0,
         sink_udp.meter.measured(WINDOW),
+        false,
         &[&srv_udp, &cli_udp],
     );
 }

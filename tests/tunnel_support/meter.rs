@@ -10,10 +10,42 @@ use std::time::{Duration, Instant};
 
 const BUCKET: Duration = Duration::from_millis(10);
 
-/// Arrival times of bytes, in 10 ms buckets from the first byte.
-#[derive(Clone, Default)]
+/// Arrival times of bytes, in 10 ms buckets from the first byte, and how late this
+/// process was scheduled meanwhile: a receiving thread that was not running while bytes
+/// arrived records them late, all at once, which looks like a burst the relay never sent.
+#[derive(Clone)]
 pub struct Meter {
     inner: Arc<Mutex<(Option<Instant>, Vec<u64>)>>,
+    /// Largest oversleep of a 5 ms tick, in ms, per 10 ms bucket.
+    lateness: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        let m = Meter {
+            inner: Arc::default(),
+            lateness: Arc::default(),
+        };
+        let (inner, lateness) = (Arc::downgrade(&m.inner), m.lateness.clone());
+        std::thread::spawn(move || {
+            let tick = Duration::from_millis(5);
+            while let Some(inner) = inner.upgrade() {
+                let before = Instant::now();
+                std::thread::sleep(tick);
+                let late = before.elapsed().saturating_sub(tick).as_millis() as u64;
+                let start = inner.lock().unwrap_or_else(|p| p.into_inner()).0;
+                if let Some(start) = start {
+                    let i = (start.elapsed().as_nanos() / BUCKET.as_nanos()) as usize;
+                    let mut l = lateness.lock().unwrap_or_else(|p| p.into_inner());
+                    if l.len() <= i {
+                        l.resize(i + 1, 0);
+                    }
+                    l[i] = l[i].max(late);
+                }
+            }
+        });
+        m
+    }
 }
 
 /// What a meter saw.
@@ -24,9 +56,16 @@ pub struct Measured {
     /// Largest 100 ms window after the first second, as Mbit/s.
     pub burst_mbps: f64,
     pub bytes: u64,
+    /// Longest this process went unscheduled during the window, in ms: with more than
+    /// [`Meter::MAX_LATE_MS`] the arrival times (and so `burst_mbps`) are not trustworthy.
+    pub late_ms: u64,
 }
 
 impl Meter {
+    /// Above this scheduling delay a 100 ms burst figure says more about the machine's
+    /// load than about the relay.
+    pub const MAX_LATE_MS: u64 = 20;
+
     pub fn add(&self, n: usize) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let start = *g.0.get_or_insert_with(Instant::now);
@@ -48,10 +87,15 @@ impl Meter {
         for start in 100..nb.saturating_sub(per - 1) {
             burst = burst.max(b[start..start + per].iter().sum());
         }
+        let late_ms = {
+            let l = self.lateness.lock().unwrap_or_else(|p| p.into_inner());
+            l.iter().take(nb).copied().max().unwrap_or(0)
+        };
         Measured {
             mbps: bytes as f64 * 8.0 / window.as_secs_f64() / 1e6,
             burst_mbps: burst as f64 * 8.0 / 0.1 / 1e6,
             bytes,
+            late_ms,
         }
     }
 }
