@@ -461,7 +461,7 @@ impl SlowTarget {
                     }
                     if syn_waiting(port) {
                         // Take the filler out of the queue; the retransmitted SYN gets in.
-                        while !matches!(listener.accept(), Ok(_)) {
+                        while listener.accept().is_err() {
                             std::thread::sleep(Duration::from_millis(2));
                         }
                         filler = None;
