@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod meter;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};

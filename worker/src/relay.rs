@@ -184,7 +184,11 @@ impl Pump {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            let mut rb = ReadBuf::new(&mut self.buf);
+            // Under a rate limit one read takes at most a small chunk, so a burst of
+            // queued bytes is paced instead of passed on at once.
+            let limit = policy.rate.as_ref().map_or(usize::MAX, |rl| rl.chunk());
+            let want = self.buf.len().min(limit);
+            let mut rb = ReadBuf::new(&mut self.buf[..want]);
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     if self.need_flush {
@@ -346,6 +350,8 @@ async fn splice_dir(
 ) -> io::Result<(u64, bool)> {
     // Created at the first byte: an idle held connection costs no pipe.
     let mut pipe: Option<(OwnedFd, OwnedFd, usize)> = None;
+    // Under a rate limit one splice takes at most a small chunk (see policy::rate).
+    let limit = policy.rate.as_ref().map_or(usize::MAX, |rl| rl.chunk());
     let mut total = 0u64;
     let mut timed_out = false;
     loop {
@@ -362,7 +368,8 @@ async fn splice_dir(
                 return Err(io::Error::other("relay pipe missing"));
             };
             match src.try_io(Interest::READABLE, || {
-                nix::fcntl::splice(src.as_fd(), None, pw.as_fd(), None, *size, splice_flags())
+                let want = (*size).min(limit);
+                nix::fcntl::splice(src.as_fd(), None, pw.as_fd(), None, want, splice_flags())
                     .map_err(io::Error::from)
             }) {
                 Ok(n) => break n,

@@ -3,7 +3,12 @@
 //! in order; a single target is dialed directly (REFERENCE.md 1, `dialWithRotation`).
 //!
 //! `lbs` (our extension) changes the order: 1 tries the target with the lowest measured
-//! connect time first, 2 always starts at the first target (primary/backup).
+//! connect time first, 2 always starts at the first target (primary/backup). A connect
+//! time older than [`LATENCY_TTL`] counts as unmeasured, so a target that was slow (or
+//! down) is tried again now and then and least-latency follows a change.
+//!
+//! UDP has no connect to fail: a UDP dial follows the same order but puts last the
+//! targets whose latest TCP dial failed (when the instance carries TCP too).
 //!
 //! `dial=<ip>` binds the local source address; the first failure with it logs once and
 //! turns it off for the life of the process, as the reference does.
@@ -21,6 +26,8 @@ use crate::dns::Dns;
 
 /// Latency figure of a target whose last dial failed: sorts after every working one.
 const FAILED: u64 = u64::MAX / 2;
+/// How long a measured connect time (or failure) ranks a target under `lbs=1`.
+pub const LATENCY_TTL: Duration = Duration::from_secs(3);
 
 #[derive(Debug)]
 pub struct Targets {
@@ -29,6 +36,9 @@ pub struct Targets {
     dns: Arc<Dns>,
     /// Smoothed connect time per target in microseconds (0 = not measured yet).
     latency: Vec<AtomicU64>,
+    /// When each latency was measured, ms since `epoch`.
+    measured_at: Vec<AtomicU64>,
+    epoch: Instant,
     next: AtomicU64,
     source: Option<IpAddr>,
     source_failed: AtomicBool,
@@ -47,6 +57,8 @@ impl Targets {
     ) -> Self {
         Targets {
             latency: addrs.iter().map(|_| AtomicU64::new(0)).collect(),
+            measured_at: addrs.iter().map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
             addrs,
             lbs,
             dns,
@@ -96,17 +108,36 @@ impl Targets {
             LbStrategy::Failover => (0..n).collect(),
             LbStrategy::LeastLatency => {
                 let mut v: Vec<usize> = (0..n).collect();
-                // Unmeasured targets (0) first, so each gets measured once.
-                v.sort_by_key(|&i| self.latency[i].load(Ordering::Relaxed));
+                // Unmeasured (or stale) targets first, so each gets measured again.
+                v.sort_by_key(|&i| self.ranked_latency(i));
                 v
             }
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The latency a target ranks with: 0 when never measured or measured too long ago.
+    fn ranked_latency(&self, i: usize) -> u64 {
+        let at = self.measured_at[i].load(Ordering::Relaxed);
+        if self.now_ms().saturating_sub(at) > LATENCY_TTL.as_millis() as u64 {
+            return 0;
+        }
+        self.latency[i].load(Ordering::Relaxed)
+    }
+
+    /// Whether the latest TCP dial of target `i` failed.
+    fn failed(&self, i: usize) -> bool {
+        self.latency[i].load(Ordering::Relaxed) >= FAILED
     }
 
     fn record(&self, i: usize, took: Option<Duration>) {
         let Some(slot) = self.latency.get(i) else {
             return;
         };
+        self.measured_at[i].store(self.now_ms(), Ordering::Relaxed);
         match took {
             None => slot.store(FAILED, Ordering::Relaxed),
             Some(d) => {
@@ -225,7 +256,10 @@ impl Targets {
             return self.udp_to(&self.addrs[0]).await;
         }
         let mut last = None;
-        for i in self.order() {
+        let mut order = self.order();
+        // Known-dead targets last (stable: the strategy's order otherwise).
+        order.sort_by_key(|&i| self.failed(i));
+        for i in order {
             match self.udp_to(&self.addrs[i]).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),

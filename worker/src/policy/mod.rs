@@ -1,7 +1,8 @@
 //! The per-instance policies applied to user traffic: the `slot` limit on concurrent TCP
-//! connections + UDP sessions, the process-wide `rate` limit, and the `read` idle timeout.
-//! The relay takes a [`RelayPolicy`] and consults it per chunk without locking; the
-//! accept loops take a [`SlotGuard`] per connection or session.
+//! connections + UDP sessions, the per-instance `rate` limit, and the `read` idle timeout.
+//! The relay takes a [`RelayPolicy`] and consults it per chunk without locking; the UDP
+//! loops pace each datagram through [`RelayPolicy::pace_read`] / [`RelayPolicy::pace_write`];
+//! the accept loops take a [`SlotGuard`] per connection or session.
 
 pub mod block;
 pub mod proxy;
@@ -29,6 +30,30 @@ impl RelayPolicy {
         RelayPolicy {
             read_timeout: (!read.is_zero()).then_some(read),
             rate: (rate_bytes > 0).then(|| Arc::new(RateLimiter::new(rate_bytes))),
+        }
+    }
+}
+
+impl RelayPolicy {
+    /// Waits out the rate limit for a datagram of `n` bytes just read from a
+    /// user/target-side UDP socket (at once when there is no limit).
+    pub async fn pace_read(&self, n: usize) {
+        if let Some(rl) = &self.rate {
+            let pause = rl.charge_read(n);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// Waits out the rate limit before writing a datagram of `n` bytes to a
+    /// user/target-side UDP socket.
+    pub async fn pace_write(&self, n: usize) {
+        if let Some(rl) = &self.rate {
+            let pause = rl.charge_write(n);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::activity::Activity;
 use super::control::Session;
-use crate::policy::SlotKind;
+use crate::policy::{block, SlotKind};
 use crate::pool::Entry;
 
 pub async fn tcp_loop(sess: Arc<Session>, listener: TcpListener) -> anyhow::Result<()> {
@@ -25,13 +25,13 @@ pub async fn tcp_loop(sess: Arc<Session>, listener: TcpListener) -> anyhow::Resu
         listener,
         "commonTCPLoop",
         cancel,
-        move |user, peer| tcp_once(sess.clone(), user, peer),
+        move |user, peer, prefix| tcp_once(sess.clone(), user, peer, prefix),
     )
     .await
 }
 
 /// One admitted user connection: take an idle entry, name it in a `tcp` signal, relay.
-async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
+async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr, prefix: Vec<u8>) {
     let inst = &sess.inst;
     let Some((id, mut entry)) = sess.pool.incoming_get(inst.tunables.pool_get_timeout).await else {
         tracing::warn!(
@@ -47,6 +47,10 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
         remote: peer.into(),
         id,
     });
+    if let Err(e) = block::forward(&prefix, &mut entry, &inst.figures.tcprx, &inst.policy).await {
+        tracing::error!("commonTCPLoop: write to tunnel failed: {e}");
+        return;
+    }
     let far = entry.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     inst.relay_tcp(&mut user, &mut entry, &peer, &far).await;
 }
@@ -82,6 +86,7 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             },
         };
         inst.figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
+        inst.policy.pace_read(n).await;
         // `touch` records the datagram (the idle timer re-arms) and tells whether the
         // session is still open; an ending session never gets it.
         if sessions.get(&peer).is_some_and(|s| !s.activity.touch()) {
@@ -166,6 +171,7 @@ async fn replies(
                 Ok(Ok(n)) => n,
             };
         activity.touch();
+        inst.policy.pace_write(n).await;
         match socket.send_to(&buf[..n], peer).await {
             Ok(m) => {
                 inst.figures.udptx.fetch_add(m as u64, Ordering::Relaxed);

@@ -103,6 +103,7 @@ pub async fn udp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
                 Ok(Ok(n)) => n,
             };
             activity.touch();
+            inst.policy.pace_write(n).await;
             match target.send(&up[..n]).await {
                 Ok(m) => {
                     figures.udptx.fetch_add(m as u64, Ordering::Relaxed);
@@ -127,6 +128,7 @@ pub async fn udp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
                 Ok(Ok(n)) => n,
             };
             figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
+            inst.policy.pace_read(n).await;
             activity.touch();
             if let Err(e) = to_tunnel.write_all(&down[..n]).await {
                 tracing::error!("commonUDPOnce: write to tunnel failed: {e}");

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::instance::Instance;
-use crate::policy::SlotKind;
+use crate::policy::{block, SlotKind};
 use crate::tunnel;
 use crate::tunnel::activity::Activity;
 use crate::tunnel::user;
@@ -109,17 +109,21 @@ async fn tcp_loop(
         listener,
         "singleTCPLoop",
         cancel,
-        move |user, peer| tcp_once(i2.clone(), user, peer),
+        move |user, peer, prefix| tcp_once(i2.clone(), user, peer, prefix),
     )
     .await
 }
 
 /// One admitted user connection: dial a target and relay.
-async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr) {
+async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr, prefix: Vec<u8>) {
     let src = RemoteAddr::from(peer);
     let Some((mut target, shown)) = user::dial_target(&inst, &src, "singleTCPLoop").await else {
         return;
     };
+    if let Err(e) = block::forward(&prefix, &mut target, &inst.figures.tcprx, &inst.policy).await {
+        tracing::error!("singleTCPLoop: write to target failed: {e}");
+        return;
+    }
     inst.relay_tcp(&mut user, &mut target, &peer, &shown).await;
 }
 
@@ -164,6 +168,7 @@ async fn udp_loop(
         inst.figures
             .udprx
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        inst.policy.pace_read(n).await;
         // `touch` both records the datagram (so the idle timer re-arms) and tells whether
         // the session is still open; an ending session never gets it.
         let live = sessions.get(&peer).filter(|s| s.activity.touch());
@@ -247,6 +252,7 @@ async fn udp_replies(
             },
         };
         activity.touch();
+        inst.policy.pace_write(n).await;
         match listener.send_to(&buf[..n], peer).await {
             Ok(m) => {
                 inst.figures

@@ -38,7 +38,9 @@ pub fn slot(inst: &Instance, kind: SlotKind, what: &str) -> Option<SlotGuard> {
 
 /// Accepts user TCP connections on `listener` until `cancel` fires. Each one runs in its own
 /// task: it takes a TCP slot (held until `handle` returns), turns off Nagle, passes the
-/// block sniff, and is then given to `handle` with the user's address.
+/// block sniff, and is then given to `handle` with the user's address and the bytes the
+/// sniff read (empty when `block=0`), which `handle` forwards first with [`block::forward`]
+/// once it has the far side.
 pub async fn serve_tcp<F, Fut>(
     inst: Arc<Instance>,
     listener: TcpListener,
@@ -47,7 +49,7 @@ pub async fn serve_tcp<F, Fut>(
     handle: F,
 ) -> anyhow::Result<()>
 where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    F: Fn(TcpStream, SocketAddr, Vec<u8>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
@@ -57,18 +59,21 @@ where
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((user, peer)) => {
+            Ok((mut user, peer)) => {
                 let (inst, handle) = (inst.clone(), handle.clone());
                 tokio::spawn(async move {
                     let Some(_slot) = slot(&inst, SlotKind::Tcp, what) else {
                         return;
                     };
                     let _ = user.set_nodelay(true);
-                    if let Some(p) = block::detect(inst.url.effective_block(), &user).await {
-                        tracing::warn!("{what}: blocked {p} protocol from {peer}");
-                        return;
-                    }
-                    handle(user, peer).await;
+                    let prefix = match block::sniff(inst.url.effective_block(), &mut user).await {
+                        block::Verdict::Allow(prefix) => prefix,
+                        block::Verdict::Block(p) => {
+                            tracing::warn!("{what}: blocked {p} protocol from {peer}");
+                            return;
+                        }
+                    };
+                    handle(user, peer, prefix).await;
                 });
             }
             Err(e) => {
