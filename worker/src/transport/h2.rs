@@ -74,14 +74,23 @@ const MAX_FRAME: u32 = 256 << 10;
 const SEND_BUFFER: usize = 1 << 20;
 /// The reused write buffer's size.
 const WRITE_CHUNK: usize = 256 << 10;
+/// How long a closed client entry whose bytes may still be queued keeps its stream open:
+/// the crate's reset on drop would discard them (see `Drop for H2Entry`).
+const LINGER: Duration = Duration::from_secs(10);
 /// A PING answered this recently stands for "before opening new streams": the entries of
 /// one pool round are opened together, and one PING covers them all.
 const PING_FRESH: Duration = Duration::from_millis(500);
 
-/// One pool entry: an HTTP/2 stream with its two bodies.
-pub struct H2Entry {
+/// The two halves of an entry's HTTP/2 stream.
+struct Halves {
     send: SendStream<Bytes>,
     recv: RecvStream,
+}
+
+/// One pool entry: an HTTP/2 stream with its two bodies.
+pub struct H2Entry {
+    /// Always Some until the entry is dropped (a lingering close takes them).
+    io: Option<Halves>,
     /// Received bytes not yet read (their flow-control capacity is released as they are).
     pending: Bytes,
     /// Reused for outgoing chunks: each write is split off and frozen; the allocation is
@@ -90,11 +99,15 @@ pub struct H2Entry {
     peer: SocketAddr,
     /// DER of the server's leaf certificate as the client saw it (client side only).
     cert: Option<Arc<[u8]>>,
+    is_client: bool,
     /// Whether the peer treats our END_STREAM as a half-close (see the module doc).
     peer_half_closes: bool,
-    /// Set when our close also ended our reading side (a reference server peer).
+    /// Set at the end of the peer's body, or when our close also ended our reading side
+    /// (a reference server peer).
     read_done: bool,
     write_done: bool,
+    /// Whether this side has sent user bytes (decides whether a close must linger).
+    wrote: bool,
 }
 
 impl H2Entry {
@@ -104,28 +117,26 @@ impl H2Entry {
         pending: Bytes,
         peer: SocketAddr,
         cert: Option<Arc<[u8]>>,
+        is_client: bool,
         peer_half_closes: bool,
     ) -> Self {
         H2Entry {
-            send,
-            recv,
+            io: Some(Halves { send, recv }),
             pending,
             wbuf: BytesMut::new(),
             peer,
             cert,
+            is_client,
             peer_half_closes,
             read_done: false,
             write_done: false,
+            wrote: false,
         }
     }
+}
 
-    /// Tells the connection that `n` received bytes have been consumed, so the peer may
-    /// send that much more. Fails only when the stream is gone, which the next read shows.
-    fn release(&mut self, n: usize) {
-        if n > 0 {
-            let _ = self.recv.flow_control().release_capacity(n);
-        }
-    }
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "HTTP/2 pool entry already closed")
 }
 
 fn reset_error(e: h2::Error) -> io::Error {
@@ -147,18 +158,23 @@ impl AsyncRead for H2Entry {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
         loop {
             if !this.pending.is_empty() {
                 let n = this.pending.len().min(buf.remaining());
                 buf.put_slice(&this.pending[..n]);
                 this.pending.advance(n);
-                this.release(n);
+                // Lets the peer send that much more. Fails only when the stream is gone,
+                // which the next read shows.
+                let _ = io.recv.flow_control().release_capacity(n);
                 return Poll::Ready(Ok(()));
             }
             if this.read_done {
                 return Poll::Ready(Ok(()));
             }
-            match futures::ready!(this.recv.poll_data(cx)) {
+            match futures::ready!(io.recv.poll_data(cx)) {
                 Some(Ok(data)) => this.pending = data,
                 None => {
                     this.read_done = true;
@@ -177,6 +193,9 @@ impl AsyncWrite for H2Entry {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -184,7 +203,7 @@ impl AsyncWrite for H2Entry {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         loop {
-            let room = this.send.capacity();
+            let room = io.send.capacity();
             if room > 0 {
                 let n = room.min(buf.len());
                 if this.wbuf.capacity() < n {
@@ -193,13 +212,16 @@ impl AsyncWrite for H2Entry {
                 }
                 this.wbuf.extend_from_slice(&buf[..n]);
                 let chunk = this.wbuf.split().freeze();
-                return match this.send.send_data(chunk, false) {
-                    Ok(()) => Poll::Ready(Ok(n)),
+                return match io.send.send_data(chunk, false) {
+                    Ok(()) => {
+                        this.wrote = true;
+                        Poll::Ready(Ok(n))
+                    }
                     Err(e) => Poll::Ready(Err(reset_error(e))),
                 };
             }
-            this.send.reserve_capacity(buf.len().min(SEND_BUFFER));
-            match futures::ready!(this.send.poll_capacity(cx)) {
+            io.send.reserve_capacity(buf.len().min(SEND_BUFFER));
+            match futures::ready!(io.send.poll_capacity(cx)) {
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Poll::Ready(Err(reset_error(e))),
                 // The stream can no longer send: the peer reset it or it was closed.
@@ -215,14 +237,17 @@ impl AsyncWrite for H2Entry {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         if !this.write_done {
             this.write_done = true;
             // END_STREAM after the queued bytes. A peer that already reset the stream
             // makes this fail; the direction is over either way.
-            let _ = this.send.send_data(Bytes::new(), true);
+            let _ = io.send.send_data(Bytes::new(), true);
             if !this.peer_half_closes {
                 // The peer never ends its side after ours: stop reading so the relay
-                // ends; dropping the entry then resets the stream after the queued bytes.
+                // ends; the drop then lingers until the queued bytes are out.
                 this.read_done = true;
                 this.pending = Bytes::new();
             }
@@ -231,8 +256,44 @@ impl AsyncWrite for H2Entry {
     }
 }
 
+/// Closing an entry must not lose the bytes it has queued. The crate resets a stream whose
+/// handles are all dropped while it is still open, and a CANCEL reset discards queued DATA
+/// (a server's NO_ERROR reset after its END_STREAM does not). So a drop first ends our
+/// side (END_STREAM after the queued bytes, as a TCP close sends FIN after them; a server
+/// pool entry closed right after its id was queued thus still delivers the id). A client
+/// stream whose peer has not ended its side yet then lingers in a small task until the
+/// peer ends or resets it, or [`LINGER`] passes.
+impl Drop for H2Entry {
+    fn drop(&mut self) {
+        let Some(mut io) = self.io.take() else { return };
+        if !self.write_done {
+            let _ = io.send.send_data(Bytes::new(), true);
+        }
+        if !self.is_client || !self.wrote || io.recv.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                // Discards what the peer still sends, releasing its window, until it ends
+                // its side (the stream is then closed, and dropping it resets nothing).
+                while let Some(Ok(data)) = io.recv.data().await {
+                    let _ = io.recv.flow_control().release_capacity(data.len());
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+            drop(io);
+        });
+    }
+}
+
 impl PoolStream for H2Entry {
     fn peer_closed(&mut self) -> bool {
+        let Some(io) = self.io.as_mut() else {
+            return true;
+        };
         if self.read_done {
             return true;
         }
@@ -240,7 +301,7 @@ impl PoolStream for H2Entry {
             return false;
         }
         let mut cx = TaskContext::from_waker(futures::task::noop_waker_ref());
-        match self.recv.poll_data(&mut cx) {
+        match io.recv.poll_data(&mut cx) {
             Poll::Ready(Some(Ok(data))) => {
                 // Early bytes mean alive; keep them for the reader.
                 self.pending = data;
@@ -249,7 +310,7 @@ impl PoolStream for H2Entry {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => return true,
             Poll::Pending => {}
         }
-        self.send.poll_reset(&mut cx).is_ready()
+        io.send.poll_reset(&mut cx).is_ready()
     }
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
@@ -451,7 +512,7 @@ impl Session {
         }
         // Ours and the reference's client both treat our END_STREAM as "no more bytes"
         // and keep sending until they are done: a half-close.
-        let entry = H2Entry::new(send, recv, rest, peer, None, true);
+        let entry = H2Entry::new(send, recv, rest, peer, None, false, true);
         if let Err((why, _entry)) = self.pool.put(id, Entry::Stream(Box::new(entry))) {
             tracing::debug!("HTTP/2 pool: entry {id} from {peer} dropped: {why:?}");
         }
@@ -781,7 +842,15 @@ impl H2Client {
         }
         let mut id = [0u8; 4];
         id.copy_from_slice(&got);
-        let entry = H2Entry::new(send, recv, rest, peer, conn.cert.clone(), half_closes);
+        let entry = H2Entry::new(
+            send,
+            recv,
+            rest,
+            peer,
+            conn.cert.clone(),
+            true,
+            half_closes,
+        );
         Ok((PoolId(id), Entry::Stream(Box::new(entry))))
     }
 }
