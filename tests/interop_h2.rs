@@ -97,11 +97,7 @@ fn run(cell: Cell) {
     for i in 0..4u64 {
         let payload = pattern(1 << 20, 300 + i);
         let back = echo_once(&user, &payload, Duration::from_secs(15)).unwrap_or_else(|e| {
-            panic!(
-                "connection {i}: {e}\n{}\n{}",
-                server.dump(),
-                client.dump()
-            )
+            panic!("connection {i}: {e}\n{}\n{}", server.dump(), client.dump())
         });
         assert!(back == payload, "connection {i}: the echo differs");
     }

@@ -136,12 +136,17 @@ impl H2Entry {
 }
 
 fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "HTTP/2 pool entry already closed")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "HTTP/2 pool entry already closed",
+    )
 }
 
 fn reset_error(e: h2::Error) -> io::Error {
     if e.is_io() {
-        return e.into_io().unwrap_or_else(|| io::ErrorKind::BrokenPipe.into());
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into());
     }
     match e.reason() {
         Some(Reason::NO_ERROR) | Some(Reason::CANCEL) | Some(Reason::STREAM_CLOSED) => {
@@ -360,8 +365,7 @@ impl H2Server {
     /// idle for 2 x NP_REPORT_INTERVAL, or the session is cancelled.
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, session: Session) {
         tcp_tuning(&tcp, self.keepalive);
-        let tls = match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, self.acceptor.accept(tcp)).await
-        {
+        let tls = match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, self.acceptor.accept(tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!("HTTP/2 pool: TLS handshake with {peer} failed: {e}");
@@ -662,7 +666,10 @@ impl H2Client {
     }
 
     fn ping_limit(&self) -> Duration {
-        self.ctx.tunables.report_interval.max(Duration::from_secs(1))
+        self.ctx
+            .tunables
+            .report_interval
+            .max(Duration::from_secs(1))
     }
 
     /// The live connection, checked by a PING (one per round), or a new one.
@@ -699,7 +706,9 @@ impl H2Client {
         tcp_tuning(&tcp, t.report_interval);
         let tls = tokio::time::timeout(
             ID_READ_TIMEOUT,
-            self.tls.connector.connect(self.tls.server_name.clone(), tcp),
+            self.tls
+                .connector
+                .connect(self.tls.server_name.clone(), tcp),
         )
         .await
         .map_err(|_| anyhow!("TLS handshake with {addr} timed out"))?
@@ -787,10 +796,7 @@ impl H2Client {
         match result {
             Ok(Ok(e)) => Ok(e),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(anyhow!(
-                "no pool id from {} within a minute",
-                conn.peer
-            )),
+            Err(_) => Err(anyhow!("no pool id from {} within a minute", conn.peer)),
         }
     }
 
@@ -842,15 +848,7 @@ impl H2Client {
         }
         let mut id = [0u8; 4];
         id.copy_from_slice(&got);
-        let entry = H2Entry::new(
-            send,
-            recv,
-            rest,
-            peer,
-            conn.cert.clone(),
-            true,
-            half_closes,
-        );
+        let entry = H2Entry::new(send, recv, rest, peer, conn.cert.clone(), true, half_closes);
         Ok((PoolId(id), Entry::Stream(Box::new(entry))))
     }
 }
