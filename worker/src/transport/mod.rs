@@ -19,6 +19,7 @@
 //! Implemented: TCP (type 0) with optional TLS (tls 1/2) in [`tcp`]. QUIC, WebSocket and
 //! HTTP/2 (types 1-3) are refused by the two matches below with a clear error.
 
+pub mod h2;
 pub mod tcp;
 pub mod tls;
 
@@ -90,6 +91,7 @@ pub trait PoolClient: Send + Sync {
 pub fn server_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolServer>> {
     Ok(match t {
         PoolType::Tcp => Arc::new(tcp::TcpServer::new(ctx)),
+        PoolType::Http2 => Arc::new(h2::H2Server::new(ctx)?),
         other => return Err(unsupported(other)),
     })
 }
@@ -99,6 +101,7 @@ pub fn server_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolServe
 pub fn client_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolClient>> {
     Ok(match t {
         PoolType::Tcp => Arc::new(tcp::TcpClient::new(ctx)?),
+        PoolType::Http2 => Arc::new(h2::H2Client::new(ctx)?),
         other => return Err(unsupported(other)),
     })
 }
@@ -146,11 +149,7 @@ mod tests {
 
     #[test]
     fn types_without_a_transport_are_refused_by_name() {
-        for (t, name) in [
-            (PoolType::Quic, "QUIC"),
-            (PoolType::WebSocket, "WebSocket"),
-            (PoolType::Http2, "HTTP/2"),
-        ] {
+        for (t, name) in [(PoolType::Quic, "QUIC"), (PoolType::WebSocket, "WebSocket")] {
             let Err(e) = server_for(t, ctx(1, TlsMode::Off, None)) else {
                 panic!("type {} has no transport yet", t.code());
             };
@@ -226,5 +225,10 @@ mod tests {
     async fn tcp_meets_the_contract() {
         contract(PoolType::Tcp, TlsMode::Off).await;
         contract(PoolType::Tcp, TlsMode::SelfSigned).await;
+    }
+
+    #[tokio::test]
+    async fn http2_meets_the_contract() {
+        contract(PoolType::Http2, TlsMode::SelfSigned).await;
     }
 }

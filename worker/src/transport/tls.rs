@@ -81,6 +81,14 @@ impl ServerTls {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
     }
 
+    /// An acceptor that offers the ALPN `protocols` (same certificate source, so tls=2
+    /// reloads still apply). Build it once per transport, not per connection.
+    pub fn acceptor_with_alpn(&self, protocols: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     /// Fingerprint of the certificate currently served (for the `verify` signal).
     pub fn fingerprint(&self) -> String {
         let current = self.certs.current();
@@ -221,6 +229,15 @@ pub struct ClientTls {
 impl ClientTls {
     /// tls=1: no verification, no SNI. tls=2: verify for `sni`. tls=0: None.
     pub fn new(mode: TlsMode, sni: &str) -> anyhow::Result<Option<ClientTls>> {
+        Self::with_alpn(mode, sni, &[])
+    }
+
+    /// Like [`new`](Self::new), offering the ALPN `protocols`.
+    pub fn with_alpn(
+        mode: TlsMode,
+        sni: &str,
+        protocols: &[&[u8]],
+    ) -> anyhow::Result<Option<ClientTls>> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("TLS 1.3 is unavailable in the crypto provider")?;
@@ -243,6 +260,8 @@ impl ClientTls {
                 (c, name)
             }
         };
+        let mut config = config;
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         Ok(Some(ClientTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name: name,
