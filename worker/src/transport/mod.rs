@@ -21,6 +21,7 @@
 
 pub mod tcp;
 pub mod tls;
+pub mod ws;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -90,6 +91,7 @@ pub trait PoolClient: Send + Sync {
 pub fn server_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolServer>> {
     Ok(match t {
         PoolType::Tcp => Arc::new(tcp::TcpServer::new(ctx)),
+        PoolType::WebSocket => Arc::new(ws::WsServer::new(ctx)),
         other => return Err(unsupported(other)),
     })
 }
@@ -99,6 +101,7 @@ pub fn server_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolServe
 pub fn client_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolClient>> {
     Ok(match t {
         PoolType::Tcp => Arc::new(tcp::TcpClient::new(ctx)?),
+        PoolType::WebSocket => Arc::new(ws::WsClient::new(ctx)?),
         other => return Err(unsupported(other)),
     })
 }
@@ -148,7 +151,6 @@ mod tests {
     fn types_without_a_transport_are_refused_by_name() {
         for (t, name) in [
             (PoolType::Quic, "QUIC"),
-            (PoolType::WebSocket, "WebSocket"),
             (PoolType::Http2, "HTTP/2"),
         ] {
             let Err(e) = server_for(t, ctx(1, TlsMode::Off, None)) else {
@@ -226,5 +228,11 @@ mod tests {
     async fn tcp_meets_the_contract() {
         contract(PoolType::Tcp, TlsMode::Off).await;
         contract(PoolType::Tcp, TlsMode::SelfSigned).await;
+    }
+
+    #[tokio::test]
+    async fn websocket_meets_the_contract() {
+        contract(PoolType::WebSocket, TlsMode::Off).await;
+        contract(PoolType::WebSocket, TlsMode::SelfSigned).await;
     }
 }
