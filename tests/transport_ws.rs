@@ -105,8 +105,15 @@ fn bad_requests_full_pool_and_foreign_address_on_the_pool_port() {
     ));
     assert!(hs.contains("\"type\":\"2\""), "{hs:?}");
 
-    let garbage = text(&exchange(tunnel, "127.0.0.1", b"\x16\x03\x01\x00\x10garbage\r\n\r\n"));
-    assert!(garbage.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{garbage:?}");
+    let garbage = text(&exchange(
+        tunnel,
+        "127.0.0.1",
+        b"\x16\x03\x01\x00\x10garbage\r\n\r\n",
+    ));
+    assert!(
+        garbage.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{garbage:?}"
+    );
     let plain = text(&exchange(
         tunnel,
         "127.0.0.1",
@@ -164,7 +171,11 @@ fn bad_requests_full_pool_and_foreign_address_on_the_pool_port() {
     assert!(ids >= 2, "a full pool after {ids} entries");
     // The server logged every refusal and never panicked.
     assert_eq!(srv.count("panicked"), 0, "{}", srv.dump());
-    assert!(srv.count("refused: 403 unauthorized") >= 1, "{}", srv.dump());
+    assert!(
+        srv.count("refused: 403 unauthorized") >= 1,
+        "{}",
+        srv.dump()
+    );
 }
 
 #[test]

@@ -149,10 +149,7 @@ mod tests {
 
     #[test]
     fn types_without_a_transport_are_refused_by_name() {
-        for (t, name) in [
-            (PoolType::Quic, "QUIC"),
-            (PoolType::Http2, "HTTP/2"),
-        ] {
+        for (t, name) in [(PoolType::Quic, "QUIC"), (PoolType::Http2, "HTTP/2")] {
             let Err(e) = server_for(t, ctx(1, TlsMode::Off, None)) else {
                 panic!("type {} has no transport yet", t.code());
             };
