@@ -48,6 +48,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -252,6 +253,10 @@ fn io_error(e: WsError) -> io::Error {
         WsError::ConnectionClosed | WsError::AlreadyClosed => io::Error::new(
             io::ErrorKind::BrokenPipe,
             "the WebSocket connection is closed",
+        ),
+        WsError::Protocol(ProtocolError::SendAfterClosing) => io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the WebSocket connection is closing; nothing more can be sent",
         ),
         WsError::Protocol(p) => io::Error::new(
             io::ErrorKind::ConnectionReset,
@@ -511,7 +516,7 @@ async fn read_head<S: Carrier>(s: &mut S, buf: &mut Vec<u8>) -> Result<(usize, R
             }
             Ok(None) => {}
             Err(WsError::Protocol(
-                tokio_tungstenite::tungstenite::error::ProtocolError::WrongHttpMethod,
+                ProtocolError::WrongHttpMethod,
             )) => return Err(Refusal(405, "Method Not Allowed", "method not allowed")),
             Err(_) => return Err(Refusal(400, "Bad Request", "bad request")),
         }
@@ -537,8 +542,8 @@ fn check_request(
     }
     create_response(request).map_err(|e| match e {
         WsError::Protocol(
-            tokio_tungstenite::tungstenite::error::ProtocolError::MissingSecWebSocketVersionHeader
-            | tokio_tungstenite::tungstenite::error::ProtocolError::MissingSecWebSocketKey,
+            ProtocolError::MissingSecWebSocketVersionHeader
+            | ProtocolError::MissingSecWebSocketKey,
         ) => Refusal(400, "Bad Request", "not a WebSocket version 13 handshake"),
         _ => Refusal(426, "Upgrade Required", "WebSocket upgrade required"),
     })
