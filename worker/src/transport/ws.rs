@@ -40,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::machine::TryParse as _;
 use tokio_tungstenite::tungstenite::handshake::server::{
@@ -48,7 +49,6 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -515,9 +515,9 @@ async fn read_head<S: Carrier>(s: &mut S, buf: &mut Vec<u8>) -> Result<(usize, R
                 ))
             }
             Ok(None) => {}
-            Err(WsError::Protocol(
-                ProtocolError::WrongHttpMethod,
-            )) => return Err(Refusal(405, "Method Not Allowed", "method not allowed")),
+            Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => {
+                return Err(Refusal(405, "Method Not Allowed", "method not allowed"))
+            }
             Err(_) => return Err(Refusal(400, "Bad Request", "bad request")),
         }
     }
@@ -542,8 +542,7 @@ fn check_request(
     }
     create_response(request).map_err(|e| match e {
         WsError::Protocol(
-            ProtocolError::MissingSecWebSocketVersionHeader
-            | ProtocolError::MissingSecWebSocketKey,
+            ProtocolError::MissingSecWebSocketVersionHeader | ProtocolError::MissingSecWebSocketKey,
         ) => Refusal(400, "Bad Request", "not a WebSocket version 13 handshake"),
         _ => Refusal(426, "Upgrade Required", "WebSocket upgrade required"),
     })
