@@ -22,6 +22,7 @@
 pub mod h2;
 pub mod tcp;
 pub mod tls;
+pub mod ws;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub fn server_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolServe
     Ok(match t {
         PoolType::Tcp => Arc::new(tcp::TcpServer::new(ctx)),
         PoolType::Http2 => Arc::new(h2::H2Server::new(ctx)?),
+        PoolType::WebSocket => Arc::new(ws::WsServer::new(ctx)),
         other => return Err(unsupported(other)),
     })
 }
@@ -102,6 +104,7 @@ pub fn client_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolClien
     Ok(match t {
         PoolType::Tcp => Arc::new(tcp::TcpClient::new(ctx)?),
         PoolType::Http2 => Arc::new(h2::H2Client::new(ctx)?),
+        PoolType::WebSocket => Arc::new(ws::WsClient::new(ctx)?),
         other => return Err(unsupported(other)),
     })
 }
@@ -149,7 +152,7 @@ mod tests {
 
     #[test]
     fn types_without_a_transport_are_refused_by_name() {
-        for (t, name) in [(PoolType::Quic, "QUIC"), (PoolType::WebSocket, "WebSocket")] {
+        for (t, name) in [(PoolType::Quic, "QUIC")] {
             let Err(e) = server_for(t, ctx(1, TlsMode::Off, None)) else {
                 panic!("type {} has no transport yet", t.code());
             };
@@ -230,5 +233,11 @@ mod tests {
     #[tokio::test]
     async fn http2_meets_the_contract() {
         contract(PoolType::Http2, TlsMode::SelfSigned).await;
+    }
+
+    #[tokio::test]
+    async fn websocket_meets_the_contract() {
+        contract(PoolType::WebSocket, TlsMode::Off).await;
+        contract(PoolType::WebSocket, TlsMode::SelfSigned).await;
     }
 }

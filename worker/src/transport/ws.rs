@@ -1,0 +1,1006 @@
+//! The WebSocket pool, type 2 (REFERENCE.md 4.4): every pool entry is its own WebSocket
+//! connection from the client to `ws://<tunnel host:port>/` (`wss://` under tls 1/2, or on
+//! port 443), carried over its own TCP connection and, under tls 1/2, TLS 1.3.
+//!
+//! Server, per accepted connection: TLS handshake when tls is 1/2, then one HTTP/1.1 request
+//! head (both within [`HEADER_TIMEOUT`] each). Refusals, each answered with a plain-text
+//! status and `Connection: close`: a path other than `/` (404), a method other than GET
+//! (405), `pool full` (503) while `max` entries are idle, another IP than the handshaking
+//! client (403; the reference lets any IP in), a request that is not a WebSocket upgrade
+//! (426/400). Otherwise 101, then the id as one 4-byte binary message (the first entry of a
+//! session gets `00000000`). Client: dial, TLS, upgrade (30 s in all), read the 4 id bytes
+//! (1 minute).
+//!
+//! Framing: every write is one binary message and a read returns bytes of at most one
+//! message, so a UDP datagram written in one call keeps its boundaries. A text message is
+//! a protocol error (close 1003). Closing sends a close frame 1000; a received 1000/1001
+//! close reads as EOF. No pings: liveness is TCP keep-alive (NP_REPORT_INTERVAL period).
+//!
+//! Half-close: WebSocket has none (a close frame ends both directions, as with the
+//! reference). Between two of our peers the upgrade carries [`HALF_CLOSE_HEADER`] both
+//! ways; then a shutdown sends an empty binary message, read as EOF by the peer, which
+//! can keep sending. The reference ignores the header and skips empty messages, so a Go
+//! peer never sees the difference; with it we close with a close frame.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll, Waker};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use bytes::{Buf as _, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::{Sink, Stream};
+use nodepass_proto::url::TlsMode;
+use nodepass_proto::wire::PoolId;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::machine::TryParse as _;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    create_response, write_response, Request, Response,
+};
+use tokio_tungstenite::tungstenite::http;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::tls::{ClientTls, ServerTls};
+use super::{canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, RETRY_PAUSE};
+use crate::pool::Pool;
+
+/// The only path that upgrades (the reference's client always asks for it).
+const WS_PATH: &str = "/";
+/// How long the server waits for a TLS handshake, and then for the request head (the
+/// reference's ReadHeaderTimeout, which Go's HTTP server also applies to TLS).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head the server reads before answering 431.
+const MAX_HEAD: usize = 16 * 1024;
+/// Connections between accept and upgrade at once; more are closed at accept. Bounds the
+/// memory a flood of idle connections can hold (each at most [`MAX_HEAD`] + TLS state).
+const MAX_PENDING_UPGRADES: usize = 1024;
+/// How long the client waits for TLS and the upgrade together (the reference's dial
+/// context).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client waits for the server to send an entry's id.
+const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Our own upgrade header: both ends speak the empty-message half-close (module doc).
+pub const HALF_CLOSE_HEADER: &str = "x-nodepass-half-close";
+/// Largest frame or message accepted from a peer. The reference sets no limit, but it
+/// writes one frame per relay read (NP_TCP_DATA_BUF_SIZE, 16 KiB by default).
+const MAX_MESSAGE: usize = 16 << 20;
+/// Read buffer per entry (it is allocated when the entry is made, so it also is the
+/// idle cost of an entry).
+const READ_BUFFER: usize = 64 * 1024;
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        // Write each message through at once: the relay writes whole buffers and flushes
+        // when its source is idle, so batching here would only add a copy.
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+fn keepalive(s: &TcpStream, period: Duration) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(period)
+        .with_interval(period);
+    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+    let _ = s.set_nodelay(true);
+}
+
+/// What a WebSocket connection runs over: a TCP socket, or TLS on one.
+pub trait Carrier: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn tcp(&self) -> &TcpStream;
+    fn peer_cert_der(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+impl Carrier for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Carrier for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
+    fn peer_cert_der(&self) -> Option<Vec<u8>> {
+        self.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+    }
+}
+
+/// One pool entry: a WebSocket connection read and written as a byte stream.
+pub struct WsStream<S: Carrier> {
+    ws: WebSocketStream<S>,
+    /// The unread rest of the message being read.
+    pending: Bytes,
+    /// Where a write is copied into a message; its allocation comes back once tungstenite
+    /// has framed the message (it drops the payload then), so writes do not allocate.
+    staging: BytesMut,
+    /// The peer speaks the empty-message half-close (module doc).
+    half_close: bool,
+    /// This direction has ended (close frame or half-close message read).
+    read_eof: bool,
+    /// Our shutdown has been sent.
+    write_closed: bool,
+    /// A close frame has been sent or answered; nothing more to do on drop.
+    closed: bool,
+}
+
+impl<S: Carrier> WsStream<S> {
+    fn new(ws: WebSocketStream<S>, half_close: bool) -> Self {
+        WsStream {
+            ws,
+            pending: Bytes::new(),
+            staging: BytesMut::new(),
+            half_close,
+            read_eof: false,
+            write_closed: false,
+            closed: false,
+        }
+    }
+
+    fn ws(&mut self) -> Pin<&mut WebSocketStream<S>> {
+        Pin::new(&mut self.ws)
+    }
+
+    /// Queues a close frame and pushes it out as far as the socket takes it now.
+    fn close_now(&mut self, code: CloseCode, reason: &'static str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        if let Poll::Ready(Ok(())) = self.ws().poll_ready(&mut cx) {
+            let _ = self.ws().start_send(Message::Close(Some(frame)));
+        }
+        let _ = self.ws().poll_flush(&mut cx);
+    }
+
+    /// Takes the next message into `pending`; Ok(false) at the end of the read direction.
+    fn poll_message(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            if self.read_eof {
+                return Poll::Ready(Ok(false));
+            }
+            let msg = match ready!(self.ws().poll_next(cx)) {
+                None => {
+                    self.read_eof = true;
+                    self.closed = true;
+                    return Poll::Ready(Ok(false));
+                }
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    self.read_eof = true;
+                    return Poll::Ready(Err(io_error(e)));
+                }
+            };
+            match msg {
+                Message::Binary(b) if b.is_empty() => {
+                    // An empty message carries no bytes (the reference skips them);
+                    // between our peers it is the half-close.
+                    if self.half_close {
+                        self.read_eof = true;
+                        return Poll::Ready(Ok(false));
+                    }
+                }
+                Message::Binary(b) => {
+                    self.pending = b;
+                    return Poll::Ready(Ok(true));
+                }
+                Message::Text(_) => {
+                    self.read_eof = true;
+                    self.close_now(
+                        CloseCode::Unsupported,
+                        "text message on a binary pool entry",
+                    );
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the peer sent a WebSocket text message; pool entries carry binary messages only",
+                    )));
+                }
+                Message::Close(frame) => {
+                    self.read_eof = true;
+                    // tungstenite has queued the answering close frame: send it.
+                    self.closed = true;
+                    let _ = self.ws().poll_flush(cx);
+                    return match frame {
+                        Some(f) if !matches!(f.code, CloseCode::Normal | CloseCode::Away) => {
+                            Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                format!(
+                                    "the peer closed the WebSocket with status {} ({})",
+                                    u16::from(f.code),
+                                    f.reason
+                                ),
+                            )))
+                        }
+                        _ => Poll::Ready(Ok(false)),
+                    };
+                }
+                // Pings are answered by tungstenite; pongs and raw frames mean nothing here.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+}
+
+fn io_error(e: WsError) -> io::Error {
+    match e {
+        WsError::Io(e) => e,
+        WsError::ConnectionClosed | WsError::AlreadyClosed => io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the WebSocket connection is closed",
+        ),
+        WsError::Protocol(ProtocolError::SendAfterClosing) => io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the WebSocket connection is closing; nothing more can be sent",
+        ),
+        WsError::Protocol(p) => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("WebSocket protocol error: {p}"),
+        ),
+        other => io::Error::other(format!("WebSocket: {other}")),
+    }
+}
+
+impl<S: Carrier> AsyncRead for WsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending.is_empty() && !ready!(this.poll_message(cx))? {
+            return Poll::Ready(Ok(()));
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: Carrier> AsyncWrite for WsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown of a WebSocket pool entry",
+            )));
+        }
+        ready!(this.ws().poll_ready(cx)).map_err(io_error)?;
+        this.staging.reserve(buf.len());
+        this.staging.extend_from_slice(buf);
+        let message = this.staging.split().freeze();
+        this.ws()
+            .start_send(Message::Binary(message))
+            .map_err(io_error)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().ws().poll_flush(cx).map_err(io_error)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.write_closed {
+            ready!(this.ws().poll_ready(cx)).map_err(io_error)?;
+            let last = if this.half_close {
+                Message::Binary(Bytes::new())
+            } else {
+                this.closed = true;
+                Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                }))
+            };
+            this.write_closed = true;
+            match this.ws().start_send(last) {
+                Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
+                Err(e) => return Poll::Ready(Err(io_error(e))),
+            }
+        }
+        this.ws().poll_flush(cx).map_err(io_error)
+    }
+}
+
+impl<S: Carrier> Drop for WsStream<S> {
+    /// Best effort, never waiting: a close frame 1000, so the peer reads EOF rather than
+    /// a connection reset.
+    fn drop(&mut self) {
+        self.close_now(CloseCode::Normal, "");
+    }
+}
+
+impl<S: Carrier> PoolStream for WsStream<S> {
+    fn peer_closed(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        // Look at what has arrived without waiting: a message is kept for the reader.
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        match self.poll_message(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(got_message)) => !got_message,
+            Poll::Ready(Err(_)) => true,
+        }
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.ws.get_ref().tcp().peer_addr()
+    }
+
+    fn peer_cert_der(&self) -> Option<Vec<u8>> {
+        self.ws.get_ref().peer_cert_der()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server
+
+/// Server side of the WebSocket pool.
+pub struct WsServer {
+    tls: Option<Arc<ServerTls>>,
+    keepalive: Duration,
+    pending: Arc<Semaphore>,
+}
+
+impl WsServer {
+    pub fn new(ctx: Context) -> Self {
+        WsServer {
+            tls: ctx.server_tls,
+            keepalive: ctx.tunables.report_interval,
+            pending: Arc::new(Semaphore::new(MAX_PENDING_UPGRADES)),
+        }
+    }
+
+    async fn admit(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        pool: Arc<Pool>,
+        client_ip: IpAddr,
+        first_given: Arc<AtomicBool>,
+    ) {
+        keepalive(&tcp, self.keepalive);
+        let session = Session {
+            pool,
+            peer,
+            client_ip,
+            first_given,
+        };
+        let refused = match &self.tls {
+            None => session.upgrade(tcp).await,
+            Some(tls) => {
+                match tokio::time::timeout(HEADER_TIMEOUT, tls.acceptor().accept(tcp)).await {
+                    Ok(Ok(s)) => session.upgrade(TlsStream::Server(s)).await,
+                    Ok(Err(e)) => Err(anyhow!("TLS handshake failed: {e}")),
+                    Err(_) => Err(anyhow!("TLS handshake timed out")),
+                }
+            }
+        };
+        if let Err(e) = refused {
+            tracing::debug!("Pool WebSocket from {peer} refused: {e:#}");
+        }
+    }
+}
+
+/// What one accepted connection needs to become a pool entry.
+struct Session {
+    pool: Arc<Pool>,
+    peer: SocketAddr,
+    client_ip: IpAddr,
+    first_given: Arc<AtomicBool>,
+}
+
+impl Session {
+    /// Reads one request head and either answers a refusal or upgrades, sends the id and
+    /// puts the entry in the pool.
+    async fn upgrade<S: Carrier>(&self, mut s: S) -> anyhow::Result<()> {
+        let peer = self.peer;
+        let mut head = Vec::with_capacity(1024);
+        let parsed = tokio::time::timeout(HEADER_TIMEOUT, read_head(&mut s, &mut head))
+            .await
+            .map_err(|_| anyhow!("no complete request head within {HEADER_TIMEOUT:?}"))?;
+        let checked = parsed.and_then(|(len, request)| {
+            let response = check_request(
+                &request,
+                &self.pool,
+                canonical_ip(peer.ip()),
+                self.client_ip,
+            )?;
+            Ok((len, request, response))
+        });
+        let (len, request, mut response) = match checked {
+            Ok(r) => r,
+            Err(refusal) => {
+                refuse(&mut s, peer, refusal).await;
+                return Ok(());
+            }
+        };
+        let half_close = request
+            .headers()
+            .get(HALF_CLOSE_HEADER)
+            .is_some_and(|v| v == "1");
+        if half_close {
+            response
+                .headers_mut()
+                .insert(HALF_CLOSE_HEADER, http::HeaderValue::from_static("1"));
+        }
+        let mut out = Vec::with_capacity(256);
+        write_response(&mut out, &response).context("encoding the 101 response")?;
+        s.write_all(&out)
+            .await
+            .context("writing the 101 response")?;
+        s.flush().await.context("writing the 101 response")?;
+        // Bytes after the head (a client that did not wait for the 101) are frames.
+        let rest = head.split_off(len);
+        let ws =
+            WebSocketStream::from_partially_read(s, rest, Role::Server, Some(ws_config())).await;
+        let mut ws = WsStream::new(ws, half_close);
+
+        // The first entry of a session (after the checks) is the control channel.
+        let id = if !self.first_given.swap(true, Ordering::AcqRel) {
+            PoolId::CONTROL
+        } else {
+            PoolId(rand::random())
+        };
+        if self.pool.contains(id) {
+            // Like the reference: an internal-error close; the client tries again.
+            ws.close_now(CloseCode::Error, "duplicate id");
+            anyhow::bail!("id {id} is idle already");
+        }
+        ws.write_all(&id.0).await.context("sending the id")?;
+        ws.flush().await.context("sending the id")?;
+        tracing::trace!("Pool WebSocket {id} from {peer} (half-close: {half_close})");
+        if let Err((why, _entry)) = self.pool.put(id, Entry::Stream(Box::new(ws))) {
+            tracing::debug!("Pool entry {id} from {peer} dropped: {why:?}");
+        }
+        Ok(())
+    }
+}
+
+/// A refusal: status, reason phrase and body text.
+struct Refusal(u16, &'static str, &'static str);
+
+/// Reads until a complete request head has arrived; a refusal for anything that is not
+/// one. The head's length and the request are returned; bytes after it stay in `buf`.
+async fn read_head<S: Carrier>(s: &mut S, buf: &mut Vec<u8>) -> Result<(usize, Request), Refusal> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(Refusal(0, "", "")),
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match Request::try_parse(buf) {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) if buf.len() >= MAX_HEAD => {
+                return Err(Refusal(
+                    431,
+                    "Request Header Fields Too Large",
+                    "request header too large",
+                ))
+            }
+            Ok(None) => {}
+            Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => {
+                return Err(Refusal(405, "Method Not Allowed", "method not allowed"))
+            }
+            Err(_) => return Err(Refusal(400, "Bad Request", "bad request")),
+        }
+    }
+}
+
+/// The server's checks, in the reference's order where it has them: path, pool room,
+/// client IP, then the upgrade headers. Ok is the 101 response to send.
+fn check_request(
+    request: &Request,
+    pool: &Pool,
+    peer_ip: IpAddr,
+    client_ip: IpAddr,
+) -> Result<Response, Refusal> {
+    if request.uri().path() != WS_PATH {
+        return Err(Refusal(404, "Not Found", "404 page not found"));
+    }
+    if pool.active() >= pool.max() {
+        return Err(Refusal(503, "Service Unavailable", "pool full"));
+    }
+    if peer_ip != client_ip {
+        return Err(Refusal(403, "Forbidden", "unauthorized"));
+    }
+    create_response(request).map_err(|e| match e {
+        WsError::Protocol(
+            ProtocolError::MissingSecWebSocketVersionHeader | ProtocolError::MissingSecWebSocketKey,
+        ) => Refusal(400, "Bad Request", "not a WebSocket version 13 handshake"),
+        _ => Refusal(426, "Upgrade Required", "WebSocket upgrade required"),
+    })
+}
+
+/// Answers a refusal (status 0: just close) and logs why.
+async fn refuse<S: Carrier>(s: &mut S, peer: SocketAddr, Refusal(status, reason, body): Refusal) {
+    if status == 0 {
+        tracing::debug!("Pool connection from {peer} closed before a request head");
+        return;
+    }
+    tracing::debug!("Pool WebSocket from {peer} refused: {status} {body}");
+    let text = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         X-Content-Type-Options: nosniff\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}\n",
+        body.len() + 1
+    );
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, async {
+        let _ = s.write_all(text.as_bytes()).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+}
+
+impl PoolServer for WsServer {
+    fn serve(
+        self: Arc<Self>,
+        tunnel: TcpListener,
+        pool: Arc<Pool>,
+        client_ip: IpAddr,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        let client_ip = canonical_ip(client_ip);
+        // The first-id rule is per session (per pool object).
+        let first_given = Arc::new(AtomicBool::new(false));
+        Box::pin(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    a = tunnel.accept() => a,
+                };
+                match accepted {
+                    Ok((tcp, peer)) => {
+                        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+                            tracing::debug!(
+                                "Pool connection from {peer} closed: {MAX_PENDING_UPGRADES} upgrades pending"
+                            );
+                            continue;
+                        };
+                        let admit = self.clone().admit(
+                            tcp,
+                            peer,
+                            pool.clone(),
+                            client_ip,
+                            first_given.clone(),
+                        );
+                        let cancel = cancel.clone();
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            tokio::select! {
+                                _ = cancel.cancelled() => {}
+                                _ = admit => {}
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!("Pool accept failed: {e}");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+
+/// Client side of the WebSocket pool.
+pub struct WsClient {
+    ctx: Context,
+    tls: Option<ClientTls>,
+    /// `ws://host:port/` or `wss://host:port/`.
+    url: String,
+    /// The Host header: the tunnel host without the port, as the reference sends it.
+    host: String,
+}
+
+impl WsClient {
+    pub fn new(ctx: Context) -> anyhow::Result<Self> {
+        let host = ctx.tunnel.host.clone();
+        // The reference verifies (tls 2, or tls 0 on port 443 behind a TLS proxy) against
+        // the tunnel host; an explicit sni names the certificate instead.
+        let name = if ctx.sni.is_empty() || ctx.sni == "none" {
+            host.clone()
+        } else {
+            ctx.sni.clone()
+        };
+        let tls = match ctx.tls {
+            TlsMode::Off if ctx.tunnel.port == 443 => Some(ClientTls::verified(&name)?),
+            TlsMode::Off => None,
+            TlsMode::SelfSigned => ClientTls::new(TlsMode::SelfSigned, "")?,
+            TlsMode::Files => ClientTls::new(TlsMode::Files, &name)?,
+        };
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let bracketed = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        Ok(WsClient {
+            url: format!("{scheme}://{bracketed}:{}{WS_PATH}", ctx.tunnel.port),
+            host: bracketed,
+            ctx,
+            tls,
+        })
+    }
+
+    fn request(&self, addr: SocketAddr) -> anyhow::Result<http::Request<()>> {
+        // An empty tunnel host dials the local machine; name it by the address.
+        let (url, host) = if self.host.is_empty() {
+            let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+            (format!("{scheme}://{addr}{WS_PATH}"), addr.ip().to_string())
+        } else {
+            (self.url.clone(), self.host.clone())
+        };
+        http::Request::builder()
+            .method("GET")
+            .uri(&url)
+            .header("Host", host)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", generate_key())
+            .header(HALF_CLOSE_HEADER, "1")
+            .body(())
+            .with_context(|| format!("cannot build the WebSocket request for {url}"))
+    }
+
+    async fn open_entry(&self) -> anyhow::Result<(PoolId, Entry)> {
+        let t = &self.ctx.tunables;
+        // Re-resolved per dial, like the reference, so a moved server is followed.
+        let addr = self.ctx.dns.resolve(&self.ctx.tunnel).await?;
+        let tcp = tokio::time::timeout(t.tcp_dial_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("dial tcp {addr}: i/o timeout"))?
+            .with_context(|| format!("dial tcp {addr}"))?;
+        keepalive(&tcp, t.report_interval);
+        let request = self.request(addr)?;
+        let dial = async {
+            match &self.tls {
+                None => finish(tcp, request, addr).await,
+                Some(tls) => {
+                    let s = tls
+                        .connector
+                        .connect(tls.server_name.clone(), tcp)
+                        .await
+                        .with_context(|| format!("TLS handshake with {addr}"))?;
+                    finish(TlsStream::Client(s), request, addr).await
+                }
+            }
+        };
+        let mut entry = tokio::time::timeout(DIAL_TIMEOUT, dial)
+            .await
+            .map_err(|_| anyhow!("WebSocket upgrade with {addr} timed out"))??;
+        let mut id = [0u8; 4];
+        tokio::time::timeout(ID_READ_TIMEOUT, entry.read_exact(&mut id))
+            .await
+            .map_err(|_| anyhow!("no pool id from {addr} within a minute"))?
+            .with_context(|| format!("reading the pool id from {addr}"))?;
+        Ok((PoolId(id), entry))
+    }
+}
+
+/// The upgrade on an open connection.
+async fn finish<S: Carrier>(
+    s: S,
+    request: http::Request<()>,
+    addr: SocketAddr,
+) -> anyhow::Result<Entry> {
+    let (ws, response) =
+        match tokio_tungstenite::client_async_with_config(request, s, Some(ws_config())).await {
+            Ok(r) => r,
+            Err(WsError::Http(r)) => {
+                let body = r
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "WebSocket upgrade refused by {addr}: status {} {body}",
+                    r.status().as_u16()
+                );
+            }
+            Err(e) => return Err(anyhow!("WebSocket upgrade with {addr}: {e}")),
+        };
+    let half_close = response
+        .headers()
+        .get(HALF_CLOSE_HEADER)
+        .is_some_and(|v| v == "1");
+    Ok(Entry::Stream(Box::new(WsStream::new(ws, half_close))))
+}
+
+impl PoolClient for WsClient {
+    fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>> {
+        Box::pin(self.open_entry())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{SinkExt as _, StreamExt as _};
+    use nodepass_proto::tunables::Tunables;
+    use nodepass_proto::url::{DnsSetting, HostPort};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    fn ctx(port: u16, tls: TlsMode) -> Context {
+        Context {
+            tunables: Tunables::default(),
+            dns: Arc::new(crate::dns::Dns::new(&DnsSetting::Ttl(Duration::from_secs(
+                60,
+            )))),
+            tunnel: HostPort {
+                host: "127.0.0.1".to_string(),
+                port,
+            },
+            tls,
+            sni: String::new(),
+            server_tls: None,
+            max: 8,
+        }
+    }
+
+    /// Our server on a loopback port, admitting 127.0.0.1 into `pool`.
+    async fn serve() -> (u16, Arc<Pool>, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let pool = Arc::new(Pool::new(8));
+        let cancel = CancellationToken::new();
+        let server = Arc::new(WsServer::new(ctx(port, TlsMode::Off)));
+        tokio::spawn(server.serve(
+            listener,
+            pool.clone(),
+            "127.0.0.1".parse().expect("ip"),
+            cancel.clone(),
+        ));
+        (port, pool, cancel)
+    }
+
+    /// A plain WebSocket client as the reference's is: no half-close header.
+    async fn go_style_client(port: u16) -> (WebSocketStream<TcpStream>, PoolId) {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let request = format!("ws://127.0.0.1:{port}/")
+            .into_client_request()
+            .expect("request");
+        let (mut ws, response) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .expect("upgrade");
+        assert!(response.headers().get(HALF_CLOSE_HEADER).is_none());
+        let id = match ws.next().await {
+            Some(Ok(Message::Binary(b))) if b.len() == 4 => PoolId([b[0], b[1], b[2], b[3]]),
+            other => panic!("no id message: {other:?}"),
+        };
+        (ws, id)
+    }
+
+    async fn take(pool: &Pool, id: PoolId) -> Entry {
+        pool.outgoing_get(id, Duration::from_secs(5))
+            .await
+            .expect("entry in the pool")
+    }
+
+    #[tokio::test]
+    async fn go_style_peer_message_boundaries_empty_messages_and_close_frames() {
+        let (port, pool, cancel) = serve().await;
+        let (mut peer, id) = go_style_client(port).await;
+        assert_eq!(id, PoolId::CONTROL);
+        peer.send(Message::Binary(Bytes::new()))
+            .await
+            .expect("send");
+        peer.send(Message::Binary(Bytes::from_static(b"abc")))
+            .await
+            .expect("send");
+        peer.send(Message::Binary(Bytes::from_static(b"defg")))
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut entry = take(&pool, id).await;
+        assert!(!entry.peer_closed(), "pending messages mean alive");
+        // One message per read, the empty one skipped.
+        let mut buf = [0u8; 64];
+        let n = entry.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"abc");
+        let n = entry.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"defg");
+        // One write is one message.
+        entry.write_all(b"xyz").await.expect("write");
+        entry.flush().await.expect("flush");
+        match peer.next().await {
+            Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], b"xyz"),
+            other => panic!("expected one binary message: {other:?}"),
+        }
+        // Without the half-close header, shutdown is a close frame 1000 ...
+        entry.shutdown().await.expect("shutdown");
+        match peer.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Normal),
+            other => panic!("expected a close frame 1000: {other:?}"),
+        }
+        // ... and the peer's answering close reads as EOF.
+        let _ = peer.flush().await;
+        let n = tokio::time::timeout(Duration::from_secs(5), entry.read(&mut buf))
+            .await
+            .expect("EOF in time")
+            .expect("EOF, not an error");
+        assert_eq!(n, 0);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn text_messages_and_abnormal_closes_are_errors() {
+        let (port, pool, cancel) = serve().await;
+        let (mut peer, id) = go_style_client(port).await;
+        let mut entry = take(&pool, id).await;
+        peer.send(Message::Text("hello".into()))
+            .await
+            .expect("send");
+        let mut buf = [0u8; 16];
+        let err = entry.read(&mut buf).await.expect_err("text is an error");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        match peer.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Unsupported),
+            other => panic!("expected a close frame 1003: {other:?}"),
+        }
+
+        let (mut peer, id) = go_style_client(port).await;
+        let mut entry = take(&pool, id).await;
+        peer.close(Some(CloseFrame {
+            code: CloseCode::Error,
+            reason: "boom".into(),
+        }))
+        .await
+        .expect("close");
+        let err = entry.read(&mut buf).await.expect_err("1011 is an error");
+        assert!(err.to_string().contains("1011 (boom)"), "{err}");
+
+        // An idle entry whose peer said goodbye reads as closed.
+        let (mut peer, id) = go_style_client(port).await;
+        peer.close(None).await.expect("close");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(take(&pool, id).await.peer_closed());
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn our_peers_half_close_and_keep_message_boundaries() {
+        let (port, pool, cancel) = serve().await;
+        let client = WsClient::new(ctx(port, TlsMode::Off)).expect("client");
+        let (_control, _) = client.open().await.expect("control entry");
+        let (id, mut c) = client.open().await.expect("entry");
+        let mut s = take(&pool, id).await;
+        c.write_all(b"one").await.expect("write");
+        c.write_all(b"two!!").await.expect("write");
+        c.flush().await.expect("flush");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"one");
+        let n = s.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"two!!");
+        // The client is done sending; the server still answers.
+        c.shutdown().await.expect("shutdown");
+        assert_eq!(s.read(&mut buf).await.expect("EOF"), 0);
+        s.write_all(b"late answer")
+            .await
+            .expect("write after peer EOF");
+        s.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.expect("read to EOF");
+        assert_eq!(rest, b"late answer");
+        cancel.cancel();
+    }
+
+    /// A scripted server: the handshake, then `script` on the upgraded connection.
+    async fn fake_server(script: Vec<Message>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    for m in script {
+                        let _ = ws.send(m).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_short_text_or_replayed_id_is_refused_clearly() {
+        let port = fake_server(vec![
+            Message::Binary(Bytes::from_static(&[1, 2, 3])),
+            Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            })),
+        ])
+        .await;
+        let client = WsClient::new(ctx(port, TlsMode::Off)).expect("client");
+        let err = client.open().await.err().expect("3 bytes are no id");
+        assert!(
+            format!("{err:#}").contains("reading the pool id"),
+            "{err:#}"
+        );
+
+        let port = fake_server(vec![Message::Text("00000000".into())]).await;
+        let client = WsClient::new(ctx(port, TlsMode::Off)).expect("client");
+        let err = client.open().await.err().expect("a text id");
+        assert!(format!("{err:#}").contains("text message"), "{err:#}");
+
+        // A server that hands out 00000000 twice: the pool takes the first only.
+        let port = fake_server(vec![Message::Binary(Bytes::from_static(&[0; 4]))]).await;
+        let client = WsClient::new(ctx(port, TlsMode::Off)).expect("client");
+        let pool = Pool::new(4);
+        let (id1, e1) = client.open().await.expect("first");
+        let (id2, e2) = client.open().await.expect("second");
+        assert_eq!((id1, id2), (PoolId::CONTROL, PoolId::CONTROL));
+        assert!(pool.put(id1, e1).is_ok());
+        assert_eq!(
+            pool.put(id2, e2).err().map(|e| e.0),
+            Some(crate::pool::PutError::Duplicate)
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_upgrade_names_the_status() {
+        // max 8 idle entries: fill them, the next open gets 503 `pool full`.
+        let (port, _pool, cancel) = serve().await;
+        let client = WsClient::new(ctx(port, TlsMode::Off)).expect("client");
+        let mut kept = Vec::new();
+        let err = loop {
+            match client.open().await {
+                Ok(e) => kept.push(e),
+                Err(e) => break e,
+            }
+            assert!(kept.len() <= 8, "never refused");
+        };
+        assert!(
+            format!("{err:#}").contains("status 503 pool full"),
+            "{err:#}"
+        );
+        cancel.cancel();
+    }
+}
