@@ -65,7 +65,7 @@ impl Format {
 /// Labels of an API request count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The route template, e.g. `/api/v1/instances/{*id}`, or `unmatched`.
+    /// The route template, e.g. `/api/v1/instances/:id`, or `unmatched`.
     pub route: String,
     pub method: &'static str,
     pub status: u16,

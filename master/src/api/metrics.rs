@@ -78,10 +78,28 @@ pub async fn track(State(m): State<Arc<Master>>, req: Request, next: Next) -> Re
     let method = method_label(req.method());
     let route = req.extensions().get::<MatchedPath>().cloned();
     let resp = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let route = route.map_or_else(|| "unmatched".to_string(), |r| route_label(r.as_str()));
     m.metrics
-        .observe_request(route, method, resp.status().as_u16(), started.elapsed());
+        .observe_request(&route, method, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// A route template as a label: axum's `{id}` / `{*id}` captures written `:id`, the form
+/// most dashboards show (and braces inside label values trip some text-format parsers).
+pub fn route_label(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        out.push(':');
+        out.push_str(rest[open + 1..open + close].trim_start_matches('*'));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -99,5 +117,12 @@ mod tests {
             "application/openmetrics-text;q=0, text/plain"
         ))));
         assert!(!wants_openmetrics(None));
+    }
+
+    #[test]
+    fn route_templates_become_colon_names() {
+        assert_eq!(route_label("/api/v1/instances/{*id}"), "/api/v1/instances/:id");
+        assert_eq!(route_label("/api/v1/docs/{*file}"), "/api/v1/docs/:file");
+        assert_eq!(route_label("/api/v1/instances"), "/api/v1/instances");
     }
 }
