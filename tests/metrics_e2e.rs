@@ -188,9 +188,19 @@ fn scrape_matches_get_instances_through_traffic_a_crash_and_a_reset() {
         value(&s, "nodepass_instances", &[("status", "running")]),
         2.0
     );
-    assert!(value(&s, "nodepass_instance_worker_uptime_seconds", &server_labels) > 0.0);
+    assert!(
+        value(
+            &s,
+            "nodepass_instance_worker_uptime_seconds",
+            &server_labels
+        ) > 0.0
+    );
     assert_eq!(
-        value(&s, "nodepass_instance_worker_restarts_total", &server_labels),
+        value(
+            &s,
+            "nodepass_instance_worker_restarts_total",
+            &server_labels
+        ),
         0.0
     );
     assert!(
@@ -231,11 +241,19 @@ fn scrape_matches_get_instances_through_traffic_a_crash_and_a_reset() {
     let (s, list) = consistent_scrape(&api);
     assert_matches(&s, &list);
     assert_eq!(
-        value(&s, "nodepass_instance_worker_restarts_total", &client_labels),
+        value(
+            &s,
+            "nodepass_instance_worker_restarts_total",
+            &client_labels
+        ),
         1.0
     );
     assert_eq!(
-        value(&s, "nodepass_instance_worker_last_exit_code", &client_labels),
+        value(
+            &s,
+            "nodepass_instance_worker_last_exit_code",
+            &client_labels
+        ),
         137.0
     );
     assert!(value(&s, "nodepass_instance_tcp_rx_bytes_total", &client_labels) >= rx_before);

@@ -245,10 +245,22 @@ impl Collector for MasterCollector {
         let counter = MetricType::Counter;
         let gauge = MetricType::Gauge;
         let traffic = [
-            ("nodepass_instance_tcp_rx", "TCP bytes received (tcprx of GET /instances)"),
-            ("nodepass_instance_tcp_tx", "TCP bytes sent (tcptx of GET /instances)"),
-            ("nodepass_instance_udp_rx", "UDP bytes received (udprx of GET /instances)"),
-            ("nodepass_instance_udp_tx", "UDP bytes sent (udptx of GET /instances)"),
+            (
+                "nodepass_instance_tcp_rx",
+                "TCP bytes received (tcprx of GET /instances)",
+            ),
+            (
+                "nodepass_instance_tcp_tx",
+                "TCP bytes sent (tcptx of GET /instances)",
+            ),
+            (
+                "nodepass_instance_udp_rx",
+                "UDP bytes received (udprx of GET /instances)",
+            ),
+            (
+                "nodepass_instance_udp_tx",
+                "UDP bytes sent (udptx of GET /instances)",
+            ),
         ];
         for (i, (name, help)) in traffic.into_iter().enumerate() {
             per_instance(e, &figures, name, help, bytes, counter, |f| {

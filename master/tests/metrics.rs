@@ -57,10 +57,7 @@ fn the_endpoint_needs_the_api_key() {
     let path = format!("{}/metrics", tm.api.base);
     let r = request(tm.api.addr, "GET", &path, &[], None);
     assert_eq!(r.status, 401);
-    assert_eq!(
-        r.text(),
-        "{\"error\":\"Unauthorized: API key required\"}\n"
-    );
+    assert_eq!(r.text(), "{\"error\":\"Unauthorized: API key required\"}\n");
     let r = request(tm.api.addr, "GET", &path, &[("X-API-Key", "wrong")], None);
     assert_eq!(r.status, 401);
     let r = tm.api.call("POST", "/metrics", None);
@@ -168,7 +165,10 @@ fn every_family_is_present_and_matches_get_instances() {
                 || x.metric == "nodepass_instance_worker_uptime_seconds")));
     }
     assert_eq!(value(&s, "nodepass_instances", &[("status", "error")]), 2.0);
-    assert_eq!(value(&s, "nodepass_instances", &[("status", "running")]), 0.0);
+    assert_eq!(
+        value(&s, "nodepass_instances", &[("status", "running")]),
+        0.0
+    );
     assert_eq!(value(&s, "nodepass_sse_subscribers", &[]), 1.0);
     assert_eq!(value(&s, "nodepass_sse_dropped_events_total", &[]), 0.0);
     assert!(value(&s, "nodepass_worker_spawn_failures_total", &[]) >= 2.0);
@@ -268,7 +268,9 @@ fn echo_through(port: u16, n: usize) {
 #[test]
 fn a_reset_starts_the_counters_again_from_zero() {
     let Some(exe) = common::nodepass_binary() else {
-        eprintln!("skipping: the nodepass binary is not built (cargo build, or set NODEPASS_WORKER_EXE)");
+        eprintln!(
+            "skipping: the nodepass binary is not built (cargo build, or set NODEPASS_WORKER_EXE)"
+        );
         return;
     };
     let tm = TestMaster::start_with("master://127.0.0.1:0/api?log=warn", exe);
@@ -293,13 +295,18 @@ fn a_reset_starts_the_counters_again_from_zero() {
     let first = rx(&s);
     assert!(first >= before["tcprx"].as_f64().unwrap());
 
-    let r = tm
-        .api
-        .call("PATCH", &format!("/instances/{id}"), Some(r#"{"action":"reset"}"#));
+    let r = tm.api.call(
+        "PATCH",
+        &format!("/instances/{id}"),
+        Some(r#"{"action":"reset"}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     // The drop Prometheus reads as a counter reset: back to what GET shows, from 0.
     let after_reset = rx(&scrape(&tm));
-    assert!(after_reset < first, "{after_reset} after a reset from {first}");
+    assert!(
+        after_reset < first,
+        "{after_reset} after a reset from {first}"
+    );
     assert_eq!(after_reset, tm.api.instance(&id)["tcprx"].as_f64().unwrap());
 
     // Counting goes on from 0 and only upwards.
@@ -310,7 +317,10 @@ fn a_reset_starts_the_counters_again_from_zero() {
     let mut last = after_reset;
     for _ in 0..5 {
         let now = rx(&scrape(&tm));
-        assert!(now >= last, "counter went down without a reset: {last} -> {now}");
+        assert!(
+            now >= last,
+            "counter went down without a reset: {last} -> {now}"
+        );
         last = now;
         std::thread::sleep(Duration::from_millis(100));
     }

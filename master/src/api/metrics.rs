@@ -121,7 +121,10 @@ mod tests {
 
     #[test]
     fn route_templates_become_colon_names() {
-        assert_eq!(route_label("/api/v1/instances/{*id}"), "/api/v1/instances/:id");
+        assert_eq!(
+            route_label("/api/v1/instances/{*id}"),
+            "/api/v1/instances/:id"
+        );
         assert_eq!(route_label("/api/v1/docs/{*file}"), "/api/v1/docs/:file");
         assert_eq!(route_label("/api/v1/instances"), "/api/v1/instances");
     }

@@ -63,7 +63,10 @@ pub fn router(master: Arc<Master>) -> Router {
         .merge(public)
         .fallback(not_found)
         // Outermost, so refused (401) and unknown (404) requests are counted too.
-        .layer(middleware::from_fn_with_state(master.clone(), metrics::track))
+        .layer(middleware::from_fn_with_state(
+            master.clone(),
+            metrics::track,
+        ))
         .with_state(master)
 }
 
