@@ -326,3 +326,41 @@ fn a_reset_starts_the_counters_again_from_zero() {
     }
     assert!(last >= 10_000.0 && last < first, "{last}");
 }
+
+#[test]
+fn a_subscriber_dropped_for_lagging_is_counted() {
+    let tm = TestMaster::start();
+    let id = create(&tm, "busy");
+    // A subscriber that reads nothing while ~40 MB of events are published: the socket
+    // buffers fill, it falls more than the ring's 1024 events behind and is disconnected.
+    let mut sse = Sse::open(tm.api.addr, &format!("{}/events", tm.api.base), &tm.api.key);
+    assert_eq!(sse.status, 200);
+    assert_eq!(value(&scrape(&tm), "nodepass_sse_subscribers", &[]), 1.0);
+    let value_250 = "v".repeat(250);
+    for n in 0..1500 {
+        let tags: Vec<String> = (0..100)
+            .map(|t| format!(r#""t{t}":"{n}{value_250}""#))
+            .collect();
+        let body = format!(r#"{{"meta":{{"tags":{{{}}}}}}}"#, tags.join(","));
+        let r = tm
+            .api
+            .call("PATCH", &format!("/instances/{id}"), Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Reading again, the subscriber finds its stream ended.
+    assert!(sse.ends(Duration::from_secs(60)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = scrape(&tm);
+        let dropped = value(&s, "nodepass_sse_dropped_events_total", &[]);
+        if dropped > 0.0 && value(&s, "nodepass_sse_subscribers", &[]) == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dropped events {dropped}, subscribers {}",
+            value(&s, "nodepass_sse_subscribers", &[])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
