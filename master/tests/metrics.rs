@@ -1,11 +1,12 @@
 //! `GET {prefix}/v1/metrics` over real HTTP against an in-process master: the API key,
 //! content negotiation (Prometheus text 0.0.4 by default, OpenMetrics when asked), every
 //! metric family present and parseable by a Prometheus text-format parser, per-instance
-//! values equal to GET /instances, requests counted by route template, SSE subscribers,
-//! spawn failures (instances pointed at a worker binary that does not exist), and the
-//! reset semantics of the traffic counters with a real worker and real traffic (when the
-//! nodepass binary is built). The workspace's tests/metrics_e2e.rs runs the same checks
-//! against the built master process, with a worker crash and restart.
+//! values equal to GET /instances, requests counted by route template, SSE subscribers and
+//! the events of one dropped for lagging, spawn failures (instances pointed at a worker
+//! binary that does not exist), and the reset semantics of the traffic counters with a
+//! real worker and real traffic (when the nodepass binary is built). The workspace's
+//! tests/metrics_e2e.rs runs the same checks against the built master process, with a
+//! worker crash and restart.
 
 mod common;
 
