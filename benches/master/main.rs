@@ -151,12 +151,12 @@ fn scrape_bench(api: &support::Api) {
         ms(*lat.last().unwrap())
     );
 
-    // Alternate rounds without and with a scraper, 3 of each, 1000 requests per round.
+    // Alternate rounds without and with a scraper, 5 of each, 2000 requests per round.
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut scrapes = 0;
-    for _ in 0..3 {
-        without.extend(list_latencies(api, 1000));
+    for _ in 0..5 {
+        without.extend(list_latencies(api, 2000));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let scraper = {
             let api = api.clone();
@@ -176,14 +176,14 @@ fn scrape_bench(api: &support::Api) {
                 n
             })
         };
-        with.extend(list_latencies(api, 1000));
+        with.extend(list_latencies(api, 2000));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         scrapes += scraper.join().unwrap();
     }
     without.sort();
     with.sort();
     println!(
-        "GET /instances, 3000 requests each: without a scraper p50 {} p99 {}; with a 1/s scraper ({scrapes} scrapes) p50 {} p99 {}",
+        "GET /instances, 10000 requests each: without a scraper p50 {} p99 {}; with a 1/s scraper ({scrapes} scrapes) p50 {} p99 {}",
         ms(percentile(&without, 0.5)),
         ms(percentile(&without, 0.99)),
         ms(percentile(&with, 0.5)),
