@@ -6,6 +6,9 @@
 //! Drives the release `nodepass` binary as a separate process over real loopback HTTP:
 //! 1. GET /instances latency (p50/p99, a new connection per request) with 1000 instances
 //!    in the store, and the master's RSS with them;
+//!    then GET /metrics (the Prometheus scrape) p50/p99 with the same 1000 instances, and
+//!    GET /instances p99 without and with a scraper hitting /metrics once a second
+//!    (alternating rounds, so both see the same machine load);
 //! 2. SSE fan-out: 100 subscribers, 200 update events; time from the PATCH answer to the
 //!    event reaching the last subscriber (p50/p99);
 //! 3. 100 running single-end client workers: the master's RSS and the workers' idle RSS.
@@ -107,6 +110,87 @@ fn preload(state: &Path, n: usize) {
     rt.block_on(store.flush()).unwrap();
 }
 
+/// `n` GET /instances latencies, sorted.
+fn list_latencies(api: &support::Api, n: usize) -> Vec<Duration> {
+    let mut lat: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let r = api.get("/instances");
+            let d = t.elapsed();
+            assert_eq!(r.status, 200);
+            d
+        })
+        .collect();
+    lat.sort();
+    lat
+}
+
+/// The scrape at 1000 instances, and whether a 1/s scraper slows GET /instances.
+fn scrape_bench(api: &support::Api) {
+    let r = api.get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let size = r.body.len();
+    let series = r.text().lines().filter(|l| !l.starts_with('#')).count();
+    for _ in 0..20 {
+        api.get("/metrics");
+    }
+    let mut lat: Vec<Duration> = (0..500)
+        .map(|_| {
+            let t = Instant::now();
+            let r = api.get("/metrics");
+            let d = t.elapsed();
+            assert_eq!(r.status, 200);
+            d
+        })
+        .collect();
+    lat.sort();
+    println!(
+        "GET /metrics (1000 instances, {series} series, {size} bytes), 500 scrapes: p50 {} p99 {} max {}",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(*lat.last().unwrap())
+    );
+
+    // Alternate rounds without and with a scraper, 5 of each, 2000 requests per round.
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut scrapes = 0;
+    for _ in 0..5 {
+        without.extend(list_latencies(api, 2000));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scraper = {
+            let api = api.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    assert_eq!(api.get("/metrics").status, 200);
+                    n += 1;
+                    while t.elapsed() < Duration::from_secs(1)
+                        && !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                n
+            })
+        };
+        with.extend(list_latencies(api, 2000));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        scrapes += scraper.join().unwrap();
+    }
+    without.sort();
+    with.sort();
+    println!(
+        "GET /instances, 10000 requests each: without a scraper p50 {} p99 {}; with a 1/s scraper ({scrapes} scrapes) p50 {} p99 {}",
+        ms(percentile(&without, 0.5)),
+        ms(percentile(&without, 0.99)),
+        ms(percentile(&with, 0.5)),
+        ms(percentile(&with, 0.99)),
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful: only run
     // when asked to benchmark.
@@ -147,6 +231,7 @@ fn main() {
         "master RSS with {count} instances (stopped): {} KiB",
         rss_1000
     );
+    scrape_bench(&api);
 
     // 2. SSE fan-out to 100 subscribers.
     let target = "00000000";

@@ -7,6 +7,8 @@
 //! reconnects after the `retry: 3000` the stream announced and receives a fresh `initial`
 //! snapshot of every instance, which is a complete resync.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -30,6 +32,8 @@ pub struct Frame {
 #[derive(Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<Frame>,
+    /// Events that subscribers missed because they lagged and were dropped (a metric).
+    dropped: Arc<AtomicU64>,
 }
 
 impl Default for EventHub {
@@ -41,7 +45,10 @@ impl Default for EventHub {
 impl EventHub {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(EVENT_BUFFER);
-        EventHub { tx }
+        EventHub {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Renders one event frame.
@@ -88,5 +95,15 @@ impl EventHub {
 
     pub fn subscriber_count(&self) -> usize {
         self.tx.receiver_count()
+    }
+
+    /// Records that a subscriber was disconnected after missing `missed` events.
+    pub fn note_lagged(&self, missed: u64) {
+        self.dropped.fetch_add(missed, Ordering::Relaxed);
+    }
+
+    /// Events missed by subscribers that were disconnected for lagging, since start.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }

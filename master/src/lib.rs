@@ -15,6 +15,7 @@ pub mod counters;
 pub mod events;
 pub mod gojson;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod state;
 pub mod store;

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::counters::TrafficCounters;
 use crate::events::EventHub;
+use crate::metrics::Metrics;
 use crate::model::*;
 use crate::store::{new_api_key, MasterRecord, Snapshot, Store, StoredInstance};
 use crate::supervisor::{self, Command, InstanceSink, SupervisorSettings};
@@ -58,9 +60,45 @@ struct Entry {
     inst: Instance,
     pid: Option<u32>,
     traffic: TrafficCounters,
+    /// Worker process facts for the metrics (this master's lifetime only, not stored).
+    worker: WorkerFacts,
     /// Changed since last saved (counters, or a failed write).
     dirty: bool,
     ctl: mpsc::UnboundedSender<Command>,
+}
+
+/// What the metrics show about an instance's worker processes since this master started.
+#[derive(Debug, Clone, Copy, Default)]
+struct WorkerFacts {
+    /// When the current worker was spawned; `None` while no worker process lives.
+    started: Option<Instant>,
+    /// Worker processes spawned for this instance.
+    spawns: u64,
+    /// Exit code of the last worker that ended (128 + signal number when killed by one).
+    last_exit: Option<i32>,
+}
+
+/// One instance as the metrics endpoint shows it: a copy taken under the lock, so encoding
+/// a scrape never holds the registry.
+#[derive(Debug, Clone)]
+pub struct InstanceFigures {
+    pub id: String,
+    pub alias: String,
+    pub kind: InstanceKind,
+    pub status: InstanceStatus,
+    /// tcprx, tcptx, udprx, udptx as GET /instances shows them (monotonic until a reset).
+    pub traffic: [u64; 4],
+    pub tcps: i32,
+    pub udps: i32,
+    pub pool: i32,
+    /// Milliseconds, as the worker reports it.
+    pub ping_ms: i32,
+    /// Worker processes started after the first one (crash restarts, restart actions, URL
+    /// changes) since this master started.
+    pub restarts: u64,
+    pub last_exit: Option<i32>,
+    /// Seconds since the current worker was spawned; `None` while none runs.
+    pub worker_uptime: Option<f64>,
 }
 
 impl Entry {
@@ -86,6 +124,10 @@ pub struct Master {
     pub started: Instant,
     /// At most 10 TCP probes at once, as the reference.
     pub tcping_slots: Semaphore,
+    /// The Prometheus registry behind GET /metrics (reads this state at scrape time).
+    pub metrics: Metrics,
+    /// Worker processes that could not be spawned at all.
+    spawn_failures: AtomicU64,
     registry: Mutex<Registry>,
     /// Ourselves, as the sink every supervisor task reports to.
     me: Weak<Master>,
@@ -136,6 +178,8 @@ impl Master {
             events: EventHub::new(),
             started: Instant::now(),
             tcping_slots: Semaphore::new(10),
+            metrics: Metrics::new(me.clone()),
+            spawn_failures: AtomicU64::new(0),
             registry: Mutex::new(Registry {
                 master,
                 instances: BTreeMap::new(),
@@ -163,6 +207,7 @@ impl Master {
                         inst,
                         pid: rec.pid,
                         traffic: TrafficCounters::default(),
+                        worker: WorkerFacts::default(),
                         dirty: false,
                         ctl,
                     },
@@ -296,6 +341,7 @@ impl Master {
                 inst: inst.clone(),
                 pid: None,
                 traffic: TrafficCounters::default(),
+                worker: WorkerFacts::default(),
                 dirty: true,
                 ctl: ctl.clone(),
             };
@@ -534,6 +580,40 @@ impl Master {
             .collect()
     }
 
+    /// Every instance (not the key record) as the metrics show it, in id order.
+    pub fn instance_figures(&self) -> Vec<InstanceFigures> {
+        let reg = self.lock();
+        let now = Instant::now();
+        reg.instances
+            .values()
+            .map(|e| {
+                let i = &e.inst;
+                InstanceFigures {
+                    id: i.id.clone(),
+                    alias: i.alias.clone(),
+                    kind: i.kind,
+                    status: i.status,
+                    traffic: [i.tcprx, i.tcptx, i.udprx, i.udptx],
+                    tcps: i.tcps,
+                    udps: i.udps,
+                    pool: i.pool,
+                    ping_ms: i.ping,
+                    restarts: e.worker.spawns.saturating_sub(1),
+                    last_exit: e.worker.last_exit,
+                    worker_uptime: e
+                        .worker
+                        .started
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                }
+            })
+            .collect()
+    }
+
+    /// Worker processes that could not be spawned since this master started.
+    pub fn spawn_failures(&self) -> u64 {
+        self.spawn_failures.load(Ordering::Relaxed)
+    }
+
     /// Runs `change` on instance `id` under the lock and publishes an `update` if it says
     /// so; nothing happens for an instance deleted meanwhile.
     fn update(&self, id: &str, change: impl FnOnce(&mut Entry) -> bool) {
@@ -553,7 +633,21 @@ impl InstanceSink for Master {
             let i = &e.inst;
             e.traffic
                 .worker_started([i.tcprx, i.tcptx, i.udprx, i.udptx]);
+            e.worker.started = Some(Instant::now());
+            e.worker.spawns = e.worker.spawns.saturating_add(1);
             e.dirty = true;
+            false
+        });
+    }
+
+    fn worker_spawn_failed(&self, _id: &str) {
+        self.spawn_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn worker_exited(&self, id: &str, code: i32) {
+        self.update(id, |e| {
+            e.worker.started = None;
+            e.worker.last_exit = Some(code);
             false
         });
     }

@@ -11,7 +11,7 @@
 //! files are 0600.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
@@ -81,6 +81,8 @@ pub struct Store {
     handles: Arc<RwLock<Option<Handles>>>,
     /// A write failed since the last successful reopen.
     broken: Arc<AtomicBool>,
+    /// Failed writes and flushes since the master started (a metric).
+    write_errors: Arc<AtomicU64>,
 }
 
 fn open_db(db_path: &Path) -> sled::Result<Handles> {
@@ -127,6 +129,7 @@ impl Store {
             root: root.to_path_buf(),
             handles: Arc::new(RwLock::new(Some(handles))),
             broken: Arc::new(AtomicBool::new(false)),
+            write_errors: Arc::new(AtomicU64::new(0)),
         };
         let opened = match marker.as_deref() {
             Some(FORMAT) => {
@@ -248,8 +251,14 @@ impl Store {
         self.broken.load(Ordering::Relaxed)
     }
 
+    /// Writes and flushes that failed since the master started.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+
     fn mark<T>(&self, r: Result<T>) -> Result<T> {
         if r.is_err() {
+            self.write_errors.fetch_add(1, Ordering::Relaxed);
             self.broken.store(true, Ordering::Relaxed);
         }
         r

@@ -62,6 +62,12 @@ pub trait InstanceSink: Send + Sync + 'static {
     fn worker_failed(&self, id: &str) -> bool;
     /// A log line of the instance, already rendered, for its `log` event.
     fn worker_log(&self, id: &str, line: &str);
+    /// The worker program could not be started at all (reported before `worker_failed`).
+    fn worker_spawn_failed(&self, id: &str);
+    /// A worker process ended, asked to or not, with this exit code (128 + the signal
+    /// number when a signal ended it, -1 when unknown); reported before `worker_stopped`
+    /// or `worker_failed`.
+    fn worker_exited(&self, id: &str, code: i32);
 }
 
 /// What every supervisor task needs to know, fixed at master start.
@@ -324,6 +330,7 @@ fn start(cx: &Ctx, plan: &mut Plan) -> Option<Worker> {
             })
         }
         Err(e) => {
+            cx.sink.worker_spawn_failed(cx.id);
             let reason = format!(
                 "cannot start worker {} ({e}); set NODEPASS_WORKER_EXE to the nodepass binary",
                 cx.settings.worker_exe.display()
@@ -472,6 +479,19 @@ fn check_stale(cx: &Ctx, w: &mut Worker, interval: Duration) {
     master_log(cx, ReportLevel::Warn, &text);
 }
 
+/// The shell's convention: the exit code, or 128 + the signal that ended the process.
+fn exit_code(status: Option<ExitStatus>) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => c,
+            (None, Some(sig)) => 128 + sig,
+            _ => -1,
+        },
+        None => -1,
+    }
+}
+
 fn describe(status: Option<ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
@@ -492,6 +512,7 @@ fn describe(status: Option<ExitStatus>) -> String {
 /// A worker ended without being asked to.
 fn exited(cx: &Ctx, mut w: Worker, status: Option<ExitStatus>, plan: &mut Plan) {
     flush_partial(cx, &mut w);
+    cx.sink.worker_exited(cx.id, exit_code(status));
     let ran = w.spawned.elapsed();
     if ran >= BACKOFF_MAX {
         plan.attempts = 0;
@@ -524,6 +545,7 @@ async fn stop(cx: &Ctx<'_>, mut w: Worker) {
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + cx.settings.shutdown_timeout;
     let mut forced = false;
+    let mut status = None;
     loop {
         let item = if forced {
             // After SIGKILL the pipes close at once; bound the wait anyway.
@@ -543,10 +565,15 @@ async fn stop(cx: &Ctx<'_>, mut w: Worker) {
         match item {
             Some(Item::Stdout(chunk)) => feed(cx, &mut w, chunk, false),
             Some(Item::Stderr(chunk)) => feed(cx, &mut w, chunk, true),
-            Some(Item::Done(_)) | None => break,
+            Some(Item::Done(done)) => {
+                status = done.ok();
+                break;
+            }
+            None => break,
         }
     }
     flush_partial(cx, &mut w);
+    cx.sink.worker_exited(cx.id, exit_code(status));
     if forced {
         tracing::warn!("Instance force killed [{}]", cx.id);
     } else {

@@ -56,6 +56,7 @@ fn every_protected_route_needs_the_key_and_options_do_not() {
         ("GET", format!("{base}/info")),
         ("POST", format!("{base}/info")),
         ("GET", format!("{base}/tcping?target=127.0.0.1:1")),
+        ("GET", format!("{base}/metrics")),
     ];
     for (method, path) in &routes {
         let what = format!("{method} {path}");
@@ -490,6 +491,7 @@ fn openapi_document_describes_what_we_serve() {
         ("/events", &["get"][..]),
         ("/info", &["get", "post"][..]),
         ("/tcping", &["get"][..]),
+        ("/metrics", &["get"][..]),
         ("/openapi.json", &["get"][..]),
         ("/docs", &["get"][..]),
     ] {
@@ -499,7 +501,7 @@ fn openapi_document_describes_what_we_serve() {
             assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()));
         }
     }
-    assert_eq!(paths.len(), 7, "only routes we serve: {:?}", paths.keys());
+    assert_eq!(paths.len(), 8, "only routes we serve: {:?}", paths.keys());
     // Every $ref resolves.
     let text = r.text();
     let schemas = doc["components"]["schemas"].as_object().unwrap();

@@ -82,6 +82,13 @@ fn a_full_disk_answers_500_and_loses_nothing() {
     let msg = r.json()["error"].as_str().unwrap().to_string();
     assert!(msg.starts_with("Failed to save state: "), "{msg}");
     assert!(msg.contains("kept in memory"), "{msg}");
+    // The failed writes show in the metrics.
+    let metrics = tm.api.get("/metrics").text();
+    let errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nodepass_store_write_errors_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(errors >= Some(1.0), "store write errors: {errors:?}");
     // Nothing lost in memory (the refused one is there too).
     let all = tm.api.get("/instances").json();
     assert_eq!(all.as_array().unwrap().len(), created.len() + 2);

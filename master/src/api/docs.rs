@@ -50,6 +50,7 @@ impl Modify for ApiKeyAuth {
         super::info::get_info,
         super::info::set_master_alias,
         super::tcping::probe_target,
+        super::metrics::metrics,
         openapi_doc,
         docs_page,
     ),

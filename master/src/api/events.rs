@@ -38,7 +38,8 @@ pub async fn events(State(m): State<Arc<Master>>, method: Method) -> Response {
             .iter()
             .map(|i| EventHub::render(EventKind::Initial, Some(i), "")),
     );
-    let live = futures::stream::unfold(Some(rx), next_frame);
+    let hub = m.events.clone();
+    let live = futures::stream::unfold(Some(rx), move |rx| next_frame(rx, hub.clone()));
     let body = futures::stream::iter(head)
         .chain(live)
         .map(Ok::<Bytes, std::convert::Infallible>);
@@ -55,6 +56,7 @@ pub async fn events(State(m): State<Arc<Master>>, method: Method) -> Response {
 
 async fn next_frame(
     state: Option<broadcast::Receiver<Frame>>,
+    hub: EventHub,
 ) -> Option<(Bytes, Option<broadcast::Receiver<Frame>>)> {
     let mut rx = state?;
     match rx.recv().await {
@@ -66,6 +68,7 @@ async fn next_frame(
         // Too slow: disconnect; the client reconnects and gets a fresh snapshot.
         Err(RecvError::Lagged(n)) => {
             tracing::warn!("SSE subscriber fell {n} events behind; disconnecting it");
+            hub.note_lagged(n);
             None
         }
         Err(RecvError::Closed) => None,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod info;
 pub mod instances;
+pub mod metrics;
 pub mod requests;
 pub mod tcping;
 
@@ -41,6 +42,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route(&format!("{base}/events"), any(events::events))
         .route(&format!("{base}/info"), any(info::info))
         .route(&format!("{base}/tcping"), any(tcping::tcping))
+        .route(&format!("{base}/metrics"), any(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(master.clone(), guard));
     let public = Router::new()
         .route(
@@ -60,6 +62,11 @@ pub fn router(master: Arc<Master>) -> Router {
     protected
         .merge(public)
         .fallback(not_found)
+        // Outermost, so refused (401) and unknown (404) requests are counted too.
+        .layer(middleware::from_fn_with_state(
+            master.clone(),
+            metrics::track,
+        ))
         .with_state(master)
 }
 
