@@ -30,7 +30,44 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::model::{InstanceKind, InstanceStatus};
-use crate::state::{InstanceFigures, Master};
+
+/// One instance as the metrics endpoint shows it: a copy taken under the lock, so encoding
+/// a scrape never holds the registry.
+#[derive(Debug, Clone)]
+pub struct InstanceFigures {
+    pub id: String,
+    pub alias: String,
+    pub kind: InstanceKind,
+    pub status: InstanceStatus,
+    /// tcprx, tcptx, udprx, udptx as GET /instances shows them (monotonic until a reset).
+    pub traffic: [u64; 4],
+    pub tcps: i32,
+    pub udps: i32,
+    pub pool: i32,
+    /// Milliseconds, as the worker reports it.
+    pub ping_ms: i32,
+    /// Worker processes started after the first one (crash restarts, restart actions, URL
+    /// changes) since this master started.
+    pub restarts: u64,
+    pub last_exit: Option<i32>,
+    /// Seconds since the current worker was spawned; `None` while none runs.
+    pub worker_uptime: Option<f64>,
+}
+
+/// What the metrics read from the master at scrape time. The state implements it, so this
+/// file does not depend on the state (data flows one way: state -> metrics).
+pub trait MasterFigures: Send + Sync {
+    /// Every instance (not the key record) as the metrics show it, in id order.
+    fn instance_figures(&self) -> Vec<InstanceFigures>;
+    /// Worker processes that could not be spawned since this master started.
+    fn spawn_failures(&self) -> u64;
+    /// Open SSE streams.
+    fn sse_subscribers(&self) -> usize;
+    /// Events not delivered to subscribers dropped for lagging.
+    fn sse_dropped_events(&self) -> u64;
+    /// Store writes that failed since this master started.
+    fn store_write_errors(&self) -> u64;
+}
 
 /// Upper bounds (seconds) of the API latency histogram: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -113,7 +150,7 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 
 impl Metrics {
     /// The registry for `master` (held weakly: the master owns these metrics).
-    pub fn new(master: Weak<Master>) -> Self {
+    pub fn new(master: Weak<dyn MasterFigures>) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -225,7 +262,7 @@ fn per_instance<M: EncodeMetric>(
 
 /// Reads the instance registry and the master's own tallies at scrape time.
 struct MasterCollector {
-    master: Weak<Master>,
+    master: Weak<dyn MasterFigures>,
 }
 
 impl std::fmt::Debug for MasterCollector {
@@ -359,13 +396,13 @@ impl Collector for MasterCollector {
                     .encode(family.encode_family(&[("status", status_label(s))])?)?;
             }
         }
-        ConstGauge::new(m.events.subscriber_count() as i64).encode(e.encode_descriptor(
+        ConstGauge::new(m.sse_subscribers() as i64).encode(e.encode_descriptor(
             "nodepass_sse_subscribers",
             "Open event streams (GET /events)",
             None,
             gauge,
         )?)?;
-        ConstCounter::new(m.events.dropped_events()).encode(e.encode_descriptor(
+        ConstCounter::new(m.sse_dropped_events()).encode(e.encode_descriptor(
             "nodepass_sse_dropped_events",
             "Events missed by subscribers that fell too far behind and were disconnected",
             None,
@@ -377,7 +414,7 @@ impl Collector for MasterCollector {
             None,
             counter,
         )?)?;
-        ConstCounter::new(m.store.write_errors()).encode(e.encode_descriptor(
+        ConstCounter::new(m.store_write_errors()).encode(e.encode_descriptor(
             "nodepass_store_write_errors",
             "Failed writes and flushes of the state store",
             None,

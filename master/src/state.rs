@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::counters::TrafficCounters;
 use crate::events::EventHub;
-use crate::metrics::Metrics;
+use crate::metrics::{InstanceFigures, MasterFigures, Metrics};
 use crate::model::*;
 use crate::store::{new_api_key, MasterRecord, Snapshot, Store, StoredInstance};
 use crate::supervisor::{self, Command, InstanceSink, SupervisorSettings};
@@ -78,27 +78,52 @@ struct WorkerFacts {
     last_exit: Option<i32>,
 }
 
-/// One instance as the metrics endpoint shows it: a copy taken under the lock, so encoding
-/// a scrape never holds the registry.
-#[derive(Debug, Clone)]
-pub struct InstanceFigures {
-    pub id: String,
-    pub alias: String,
-    pub kind: InstanceKind,
-    pub status: InstanceStatus,
-    /// tcprx, tcptx, udprx, udptx as GET /instances shows them (monotonic until a reset).
-    pub traffic: [u64; 4],
-    pub tcps: i32,
-    pub udps: i32,
-    pub pool: i32,
-    /// Milliseconds, as the worker reports it.
-    pub ping_ms: i32,
-    /// Worker processes started after the first one (crash restarts, restart actions, URL
-    /// changes) since this master started.
-    pub restarts: u64,
-    pub last_exit: Option<i32>,
-    /// Seconds since the current worker was spawned; `None` while none runs.
-    pub worker_uptime: Option<f64>,
+impl MasterFigures for Master {
+    /// Every instance (not the key record) as the metrics show it, in id order.
+    fn instance_figures(&self) -> Vec<InstanceFigures> {
+        let reg = self.lock();
+        let now = Instant::now();
+        reg.instances
+            .values()
+            .map(|e| {
+                let i = &e.inst;
+                InstanceFigures {
+                    id: i.id.clone(),
+                    alias: i.alias.clone(),
+                    kind: i.kind,
+                    status: i.status,
+                    traffic: [i.tcprx, i.tcptx, i.udprx, i.udptx],
+                    tcps: i.tcps,
+                    udps: i.udps,
+                    pool: i.pool,
+                    ping_ms: i.ping,
+                    restarts: e.worker.spawns.saturating_sub(1),
+                    last_exit: e.worker.last_exit,
+                    worker_uptime: e
+                        .worker
+                        .started
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                }
+            })
+            .collect()
+    }
+
+    /// Worker processes that could not be spawned since this master started.
+    fn spawn_failures(&self) -> u64 {
+        self.spawn_failures.load(Ordering::Relaxed)
+    }
+
+    fn sse_subscribers(&self) -> usize {
+        self.events.subscriber_count()
+    }
+
+    fn sse_dropped_events(&self) -> u64 {
+        self.events.dropped_events()
+    }
+
+    fn store_write_errors(&self) -> u64 {
+        self.store.write_errors()
+    }
 }
 
 impl Entry {
@@ -172,13 +197,13 @@ impl Master {
             Some(m) => (m, false),
             None => (MasterRecord::generate(), true),
         };
-        let master = Arc::new_cyclic(|me| Master {
+        let master = Arc::new_cyclic(|me: &Weak<Master>| Master {
             settings,
             store,
             events: EventHub::new(),
             started: Instant::now(),
             tcping_slots: Semaphore::new(10),
-            metrics: Metrics::new(me.clone()),
+            metrics: Metrics::new(me.clone() as Weak<dyn MasterFigures>),
             spawn_failures: AtomicU64::new(0),
             registry: Mutex::new(Registry {
                 master,
@@ -578,40 +603,6 @@ impl Master {
             .iter()
             .map(|(id, e)| (id.clone(), e.ctl.clone()))
             .collect()
-    }
-
-    /// Every instance (not the key record) as the metrics show it, in id order.
-    pub fn instance_figures(&self) -> Vec<InstanceFigures> {
-        let reg = self.lock();
-        let now = Instant::now();
-        reg.instances
-            .values()
-            .map(|e| {
-                let i = &e.inst;
-                InstanceFigures {
-                    id: i.id.clone(),
-                    alias: i.alias.clone(),
-                    kind: i.kind,
-                    status: i.status,
-                    traffic: [i.tcprx, i.tcptx, i.udprx, i.udptx],
-                    tcps: i.tcps,
-                    udps: i.udps,
-                    pool: i.pool,
-                    ping_ms: i.ping,
-                    restarts: e.worker.spawns.saturating_sub(1),
-                    last_exit: e.worker.last_exit,
-                    worker_uptime: e
-                        .worker
-                        .started
-                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
-                }
-            })
-            .collect()
-    }
-
-    /// Worker processes that could not be spawned since this master started.
-    pub fn spawn_failures(&self) -> u64 {
-        self.spawn_failures.load(Ordering::Relaxed)
     }
 
     /// Runs `change` on instance `id` under the lock and publishes an `update` if it says
