@@ -19,6 +19,7 @@
 //! Implemented: TCP (type 0) with optional TLS (tls 1/2) in [`tcp`]. QUIC, WebSocket and
 //! HTTP/2 (types 1-3) are refused by the two matches below with a clear error.
 
+pub mod quic;
 pub mod tcp;
 pub mod tls;
 
@@ -90,6 +91,7 @@ pub trait PoolClient: Send + Sync {
 pub fn server_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolServer>> {
     Ok(match t {
         PoolType::Tcp => Arc::new(tcp::TcpServer::new(ctx)),
+        PoolType::Quic => Arc::new(quic::QuicServer::new(ctx)?),
         other => return Err(unsupported(other)),
     })
 }
@@ -99,6 +101,7 @@ pub fn server_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolServe
 pub fn client_for(t: PoolType, ctx: Context) -> anyhow::Result<Arc<dyn PoolClient>> {
     Ok(match t {
         PoolType::Tcp => Arc::new(tcp::TcpClient::new(ctx)?),
+        PoolType::Quic => Arc::new(quic::QuicClient::new(ctx)?),
         other => return Err(unsupported(other)),
     })
 }
@@ -147,7 +150,6 @@ mod tests {
     #[test]
     fn types_without_a_transport_are_refused_by_name() {
         for (t, name) in [
-            (PoolType::Quic, "QUIC"),
             (PoolType::WebSocket, "WebSocket"),
             (PoolType::Http2, "HTTP/2"),
         ] {
@@ -226,5 +228,10 @@ mod tests {
     async fn tcp_meets_the_contract() {
         contract(PoolType::Tcp, TlsMode::Off).await;
         contract(PoolType::Tcp, TlsMode::SelfSigned).await;
+    }
+
+    #[tokio::test]
+    async fn quic_meets_the_contract() {
+        contract(PoolType::Quic, TlsMode::SelfSigned).await;
     }
 }
