@@ -352,7 +352,7 @@ fn udp_sessions_do_not_leak() {
 
 /// Pool types without a transport yet: `transport::server_for` refuses them. A transport
 /// that lands removes its number here and adds it to POOL_TYPES in tunnel_e2e.rs.
-const UNSUPPORTED_POOL_TYPES: &[&str] = &["1", "2", "3"];
+const UNSUPPORTED_POOL_TYPES: &[&str] = &["2", "3"];
 
 #[test]
 fn unsupported_pool_type_is_refused_at_start() {
