@@ -208,8 +208,8 @@ fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
 ) -> io::Result<Endpoint> {
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| io::Error::other("QUIC needs a tokio runtime"))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| io::Error::other("QUIC needs a tokio runtime"))?;
     Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
 }
 
@@ -587,8 +587,7 @@ impl Failed {
 /// Opens one stream on `conn`, sends the `00` byte and reads the id.
 async fn exchange(conn: &Connection) -> Result<(PoolId, Entry), Failed> {
     let peer = conn.remote_address();
-    let (mut send, mut recv) = match tokio::time::timeout(ID_READ_TIMEOUT, conn.open_bi()).await
-    {
+    let (mut send, mut recv) = match tokio::time::timeout(ID_READ_TIMEOUT, conn.open_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return Err(Failed::connection(
