@@ -19,7 +19,7 @@ use tunnel_support::*;
 const UP: Duration = Duration::from_secs(20);
 
 /// The pool types (`type=N`, REFERENCE.md 4) the dual-end tests run over.
-const POOL_TYPES: &[u8] = &[0, 2, 3];
+const POOL_TYPES: &[u8] = &[0, 1, 2, 3];
 
 /// Runs `body` once per pool type with the server URL fragment that selects it
 /// (`&type=N`; the client learns the type in the handshake). The type in progress is

@@ -350,33 +350,6 @@ fn udp_sessions_do_not_leak() {
     }
 }
 
-/// Pool types without a transport yet: `transport::server_for` refuses them. A transport
-/// that lands removes its number here and adds it to POOL_TYPES in tunnel_e2e.rs.
-const UNSUPPORTED_POOL_TYPES: &[&str] = &["1"];
-
-#[test]
-fn unsupported_pool_type_is_refused_at_start() {
-    for t in UNSUPPORTED_POOL_TYPES {
-        let mut p = Proc::foreground(
-            "type",
-            &format!(
-                "server://k@127.0.0.1:{}/127.0.0.1:{}?type={t}",
-                free_port(),
-                free_port()
-            ),
-            &[],
-        );
-        assert_eq!(
-            p.wait_exit(Duration::from_secs(10)),
-            Some(1),
-            "{}",
-            p.dump()
-        );
-        assert!(p.count("is not supported yet") >= 1, "{}", p.dump());
-        assert_eq!(p.count("panicked"), 0, "{}", p.dump());
-    }
-}
-
 /// A UDP target that answers every datagram only after `delay`, from its own thread.
 struct SlowUdpTarget {
     addr: String,

@@ -58,6 +58,11 @@ fn level_of(meta: &Metadata<'_>) -> Option<ReportLevel> {
     }
 }
 
+/// A span of this program (none exist today; kept enabled should one be added).
+fn own_span(meta: &Metadata<'_>) -> bool {
+    meta.is_span() && meta.target().starts_with("nodepass")
+}
+
 impl OutputLayer {
     fn wants(&self, meta: &Metadata<'_>) -> bool {
         level_of(meta).is_some_and(|l| l.enabled_at(self.level))
@@ -66,8 +71,10 @@ impl OutputLayer {
 
 impl<S: Subscriber> Layer<S> for OutputLayer {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        // Decided once per call site: a disabled debug! in the relay costs one branch.
-        if meta.is_span() || self.wants(meta) {
+        // Decided once per call site: a disabled debug! in the relay costs one branch. Spans
+        // are never shown: other crates' (quinn's per-packet spans, h2's) would cost a
+        // registry slot each for nothing.
+        if own_span(meta) || self.wants(meta) {
             Interest::always()
         } else {
             Interest::never()
@@ -75,7 +82,7 @@ impl<S: Subscriber> Layer<S> for OutputLayer {
     }
 
     fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
-        meta.is_span() || self.wants(meta)
+        own_span(meta) || self.wants(meta)
     }
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
