@@ -38,6 +38,13 @@ impl MasterProc {
     /// Starts `exe` as a master with its state in `state` and the extra environment
     /// `env`; returns once it printed its API key and listens.
     pub fn spawn(exe: &Path, state: &Path, port: u16, env: &[(&str, &str)]) -> MasterProc {
+        // The master refuses a state directory other users can enter, and temp dirs come
+        // out 0755 here: the test's directory is its own, so make it private.
+        if state.is_dir() {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700))
+                .expect("make the state directory private");
+        }
         let mut child = Command::new(exe)
             .arg(format!("master://127.0.0.1:{port}/api?log=info"))
             .env("NP_STATE_DIR", state)
