@@ -11,9 +11,16 @@
 //! - Client tls=1: encrypts without verifying the server (the fingerprint exchange on the
 //!   control channel is the check) and sends no SNI. tls=2: verifies the chain against the
 //!   system trust store (honouring SSL_CERT_FILE / SSL_CERT_DIR) for the `sni` name.
+//! - [`TlsSocket`]: the TCP socket under a pool entry's TLS session, with a read-ahead
+//!   buffer. rustls asks its socket for at most 4 KiB at a time, so a 16 KiB record cost
+//!   four or five read(2) calls; the read-ahead takes what the kernel has in one call and
+//!   exists only while bytes are arriving.
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
@@ -25,6 +32,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -303,6 +312,117 @@ impl ClientTls {
             server_name: ServerName::try_from(host.to_string())
                 .map_err(|e| anyhow!("{host:?} is not a valid TLS server name: {e}"))?,
         })
+    }
+}
+
+/// How much [`TlsSocket`] reads ahead: four full TLS records.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// The TCP socket a TLS session runs on, reading ahead for it (see the module comment).
+/// Writes go straight through (rustls already hands over all its records in one writev).
+pub struct TlsSocket {
+    tcp: TcpStream,
+    /// Bytes read from the socket and not yet handed to rustls: `ahead[pos..len]`. Only
+    /// allocated while bytes are arriving; dropped when drained and the socket is empty.
+    ahead: Option<Box<[u8]>>,
+    pos: usize,
+    len: usize,
+}
+
+impl TlsSocket {
+    pub fn new(tcp: TcpStream) -> Self {
+        TlsSocket {
+            tcp,
+            ahead: None,
+            pos: 0,
+            len: 0,
+        }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// True while bytes that were read ahead wait for rustls.
+    pub fn has_buffered(&self) -> bool {
+        self.pos < self.len
+    }
+}
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if me.pos >= me.len {
+            if buf.remaining() >= READ_AHEAD {
+                return Pin::new(&mut me.tcp).poll_read(cx, buf);
+            }
+            let ahead = me
+                .ahead
+                .get_or_insert_with(|| vec![0u8; READ_AHEAD].into_boxed_slice());
+            let mut rb = ReadBuf::new(ahead);
+            match Pin::new(&mut me.tcp).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    me.ahead = None;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => {
+                    me.ahead = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(())) => {
+                    me.pos = 0;
+                    me.len = rb.filled().len();
+                    if me.len == 0 {
+                        me.ahead = None;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+        let Some(ahead) = &me.ahead else {
+            return Poll::Ready(Err(io::Error::other("read-ahead buffer missing")));
+        };
+        let n = buf.remaining().min(me.len - me.pos);
+        buf.put_slice(&ahead[me.pos..me.pos + n]);
+        me.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
 
