@@ -123,6 +123,11 @@ def setup(target):
     # BENCH_NP_THREADS=1,2: also run tls=0 with NP_WORKER_THREADS set to each value.
     for th in filter(None, os.environ.get("BENCH_NP_THREADS", "").split(",")):
         np_variants.append((NODEPASS, "np", "0", th))
+    # NODEPASS_EXTRA=base=/path/a,v1=/path/b: other builds' tls=0/1 as base-tls0, ...,
+    # to see what a change moved within one run.
+    for item in filter(None, os.environ.get("NODEPASS_EXTRA", "").split(",")):
+        label, path = item.split("=", 1)
+        np_variants += [(path, label, "0", None), (path, label, "1", None)]
     if GO_NODEPASS:
         np_variants += [(GO_NODEPASS, "go", "0", None), (GO_NODEPASS, "go", "1", None)]
     for binary, prefix, tls, threads in np_variants:

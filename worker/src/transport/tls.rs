@@ -78,8 +78,19 @@ impl ServerTls {
             .context("TLS 1.3 is unavailable in the crypto provider")?
             .with_no_client_auth()
             .with_cert_resolver(certs.clone());
-        // Peers never resume sessions on pool connections; tickets would only be bytes.
-        config.send_tls13_tickets = 0;
+        // tls=1: one ticket per handshake, so that the client's next pool entry resumes
+        // (PSK with a fresh X25519 exchange) instead of a full handshake: no certificate
+        // signature to make or check. Every fresh user connection takes an entry and the
+        // client replaces it at once on the same cores, so this is on the latency path.
+        // The certificate never changes in a process, and a restarted server has a new
+        // certificate and an empty session cache, so a ticket never outlives its
+        // certificate; a resumed client session keeps the certificate it was first shown
+        // for the fingerprint exchange. tls=2 sends none: its certificate can be reloaded
+        // from files, and a resumed session would show the client the old one.
+        config.send_tls13_tickets = match mode {
+            TlsMode::SelfSigned => 1,
+            _ => 0,
+        };
         Ok(Some(Arc::new(ServerTls {
             config: Arc::new(config),
             certs,

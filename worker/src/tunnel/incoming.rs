@@ -43,10 +43,11 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr) {
         "Tunnel connection: get {id} <- pool active {}",
         sess.pool.active()
     );
-    sess.send(Signal::Tcp {
+    sess.send_now(Signal::Tcp {
         remote: peer.to_string(),
         id: id.to_hex(),
-    });
+    })
+    .await;
     let far = entry.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     inst.relay_tcp(&mut user, &mut entry, &peer, &far).await;
 }
