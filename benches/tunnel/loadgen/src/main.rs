@@ -88,13 +88,25 @@ fn send(addr: &str, streams: usize, secs: f64) {
                 c.set_nodelay(true)?;
                 c.write_all(b"S")?;
                 let block = vec![0x5au8; 256 * 1024];
+                let mut written = 0u64;
                 while Instant::now() < deadline {
                     c.write_all(&block)?;
+                    written += block.len() as u64;
                 }
                 c.shutdown(Shutdown::Write)?;
                 let mut n = [0u8; 8];
-                c.read_exact(&mut n)?;
-                Ok(u64::from_le_bytes(n))
+                match c.read_exact(&mut n) {
+                    Ok(()) => Ok(u64::from_le_bytes(n)),
+                    // A relay that closes both ways when the user half-closes (the Go
+                    // program over TLS and TCP pools) cuts the target's count off: fall back
+                    // to what was written, which overstates by what sat in socket buffers
+                    // (a few MiB against GiBs).
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        eprintln!("no count from the target; counting bytes written");
+                        Ok(written)
+                    }
+                    Err(e) => Err(e),
+                }
             })
         })
         .collect();
