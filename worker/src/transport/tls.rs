@@ -14,7 +14,10 @@
 //! - [`TlsSocket`]: the TCP socket under a pool entry's TLS session, with a read-ahead
 //!   buffer. rustls asks its socket for at most 4 KiB at a time, so a 16 KiB record cost
 //!   four or five read(2) calls; the read-ahead takes what the kernel has in one call and
-//!   exists only while bytes are arriving.
+//!   exists only while bytes are arriving in bulk.
+//! - Cipher suites: AES-128-GCM first (then AES-256-GCM, ChaCha20), as Go orders them on
+//!   CPUs with AES instructions: ten AES rounds instead of fourteen per block, and a
+//!   SHA-256 key schedule instead of SHA-384 for each pool entry's handshake.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,7 +39,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::CipherSuite as S;
+    let mut p = rustls::crypto::ring::default_provider();
+    // Stable: only the AES-128-GCM suites move ahead (see the module comment).
+    p.cipher_suites.sort_by_key(|s| {
+        !matches!(
+            s.suite(),
+            S::TLS13_AES_128_GCM_SHA256
+                | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    Arc::new(p)
 }
 
 /// The server's TLS setup for the life of the process.
@@ -338,6 +352,10 @@ pub struct TlsSocket {
     ahead: Option<Box<[u8]>>,
     pos: usize,
     len: usize,
+    /// Set when a direct read filled what rustls asked for (more is likely waiting);
+    /// cleared when the socket runs dry. Only then is the read-ahead buffer used, so small
+    /// messages (a signal, a request) cost no allocation.
+    bulk: bool,
 }
 
 impl TlsSocket {
@@ -347,6 +365,7 @@ impl TlsSocket {
             ahead: None,
             pos: 0,
             len: 0,
+            bulk: false,
         }
     }
 
@@ -368,8 +387,15 @@ impl AsyncRead for TlsSocket {
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         if me.pos >= me.len {
-            if buf.remaining() >= READ_AHEAD {
-                return Pin::new(&mut me.tcp).poll_read(cx, buf);
+            if !me.bulk || buf.remaining() >= READ_AHEAD {
+                let asked = buf.remaining();
+                let before = buf.filled().len();
+                let r = Pin::new(&mut me.tcp).poll_read(cx, buf);
+                me.bulk = match &r {
+                    Poll::Ready(Ok(())) => asked > 0 && buf.filled().len() - before == asked,
+                    _ => false,
+                };
+                return r;
             }
             let ahead = me
                 .ahead
@@ -378,10 +404,12 @@ impl AsyncRead for TlsSocket {
             match Pin::new(&mut me.tcp).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     me.ahead = None;
+                    me.bulk = false;
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => {
                     me.ahead = None;
+                    me.bulk = false;
                     return Poll::Ready(Err(e));
                 }
                 Poll::Ready(Ok(())) => {
