@@ -12,6 +12,12 @@
 //! 2. SSE fan-out: 100 subscribers, 200 update events; time from the PATCH answer to the
 //!    event reaching the last subscriber (p50/p99);
 //! 3. 100 running single-end client workers: the master's RSS and the workers' idle RSS.
+//! 4. Scale (BENCH_SCALE instances, default 1000; BENCH_SCALE=0 skips it): single-end
+//!    workers POSTed one after the other; the time from the first POST until all are
+//!    `running`, each worker's PSS (from /proc/<pid>/smaps_rollup: shared pages counted
+//!    once across the processes that map them), the master's RSS; then the master is
+//!    stopped (SIGTERM, which stops its workers) and started again on the same state, and
+//!    the time until all are `running` again.
 //!
 //! NODEPASS_BIN overrides the binary path (default: target/release/nodepass beside this
 //! bench executable).
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 use nodepass_master::model::{Instance, InstanceKind, InstanceStatus, Meta};
 use nodepass_master::store::{MasterRecord, Store, StoredInstance};
 use support::process::{echo_server, MasterProc};
-use support::{free_port, Sse};
+use support::{free_port, Api, Sse};
 
 fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("NODEPASS_BIN") {
@@ -53,6 +59,105 @@ fn rss_kib(pid: u32) -> u64 {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Proportional set size of `pid` in KiB (0 when it is gone).
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Worker pids the master has logged as started.
+fn worker_pids(master: &MasterProc) -> Vec<u32> {
+    master
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("Instance starting: "))
+        .filter_map(|l| l.rsplit("(pid ").next()?.trim_end_matches(')').parse().ok())
+        .collect()
+}
+
+/// Polls GET /instances until `n` are running or `limit` passes; returns how many were.
+fn wait_running(api: &Api, n: usize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let all = api.get("/instances");
+        let running = if all.status == 200 {
+            all.json()
+                .as_array()
+                .map(|a| a.iter().filter(|v| v["status"] == "running").count())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if running >= n || Instant::now() > deadline {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Step 4: `n` single-end workers, started through the API, then a master restart.
+fn scale(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let echo = echo_server();
+    let master = spawn_master(&state);
+    let api = master.api.clone();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let r = api.call(
+            "POST",
+            "/instances",
+            Some(&format!(
+                r#"{{"url":"client://127.0.0.1:{}/{echo}?mode=1"}}"#,
+                free_port()
+            )),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let posted = t0.elapsed();
+    let running = wait_running(&api, n, Duration::from_secs(300));
+    let started = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut pss: Vec<u64> = worker_pids(&master)
+        .iter()
+        .map(|p| pss_kib(*p))
+        .filter(|k| *k > 0)
+        .collect();
+    pss.sort();
+    let master_rss = rss_kib(master.child.id());
+    println!(
+        "scale: {running} of {n} single-end workers running {:.1} s after the first POST (the {n} POSTs took {:.1} s)",
+        started.as_secs_f64(),
+        posted.as_secs_f64()
+    );
+    if !pss.is_empty() {
+        println!(
+            "scale: worker PSS median {} KiB (min {}, max {}), sum {} KiB over {} workers; master RSS {} KiB",
+            pss[pss.len() / 2],
+            pss[0],
+            pss[pss.len() - 1],
+            pss.iter().sum::<u64>(),
+            pss.len(),
+            master_rss
+        );
+    }
+    drop(master); // SIGTERM: the master stops its workers and saves the store
+    let t1 = Instant::now();
+    let master = spawn_master(&state);
+    let running = wait_running(&master.api, n, Duration::from_secs(300));
+    println!(
+        "scale: {running} of {n} running again {:.1} s after the master was started again",
+        t1.elapsed().as_secs_f64()
+    );
+    drop(master);
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -196,6 +301,14 @@ fn main() {
     // when asked to benchmark.
     if !std::env::args().any(|a| a == "--bench") {
         eprintln!("master bench: run with `cargo bench -p nodepass-master --bench master`");
+        return;
+    }
+    let scale_n: usize = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    if std::env::var_os("BENCH_SCALE_ONLY").is_some() {
+        scale(scale_n);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -367,4 +480,10 @@ fn main() {
         worker_rss[worker_rss.len() - 1],
         worker_rss.iter().sum::<u64>()
     );
+    drop(master);
+
+    // 4. Scale.
+    if scale_n > 0 {
+        scale(scale_n);
+    }
 }

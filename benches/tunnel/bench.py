@@ -7,6 +7,8 @@ Variants, all on loopback in front of the same target (np-loadgen serve):
   np-tls0    our server + client, TCP pool, tls=0 (reverse mode, users at the server)
   np-tls1    the same with tls=1
   rathole    rathole 0.5, tcp transport
+  go-tls0    the Go NodePass v1.14.0 binary (GO_NODEPASS_BIN, default
+  go-tls1    /tmp/go-nodepass/nodepass), same URLs as np-tls0/1; left out when absent
 
 Per round, each measurement runs once per variant, variants interleaved, so background
 noise (other builds on the machine) spreads over all of them; the figure reported is the
@@ -35,7 +37,14 @@ NODEPASS = os.environ["NODEPASS_BIN"]
 LOADGEN = os.environ["LOADGEN_BIN"]
 SPLICE = os.environ["SPLICE_BIN"]
 RATHOLE = os.environ.get("RATHOLE_BIN", "")
+GO_NODEPASS = os.environ.get("GO_NODEPASS_BIN", "/tmp/go-nodepass/nodepass")
+if not (os.path.isfile(GO_NODEPASS) and os.access(GO_NODEPASS, os.X_OK)):
+    print(f"no Go NodePass binary at {GO_NODEPASS}: go-tls0/go-tls1 left out "
+          "(build it with ../shared/tools/go-nodepass/build.sh)", file=sys.stderr)
+    GO_NODEPASS = ""
 
+# BENCH_ONLY=np-tls0,np-tls1: run just these variants (for quick checks while working).
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 CLK = os.sysconf("SC_CLK_TCK")
 procs = []
 
@@ -110,17 +119,24 @@ def setup(target):
     p2 = spawn([SPLICE, f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
     v["splice2"] = (f"127.0.0.1:{a}", [p1.pid, p2.pid])
 
-    np_variants = [("0", None), ("1", None)]
+    np_variants = [(NODEPASS, "np", "0", None), (NODEPASS, "np", "1", None)]
     # BENCH_NP_THREADS=1,2: also run tls=0 with NP_WORKER_THREADS set to each value.
     for th in filter(None, os.environ.get("BENCH_NP_THREADS", "").split(",")):
-        np_variants.append(("0", th))
-    for tls, threads in np_variants:
+        np_variants.append((NODEPASS, "np", "0", th))
+    # NODEPASS_EXTRA=base=/path/a,v1=/path/b: other builds' tls=0/1 as base-tls0, ...,
+    # to see what a change moved within one run.
+    for item in filter(None, os.environ.get("NODEPASS_EXTRA", "").split(",")):
+        label, path = item.split("=", 1)
+        np_variants += [(path, label, "0", None), (path, label, "1", None)]
+    if GO_NODEPASS:
+        np_variants += [(GO_NODEPASS, "go", "0", None), (GO_NODEPASS, "go", "1", None)]
+    for binary, prefix, tls, threads in np_variants:
         t, u = free_port(), free_port()
         env = {"NP_WORKER_THREADS": threads} if threads else {}
-        s = spawn([NODEPASS, f"server://bench@127.0.0.1:{t}/127.0.0.1:{u}?mode=1&tls={tls}&log=warn"], env)
+        s = spawn([binary, f"server://bench@127.0.0.1:{t}/127.0.0.1:{u}?mode=1&tls={tls}&log=warn"], env)
         time.sleep(0.3)
-        c = spawn([NODEPASS, f"client://bench@127.0.0.1:{t}/{target}?mode=2&log=warn"], env)
-        name = f"np-tls{tls}" + (f"-{threads}t" if threads else "")
+        c = spawn([binary, f"client://bench@127.0.0.1:{t}/{target}?mode=2&log=warn"], env)
+        name = f"{prefix}-tls{tls}" + (f"-{threads}t" if threads else "")
         v[name] = (f"127.0.0.1:{u}", [s.pid, c.pid])
 
     if RATHOLE:
@@ -138,6 +154,9 @@ def setup(target):
         c = spawn([RATHOLE, "--client", f"{d}/client.toml"], env)
         v["rathole"] = (f"127.0.0.1:{u}", [s.pid, c.pid])
 
+    for name in [n for n in v if ONLY and n not in ONLY]:
+        for pid in v.pop(name)[1]:
+            os.kill(pid, signal.SIGKILL)
     for name, (addr, _) in v.items():
         wait_echo(addr)
     time.sleep(2)  # let pools fill and settle
@@ -164,14 +183,15 @@ def hold_rss(addr, pids):
     h = subprocess.Popen([LOADGEN, "hold", addr, str(HOLD)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     line = h.stdout.readline().strip()
-    if line != f"held {HOLD}":
+    if not line.startswith("held "):
         h.kill()
         raise RuntimeError(f"hold through {addr}: {line!r}")
+    count = int(line.split()[1])
     time.sleep(1)
     r = rss_kib(pids)
     h.stdin.close()
     h.wait(timeout=60)
-    return r
+    return r, count
 
 
 def main():
@@ -209,8 +229,9 @@ def main():
         m = {k: med(v) for k, v in res[n].items()}
         m["idle_mib"] = idle.get(n, 0) / 1024 if n in idle else None
         m["anon_mib"] = idle_anon.get(n, 0) / 1024 if n in idle_anon else None
-        m["held_mib"] = held.get(n, 0) / 1024 if n in held else None
-        m["per_conn_kib"] = ((held[n] - idle[n]) / HOLD / 2) if n in held else None
+        m["held_mib"] = held[n][0] / 1024 if n in held else None
+        m["held_count"] = held[n][1] if n in held else None
+        m["per_conn_kib"] = ((held[n][0] - idle[n]) / held[n][1] / 2) if n in held and held[n][1] else None
         rows.append((n, m))
 
     def f(x, fmt):
@@ -223,7 +244,8 @@ def main():
         print(f"| {n} | {f(m['t1'], '{:.2f}')} | {f(m['t8'], '{:.2f}')} | "
               f"{f(m['cpu1'], '{:.0f}')} / {f(m['cpu8'], '{:.0f}')} | {f(m['p50'], '{:.0f}')} | "
               f"{f(m['p99'], '{:.0f}')} | {f(m['idle_mib'], '{:.1f}')} ({f(m['anon_mib'], '{:.1f}')}) | "
-              f"{f(m['held_mib'], '{:.1f}')} | "
+              f"{f(m['held_mib'], '{:.1f}')}"
+              f"{'' if m['held_count'] in (None, HOLD) else ' (held only %d)' % m['held_count']} | "
               f"{f(m['per_conn_kib'], '{:.1f}')} |")
     print()
     print("raw: " + json.dumps(res))

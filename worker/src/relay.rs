@@ -9,7 +9,9 @@
 //!   reference fully closes TLS entries here and so cuts the answer short; we do not.
 //! - Zero copy: when both ends are plain TCP sockets the bytes go socket -> pipe -> socket
 //!   with splice(2) and never enter user space; otherwise a buffered copy with one buffer
-//!   per direction, allocated once per relay.
+//!   per direction. That buffer exists only while bytes are moving: it is allocated when a
+//!   direction becomes readable and given back when the direction is drained and its
+//!   source has nothing more, so an idle held connection holds no copy buffer.
 //! - Policies: `read` (idle timeout per direction) and `rate` (shared token buckets) are
 //!   consulted per chunk through [`RelayPolicy`] without allocation or lock.
 
@@ -88,7 +90,9 @@ pub async fn relay<A: RelayIo, B: RelayIo>(
 
 /// One direction of a buffered relay.
 struct Pump {
-    buf: Box<[u8]>,
+    /// The copy buffer while bytes are moving (see the module comment); `size` long.
+    buf: Option<Box<[u8]>>,
+    size: usize,
     pos: usize,
     cap: usize,
     eof: bool,
@@ -104,6 +108,9 @@ struct Pump {
     last_read: Instant,
 }
 
+/// The stack buffer an idle direction reads into (see [`Pump::take_probe`]).
+const PROBE_SIZE: usize = 4096;
+
 /// Which end of the pump is side A (counted).
 #[derive(Clone, Copy)]
 enum Counted {
@@ -115,7 +122,8 @@ impl Pump {
     fn new(buf_size: usize, policy: &RelayPolicy) -> Self {
         let now = Instant::now();
         Pump {
-            buf: vec![0u8; buf_size.max(1024)].into_boxed_slice(),
+            buf: None,
+            size: buf_size.max(1024),
             pos: 0,
             cap: 0,
             eof: false,
@@ -165,16 +173,12 @@ impl Pump {
                 self.pausing = false;
             }
             while self.pos < self.cap {
-                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[self.pos..self.cap]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
+                let Some(buf) = &self.buf else {
+                    return Poll::Ready(Err(io::Error::other("relay buffer missing")));
+                };
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &buf[self.pos..self.cap]))?;
+                self.wrote(n, counted, counters)?;
                 self.pos += n;
-                self.total += n as u64;
-                self.need_flush = true;
-                if let Counted::Destination = counted {
-                    counters.tx.fetch_add(n as u64, Ordering::Relaxed);
-                }
             }
             if self.eof {
                 ready!(Pin::new(&mut *dst).poll_flush(cx))?;
@@ -184,13 +188,28 @@ impl Pump {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            // Under a rate limit one read takes at most a small chunk, so a burst of
-            // queued bytes is paced instead of passed on at once.
+            // Without a buffer (the direction was idle) read into a small stack buffer, so
+            // a direction that is polled but has nothing costs no allocation. Under a rate
+            // limit one read takes at most a small chunk, so a burst of queued bytes is
+            // paced instead of passed on at once.
             let limit = policy.rate.as_ref().map_or(usize::MAX, |rl| rl.chunk());
-            let want = self.buf.len().min(limit);
-            let mut rb = ReadBuf::new(&mut self.buf[..want]);
+            let mut probe = [0u8; PROBE_SIZE];
+            let probing = self.buf.is_none();
+            let mut rb = ReadBuf::new(match &mut self.buf {
+                Some(buf) => {
+                    let want = buf.len().min(limit);
+                    &mut buf[..want]
+                }
+                None => {
+                    let want = probe.len().min(limit);
+                    &mut probe[..want]
+                }
+            });
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Pending => {
+                    // Everything read has been written: the buffer holds nothing, so an
+                    // idle direction gives it back (the next burst allocates a new one).
+                    self.buf = None;
                     if self.need_flush {
                         ready!(Pin::new(&mut *dst).poll_flush(cx))?;
                         self.need_flush = false;
@@ -245,9 +264,65 @@ impl Pump {
                         }
                     }
                     self.start_pause(pause);
+                    if probing {
+                        self.take_probe(cx, &probe[..n], dst, counted, counters)?;
+                    }
                 }
             }
         }
+    }
+
+    /// Counts `n` bytes just written to the destination.
+    fn wrote(
+        &mut self,
+        n: usize,
+        counted: Counted,
+        counters: TrafficCounters<'_>,
+    ) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.total += n as u64;
+        self.need_flush = true;
+        if let Counted::Destination = counted {
+            counters.tx.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Bytes read into the stack probe: written straight on when the destination takes
+    /// them all (the common case for small messages: no allocation at all), else what is
+    /// left moves to a heap buffer, as does a full probe (a burst is starting).
+    fn take_probe<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        dst: &mut W,
+        counted: Counted,
+        counters: TrafficCounters<'_>,
+    ) -> io::Result<()>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut sent = 0;
+        if !self.pausing && data.len() < PROBE_SIZE {
+            if let Poll::Ready(r) = Pin::new(&mut *dst).poll_write(cx, data) {
+                sent = r?;
+                self.wrote(sent, counted, counters)?;
+            }
+        }
+        let rest = &data[sent..];
+        if rest.is_empty() {
+            self.pos = 0;
+            self.cap = 0;
+        } else {
+            let mut buf = vec![0u8; self.size.max(rest.len())].into_boxed_slice();
+            buf[..rest.len()].copy_from_slice(rest);
+            self.buf = Some(buf);
+            self.pos = 0;
+            self.cap = rest.len();
+        }
+        Ok(())
     }
 }
 
@@ -323,6 +398,50 @@ async fn splice_relay(
     })
 }
 
+/// What a read without a pipe may take; a read that fills it starts a burst, and the pipe
+/// is made for the rest.
+const SMALL_READ: usize = 16 * 1024;
+
+/// The outcome of [`copy_small`].
+struct Small {
+    /// Bytes read (0 at EOF).
+    read: usize,
+    /// Bytes the destination took at once.
+    written: usize,
+    /// All bytes read, when the destination did not take them all at once (rare: its
+    /// send buffer is full); the tail from `written` on is still to be sent.
+    rest: Option<Vec<u8>>,
+}
+
+/// Reads what `src` has (up to [`SMALL_READ`]) into a stack buffer and writes it straight
+/// to `dst`: two syscalls instead of a pipe, two fcntls and two splices, for the small
+/// messages most connections start with (and all of a request/response exchange). Not
+/// async, so the buffer never lives in the relay's future. WouldBlock when `src` had
+/// nothing after all. Reads at most `max` bytes (the rate limit's chunk).
+fn copy_small(src: &TcpStream, dst: &TcpStream, max: usize) -> io::Result<Small> {
+    let mut buf = [0u8; SMALL_READ];
+    let want = SMALL_READ.min(max);
+    let read = src.try_read(&mut buf[..want])?;
+    if read == 0 {
+        return Ok(Small {
+            read,
+            written: 0,
+            rest: None,
+        });
+    }
+    let written = match dst.try_write(&buf[..read]) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    let rest = (written < read).then(|| buf[..read].to_vec());
+    Ok(Small {
+        read,
+        written,
+        rest,
+    })
+}
+
 fn splice_flags() -> nix::fcntl::SpliceFFlags {
     nix::fcntl::SpliceFFlags::SPLICE_F_MOVE | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK
 }
@@ -348,21 +467,34 @@ async fn splice_dir(
     policy: &RelayPolicy,
     src_counted: bool,
 ) -> io::Result<(u64, bool)> {
-    // Created at the first byte: an idle held connection costs no pipe.
+    // Created for the first burst (see [`copy_small`]): an idle held connection, or one
+    // that only exchanges small messages, costs no pipe.
     let mut pipe: Option<(OwnedFd, OwnedFd, usize)> = None;
     // Under a rate limit one splice takes at most a small chunk (see policy::rate).
     let limit = policy.rate.as_ref().map_or(usize::MAX, |rl| rl.chunk());
     let mut total = 0u64;
     let mut timed_out = false;
     loop {
-        // Fill the (empty) pipe from the source.
+        // Fill the (empty) pipe from the source, or move a small read straight on.
+        let mut small: Option<Small> = None;
         let n = loop {
             if pipe.is_none() {
                 if !wait_readable(src, policy.read_timeout).await? {
                     timed_out = true;
                     break 0;
                 }
-                pipe = Some(new_pipe()?);
+                match copy_small(src, dst, limit) {
+                    Ok(s) => {
+                        let n = s.read;
+                        if n == SMALL_READ {
+                            pipe = Some(new_pipe()?);
+                        }
+                        small = Some(s);
+                        break n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
             }
             let Some((_, pw, size)) = &pipe else {
                 return Err(io::Error::other("relay pipe missing"));
@@ -397,6 +529,30 @@ async fn splice_dir(
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
+        }
+        if let Some(s) = small {
+            // Already written: `s.written` bytes; what the socket did not take waits in
+            // `s.rest` for it to become writable.
+            let mut done = s.written;
+            total += done as u64;
+            if let Some(rest) = s.rest {
+                while done < rest.len() {
+                    dst.writable().await?;
+                    match dst.try_write(&rest[done..]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(m) => {
+                            done += m;
+                            total += m as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if let Some(tx) = tx {
+                tx.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            continue;
         }
         // Drain the pipe into the destination.
         let Some((pr, _, _)) = &pipe else {

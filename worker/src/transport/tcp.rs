@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::tls::{ClientTls, ServerTls};
+use super::tls::{ClientTls, ServerTls, TlsSocket};
 use super::{canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, RETRY_PAUSE};
 use crate::pool::{tcp_peer_closed, Pool};
 
@@ -39,7 +39,27 @@ fn keepalive(s: &TcpStream, period: Duration) {
     let _ = s.set_nodelay(true);
 }
 
-/// A tls 1/2 entry: TLS 1.3 over its own TCP socket.
+/// A tls 1/2 entry: TLS 1.3 over its own TCP socket (read ahead, see [`TlsSocket`]).
+impl PoolStream for TlsStream<TlsSocket> {
+    fn peer_closed(&mut self) -> bool {
+        let socket = self.get_ref().0;
+        !socket.has_buffered() && tcp_peer_closed(socket.tcp())
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.get_ref().0.tcp().peer_addr()
+    }
+
+    fn peer_cert_der(&self) -> Option<Vec<u8>> {
+        self.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+    }
+}
+
+/// TLS 1.3 over a bare TCP socket (for transports that wrap their own sockets).
 impl PoolStream for TlsStream<TcpStream> {
     fn peer_closed(&mut self) -> bool {
         tcp_peer_closed(self.get_ref().0)
@@ -94,7 +114,12 @@ impl TcpServer {
         let mut entry = match &self.tls {
             None => Entry::Tcp(tcp),
             Some(tls) => {
-                match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, tls.acceptor().accept(tcp)).await {
+                match tokio::time::timeout(
+                    TLS_ACCEPT_TIMEOUT,
+                    tls.acceptor().accept(TlsSocket::new(tcp)),
+                )
+                .await
+                {
                     Ok(Ok(s)) => Entry::Stream(Box::new(TlsStream::Server(s))),
                     Ok(Err(e)) => {
                         tracing::debug!("Pool TLS handshake with {peer} failed: {e}");
@@ -197,7 +222,8 @@ impl TcpClient {
                 // accepts TCP but never answers TLS must not stall the pool for good.
                 let s = tokio::time::timeout(
                     ID_READ_TIMEOUT,
-                    tls.connector.connect(tls.server_name.clone(), tcp),
+                    tls.connector
+                        .connect(tls.server_name.clone(), TlsSocket::new(tcp)),
                 )
                 .await
                 .map_err(|_| anyhow!("TLS handshake with {addr} timed out"))?

@@ -23,7 +23,9 @@ use nodepass_proto::url::TlsMode;
 use nodepass_proto::wire::{
     cert_fingerprint, Flow, PoolId, PoolSignal, RemoteAddr, Signal, SignalError, MAX_SIGNAL_LINE,
 };
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, WriteHalf,
+};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +61,11 @@ pub struct Session {
     pub is_server: bool,
     pub cancel: CancellationToken,
     signals: mpsc::Sender<Signal>,
+    /// The control channel's write side, shared by the writer task (queued signals) and
+    /// [`Session::send_now`] (a `tcp` signal written by the task that accepted the user).
+    /// Taken out when the session ends, so the channel closes even while relays that hold
+    /// the session go on.
+    control_wr: tokio::sync::Mutex<Option<WriteHalf<Entry>>>,
     verifier: Verifier,
     started: Instant,
     /// ms since `started` when the last ping was sent.
@@ -96,6 +103,30 @@ impl Session {
         }
     }
 
+    /// Writes `s` on the control channel from the calling task, without the hop through
+    /// the writer task: on a loaded machine each task hand-off can wait for a runtime
+    /// thread, and this one is on every fresh connection's path. A write error ends the
+    /// session, as it does in the writer.
+    pub async fn send_now(&self, s: Signal) {
+        let line = s.encode(&self.inst.url.key);
+        let mut wr = self.control_wr.lock().await;
+        let Some(wr) = wr.as_mut() else {
+            return; // the session is over
+        };
+        let written = async {
+            wr.write_all(&line).await?;
+            wr.flush().await
+        };
+        let result = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            r = written => r,
+        };
+        if let Err(e) = result {
+            tracing::error!("startWriter: write failed: {e}");
+            self.cancel.cancel();
+        }
+    }
+
     fn tls_on(&self) -> bool {
         !matches!(self.verifier, Verifier::None)
     }
@@ -128,6 +159,11 @@ pub async fn run(
     } = spec;
     let (tx, rx) = mpsc::channel(inst.tunables.semaphore_limit.max(1));
     let (verified, _) = watch::channel(false);
+    let peer = control
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (rd, wr) = tokio::io::split(control);
     let sess = Arc::new(Session {
         inst,
         pool,
@@ -135,6 +171,7 @@ pub async fn run(
         is_server,
         cancel: cancel.clone(),
         signals: tx,
+        control_wr: tokio::sync::Mutex::new(Some(wr)),
         verifier,
         started: Instant::now(),
         checkpoint_ms: AtomicU64::new(0),
@@ -147,13 +184,8 @@ pub async fn run(
     if sess.tls_on() {
         tracing::info!("TLS certificate fingerprint verifying...");
     }
-    let peer = control
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let (rd, wr) = tokio::io::split(control);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(writer(sess.clone(), wr, rx));
+    tasks.spawn(writer(sess.clone(), rx));
     tasks.spawn(reader(sess.clone(), rd));
     tasks.spawn(health(sess.clone()));
     if sess.tls_on() && sess.is_server {
@@ -200,17 +232,19 @@ pub async fn run(
     cancel.cancel();
     tasks.abort_all();
     sess.pool.close();
+    // Every holder of the lock gives it up on `cancel` (the writer task is aborted).
+    sess.control_wr.lock().await.take();
     result
 }
 
-async fn writer(
-    sess: Arc<Session>,
-    mut wr: tokio::io::WriteHalf<Entry>,
-    mut rx: mpsc::Receiver<Signal>,
-) -> anyhow::Result<()> {
+async fn writer(sess: Arc<Session>, mut rx: mpsc::Receiver<Signal>) -> anyhow::Result<()> {
     let key = sess.inst.url.key.clone();
     while let Some(sig) = rx.recv().await {
         let line = sig.encode(&key);
+        let mut wr = sess.control_wr.lock().await;
+        let Some(wr) = wr.as_mut() else {
+            return Ok(());
+        };
         if let Err(e) = wr.write_all(&line).await {
             return Err(anyhow!("startWriter: write failed: {e}"));
         }

@@ -43,10 +43,11 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr, pre
         "Tunnel connection: get {id} <- pool active {}",
         sess.pool.active()
     );
-    sess.send(Signal::Tcp {
+    sess.send_now(Signal::Tcp {
         remote: peer.into(),
         id,
-    });
+    })
+    .await;
     if let Err(e) = block::forward(&prefix, &mut entry, &inst.figures.tcprx, &inst.policy).await {
         tracing::error!("commonTCPLoop: write to tunnel failed: {e}");
         return;
