@@ -199,6 +199,14 @@ impl Pool {
         self.lock().idle.len()
     }
 
+    /// Whether the session's control channel is up: `00000000` has been taken and the
+    /// session has not ended. Pool connections are authenticated only by the client's IP,
+    /// so a transport admits none but the one that becomes the control channel while this
+    /// is false (before the control channel, and once the session is over).
+    pub fn control_up(&self) -> bool {
+        self.control_taken.load(Ordering::Acquire) && !self.lock().closed
+    }
+
     /// Whether `id` is idle in the pool now.
     pub fn contains(&self, id: PoolId) -> bool {
         self.lock().idle.contains_key(&id)
@@ -247,7 +255,7 @@ impl Pool {
             .await
             .map(|(_, c)| c);
         if got.is_some() && id == PoolId::CONTROL {
-            self.control_taken.store(true, Ordering::Relaxed);
+            self.control_taken.store(true, Ordering::Release);
         }
         got
     }

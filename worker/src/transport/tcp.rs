@@ -2,7 +2,8 @@
 //! from the client to the server's tunnel port, optionally wrapped in TLS 1.3.
 //!
 //! Server, per accepted connection: refuse while the pool holds `max` idle entries; drop
-//! silently when it comes from another IP than the handshaking client; TLS handshake when
+//! silently when it comes from another IP than the handshaking client, or when it would
+//! not become the control channel and no control channel is up; TLS handshake when
 //! tls is 1/2; then write the 4 raw id bytes (the first entry gets `00000000`, the control
 //! channel). Client: dial, TLS, read the 4 id bytes (1-minute deadline).
 //! Both sides turn on TCP keep-alive with the NP_REPORT_INTERVAL period.
@@ -91,6 +92,10 @@ impl TcpServer {
             );
             return;
         }
+        if first_given.load(Ordering::Acquire) && !pool.control_up() {
+            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
+            return;
+        }
         let mut entry = match &self.tls {
             None => Entry::Tcp(tcp),
             Some(tls) => {
@@ -110,8 +115,11 @@ impl TcpServer {
         // The first entry of a session (after the checks) is the control channel.
         let id = if !first_given.swap(true, Ordering::AcqRel) {
             PoolId::CONTROL
-        } else {
+        } else if pool.control_up() {
             PoolId(rand::random())
+        } else {
+            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
+            return;
         };
         if pool.contains(id) {
             return;
