@@ -68,7 +68,10 @@ fn pending_handshakes_are_capped_and_refusals_are_logged_sparingly() {
     let tport = free_port();
     let server = Proc::worker(
         "server",
-        &format!("server://k@127.0.0.1:{tport}/127.0.0.1:{}?mode=2", free_port()),
+        &format!(
+            "server://k@127.0.0.1:{tport}/127.0.0.1:{}?mode=2",
+            free_port()
+        ),
         &[("NP_HANDSHAKE_TIMEOUT", "60s")],
     );
     server.wait_line("ready", UP, |l| l.contains(READY));
@@ -149,9 +152,12 @@ fn a_new_udp_source_never_stalls_the_others() {
     // while A's next datagram goes through.
     b.send_to(b"b1", ("127.0.0.1", uport)).expect("send");
     a.send_to(b"a2", ("127.0.0.1", uport)).expect("send");
-    entry
-        .read_exact(&mut got)
-        .unwrap_or_else(|e| panic!("A's datagram held up by B's session: {e}\n{}", server.dump()));
+    entry.read_exact(&mut got).unwrap_or_else(|e| {
+        panic!(
+            "A's datagram held up by B's session: {e}\n{}",
+            server.dump()
+        )
+    });
     assert_eq!(&got, b"a2");
 }
 

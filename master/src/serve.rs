@@ -115,7 +115,8 @@ pub async fn serve(
         // No Nagle delay (Go's default too): SSE frames are small writes, and Nagle plus the
         // client's delayed ACK would hold each one back for up to 40 ms.
         let _ = tcp.set_nodelay(true);
-        let (router, builder, tls, stop) = (router.clone(), builder.clone(), tls.clone(), stop.clone());
+        let (router, builder, tls, stop) =
+            (router.clone(), builder.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
             let _slot = slot;
             match tls {

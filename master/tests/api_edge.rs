@@ -18,6 +18,12 @@ const HALF_OPEN: usize = 200;
 #[test]
 fn half_sent_requests_are_closed_while_the_api_keeps_working() {
     let tm = TestMaster::start();
+    // A quiet event stream outlives the header timeout (it is a request in progress).
+    let mut sse = Sse::open(tm.api.addr, "/api/v1/events", &tm.api.key);
+    assert_eq!(sse.status, 200);
+    let _initial = sse
+        .next_event(Duration::from_secs(5))
+        .expect("initial event");
     let mut idle: Vec<TcpStream> = (0..HALF_OPEN)
         .map(|_| {
             let mut s = TcpStream::connect(tm.api.addr).expect("connect to the API");
@@ -59,6 +65,16 @@ fn half_sent_requests_are_closed_while_the_api_keeps_working() {
         }
     }
     assert_eq!(tm.api.get("/info").status, 200);
+    let r = tm.api.call(
+        "POST",
+        "/instances",
+        Some(r#"{"url":"client://127.0.0.1:29142/127.0.0.1:41042"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    sse.wait_for(Duration::from_secs(10), |e| {
+        e.kind() == "create" && e.id() == id
+    });
 }
 
 #[test]
@@ -67,11 +83,15 @@ fn key_rotation_ends_old_streams_before_publishing_the_new_key() {
     let old_key = tm.api.key.clone();
     let mut sse = Sse::open(tm.api.addr, "/api/v1/events", &old_key);
     assert_eq!(sse.status, 200);
-    let _initial = sse.next_event(Duration::from_secs(5)).expect("initial event");
+    let _initial = sse
+        .next_event(Duration::from_secs(5))
+        .expect("initial event");
 
-    let r = tm
-        .api
-        .call("PATCH", "/instances/********", Some(r#"{"action":"restart"}"#));
+    let r = tm.api.call(
+        "PATCH",
+        "/instances/********",
+        Some(r#"{"action":"restart"}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let new_key = r.json()["url"].as_str().unwrap().to_string();
     assert_ne!(new_key, old_key);
@@ -111,7 +131,10 @@ fn undeclared_methods_are_405_on_every_path() {
     for (method, path) in paths {
         let r = tm.api.call(method, path, Some("{}"));
         assert_eq!(r.status, 405, "{method} {path}: {}", r.text());
-        assert!(r.header("allow").is_some(), "{method} {path}: no Allow header");
+        assert!(
+            r.header("allow").is_some(),
+            "{method} {path}: no Allow header"
+        );
     }
     assert_eq!(tm.api.get("/openapi.json").status, 200);
 }

@@ -358,6 +358,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn control_is_up_from_its_taking_to_the_end_of_the_session() {
+        let pool = Pool::new(4);
+        assert!(!pool.control_up(), "no control channel yet");
+        let (c, _far) = conn().await;
+        assert!(pool.put(PoolId::CONTROL, c).is_ok());
+        assert!(
+            !pool.control_up(),
+            "arrived, not yet taken as the control channel"
+        );
+        let _control = pool
+            .outgoing_get(PoolId::CONTROL, Duration::from_secs(5))
+            .await
+            .expect("the control entry");
+        assert!(pool.control_up());
+        pool.close();
+        assert!(!pool.control_up(), "the session is over");
+    }
+
+    #[tokio::test]
     async fn incoming_takes_oldest_outgoing_waits_for_its_id() {
         let pool = std::sync::Arc::new(Pool::new(4));
         let mut keep = Vec::new();

@@ -111,7 +111,8 @@ fn refine(doc: &mut serde_json::Value) {
     use serde_json::json;
     // OpenAPI 3.1 without `itemSchema`: the schema of an event stream describes one event
     // (its `event` and `data` fields); `data` is JSON text holding an InstanceEvent.
-    if let Some(sse) = doc.pointer_mut("/paths/~1events/get/responses/200/content/text~1event-stream")
+    if let Some(sse) =
+        doc.pointer_mut("/paths/~1events/get/responses/200/content/text~1event-stream")
     {
         sse["schema"] = json!({
             "type": "object",

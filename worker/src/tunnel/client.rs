@@ -75,7 +75,7 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     // cannot reach its server as `running`.
     let listen = users
         .as_ref()
-        .map(|u| super::server::listen_list_users(u))
+        .map(super::server::listen_list_users)
         .unwrap_or_default();
     inst.announce_ready(listen);
     control::run(

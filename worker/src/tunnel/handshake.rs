@@ -53,7 +53,9 @@ impl RefusalLog {
     fn refused(log: &Mutex<RefusalLog>, what: std::fmt::Arguments<'_>) {
         let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if l.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL) {
+        if l.last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL)
+        {
             l.suppressed += 1;
             return;
         }
@@ -172,7 +174,10 @@ async fn answer(
             Ok(true)
         }
         other => {
-            RefusalLog::refused(refusals, format_args!("refused a request from {peer}: {other:?}"));
+            RefusalLog::refused(
+                refusals,
+                format_args!("refused a request from {peer}: {other:?}"),
+            );
             Ok(false)
         }
     }

@@ -128,8 +128,12 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             let (queue, queued) = mpsc::channel(UDP_SESSION_QUEUE);
             let activity = Arc::new(Activity::new());
             activity.touch();
-            let (s2, sock2, ended, activity2) =
-                (sess.clone(), socket.clone(), ended_tx.clone(), activity.clone());
+            let (s2, sock2, ended, activity2) = (
+                sess.clone(),
+                socket.clone(),
+                ended_tx.clone(),
+                activity.clone(),
+            );
             tokio::spawn(async move {
                 let _hold = (slot, share_permit);
                 udp_session(&s2, queued, &sock2, peer, &activity2).await;
@@ -169,7 +173,9 @@ async fn udp_session(
 ) {
     let inst = &sess.inst;
     let Some((id, entry)) = sess.pool.incoming_get(inst.tunables.pool_get_timeout).await else {
-        tracing::warn!("commonUDPLoop: request timeout: IncomingGet: insufficient pool connections");
+        tracing::warn!(
+            "commonUDPLoop: request timeout: IncomingGet: insufficient pool connections"
+        );
         return;
     };
     let (from_tunnel, mut to_tunnel) = tokio::io::split(entry);
