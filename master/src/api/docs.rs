@@ -150,10 +150,57 @@ fn refine(doc: &mut serde_json::Value) {
             p["schema"]["minLength"] = json!(1);
         }
     }
-    // A null alias is read as "" (as Go's decoder leaves the string empty).
-    if let Some(alias) = doc.pointer_mut("/components/schemas/MasterAliasRequest/properties/alias")
-    {
-        alias["type"] = json!(["string", "null"]);
+    // The id a create answers with names the instance for the single-instance operations.
+    if let Some(created) = doc.pointer_mut("/paths/~1instances/post/responses/201") {
+        let by_id =
+            |op: &str| json!({ "operationId": op, "parameters": { "id": "$response.body#/id" } });
+        created["links"] = json!({
+            "GetInstance": by_id("get_instance"),
+            "PatchInstance": by_id("patch_instance"),
+            "PutInstance": by_id("put_instance"),
+            "DeleteInstance": by_id("delete_instance"),
+        });
+    }
+    // Instance URLs of the accepted form, for readers and for generated requests.
+    for name in ["CreateInstanceRequest", "PutInstanceRequest"] {
+        if let Some(url) = doc.pointer_mut(&format!("/components/schemas/{name}/properties/url")) {
+            url["examples"] = json!([
+                "server://127.0.0.1:10101/127.0.0.1:8080",
+                "client://127.0.0.1:10101/127.0.0.1:8081?mode=2",
+            ]);
+        }
+    }
+    // These strings may be null in a request, read as "" (as Go's decoder leaves the string
+    // empty); model.rs reads them with `null_is_empty`.
+    for (name, field) in [
+        ("MasterAliasRequest", "alias"),
+        ("CreateInstanceRequest", "alias"),
+        ("PatchInstanceRequest", "alias"),
+        ("PatchInstanceRequest", "action"),
+        ("Peer", "sid"),
+        ("Peer", "type"),
+        ("Peer", "alias"),
+    ] {
+        if let Some(prop) =
+            doc.pointer_mut(&format!("/components/schemas/{name}/properties/{field}"))
+        {
+            prop["type"] = json!(["string", "null"]);
+            if let Some(values) = prop.get_mut("enum").and_then(|v| v.as_array_mut()) {
+                values.push(serde_json::Value::Null);
+            }
+        }
+    }
+    // PATCH, like the reference, answers the unchanged instance for a missing body or one
+    // that is not a JSON object; only a field of the wrong type is a 400.
+    if let Some(body) = doc.pointer_mut("/paths/~1instances~1{id}/patch/requestBody") {
+        body["required"] = json!(false);
+        if let Some(schema) = body.pointer_mut("/content/application~1json/schema") {
+            let object = schema.take();
+            *schema = json!({ "anyOf": [
+                object,
+                { "not": { "type": "object" }, "description": "Changes nothing" }
+            ]});
+        }
     }
 }
 
