@@ -30,7 +30,7 @@ fn client_handshake_times_out_and_ready_means_the_tunnel_works() {
     let listen = free_port();
     let stuck = Proc::worker(
         "client-silent",
-        &format!("client://k@{silent_addr}/127.0.0.1:{listen}"),
+        &format!("client://k@{silent_addr}/127.0.0.1:{listen}?mode=2"),
         &[("NP_HANDSHAKE_TIMEOUT", "1s")],
     );
     stuck.wait_line("a handshake timeout", UP, |l| {
@@ -46,14 +46,15 @@ fn client_handshake_times_out_and_ready_means_the_tunnel_works() {
     // Against a real server: once `ready` is out, traffic passes at the first try.
     let echo = Echo::start();
     let tport = free_port();
-    let _server = Proc::worker(
+    let server = Proc::worker(
         "server",
         &format!("server://k@127.0.0.1:{tport}/{}?mode=2", echo.addr()),
         &[],
     );
+    server.wait_line("ready", UP, |l| l.contains(READY));
     let client = Proc::worker(
         "client",
-        &format!("client://k@127.0.0.1:{tport}/127.0.0.1:{listen}"),
+        &format!("client://k@127.0.0.1:{tport}/127.0.0.1:{listen}?mode=2"),
         &[],
     );
     client.wait_line("ready", UP, |l| l.contains(READY));
@@ -109,8 +110,19 @@ fn pending_handshakes_are_capped_and_refusals_are_logged_sparingly() {
     }
     drop(idle);
 
-    // Thirty refused handshakes more: with the closed ones, a line or two, not 66.
+    // Thirty refused handshakes more: with the closed ones, a line or two, not 66. (The
+    // server frees the slots of the idle connections as it sees them close: until then a
+    // request may still be closed unanswered.)
     let wrong = TunnelKey::new("wrong");
+    let deadline = Instant::now() + UP;
+    while handshake(tunnel, &wrong).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "slots never freed\n{}",
+            server.dump()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for _ in 0..30 {
         let answer = handshake(tunnel, &wrong);
         assert!(answer.starts_with(b"HTTP/1.1 401"), "{answer:?}");
@@ -122,7 +134,7 @@ fn pending_handshakes_are_capped_and_refusals_are_logged_sparingly() {
         .count();
     assert!(
         (1..=3).contains(&logged),
-        "{logged} refusal lines for 66 refusals\n{}",
+        "{logged} refusal lines for over 66 refusals\n{}",
         server.dump()
     );
     // The accepted handshake reports what was not logged.
