@@ -86,7 +86,7 @@ pub async fn serve(
         if slots.available_permits() == 0 && !full_warned {
             full_warned = true;
             tracing::warn!(
-                "API: {} connections open, the limit; new ones wait",
+                "API: {} connections open (the limit); new ones wait until one closes",
                 limits.max_connections
             );
         }

@@ -4,7 +4,7 @@
 //! and read-only: other methods are 405, as on every path (the reference answers any method
 //! here; no client depends on that).
 //!
-//! What the derive cannot say is set in [`refine`]: the shape of an SSE event, the `""`
+//! What the derive cannot say is set in `refine`: the shape of an SSE event, the `""`
 //! run state and kind of the API key record, and value limits the handlers enforce; the
 //! document is checked against the running server with schemathesis (README, Security).
 
