@@ -1,8 +1,8 @@
 //! `GET {base}/openapi.json` (OpenAPI 3.1, derived by utoipa from the handlers and the
 //! types they use) and `GET {base}/docs` (Swagger UI served from the binary: the vendored
 //! swagger-ui-dist assets of utoipa-swagger-ui, nothing loaded from a CDN). Both are public
-//! and read-only: other methods are 405, as on every path (the reference answers any method
-//! here; no client depends on that).
+//! and read-only: other methods are 405, as on every path (the reference answers any
+//! method here).
 //!
 //! What the derive cannot say is set in `refine`: the shape of an SSE event, the `""`
 //! run state and kind of the API key record, and value limits the handlers enforce; the
