@@ -17,6 +17,7 @@ pub mod gojson;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod supervisor;
@@ -29,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::serve::ListenerExt;
 use nodepass_proto::tunables::Tunables;
 use nodepass_proto::url::{MasterUrl, TlsMode};
 use tokio::sync::oneshot;
@@ -85,7 +85,7 @@ pub struct RunningMaster {
     /// Where the API listens.
     pub addr: SocketAddr,
     pub master: Arc<Master>,
-    stop_server: Option<oneshot::Sender<()>>,
+    stop_server: Option<tokio::sync::watch::Sender<bool>>,
     server: JoinHandle<()>,
     periodic: JoinHandle<()>,
 }
@@ -136,7 +136,7 @@ impl RunningMaster {
             Err(e) => tracing::error!("Master shutdown error: {e:#}"),
         }
         if let Some(tx) = self.stop_server.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.server).await;
         self.server.abort();
@@ -244,37 +244,14 @@ pub async fn start(opts: MasterOptions) -> Result<RunningMaster> {
         TlsMode::Files => tracing::info!("TLS code-2: certificate files"),
     }
     let router = api::router(master.clone());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = match tls {
-        None => tokio::spawn(async move {
-            // No Nagle delay (Go's default too): SSE frames are small writes, and Nagle
-            // plus the client's delayed ACK would hold each one back for up to 40 ms.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let r = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!("API server failed: {e}");
-            }
-        }),
-        Some(cfg) => {
-            let tls_listener = tls::TlsListener::new(listener, cfg)?;
-            tokio::spawn(async move {
-                let r = axum::serve(tls_listener, router)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!("API server failed: {e}");
-                }
-            })
-        }
-    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve::serve(
+        listener,
+        tls,
+        router,
+        serve::ApiLimits::standard(),
+        stop_rx,
+    ));
     tracing::info!("Master started: {}{}", addr, opts.url.api_base());
 
     // Start the instances that want to run; spaced a little so a big restore does not fork
@@ -352,6 +329,8 @@ pub fn run(url: MasterUrl) -> Result<()> {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // Before the API's connection cap is derived from it (serve::ApiLimits).
+    nodepass_worker::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nodepass-master")

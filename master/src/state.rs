@@ -452,12 +452,15 @@ impl Master {
             reg.master.api_key = new_api_key();
             let staged = self.stage_master(&mut reg);
             let inst = key_instance(&reg.master);
+            // Every open event stream was authorised with the old key: end them before
+            // anything else is published, so none of them ever sees the new key. A stream
+            // that checked the old key but subscribed after this `shutdown` notices the
+            // change itself (api/events.rs checks the key again once subscribed).
+            self.events.close_all();
             self.events.publish(EventKind::Update, Some(&inst), "");
             (inst, staged)
         };
         tracing::info!("API Key regenerated: {}", inst.url);
-        // Every open event stream was authorised with the old key: end them.
-        self.events.close_all();
         staged?;
         self.flush().await?;
         Ok(inst)

@@ -95,11 +95,11 @@ fn every_protected_route_needs_the_key_and_options_do_not() {
         assert!(r.body.is_empty());
         assert_cors(&r, &format!("OPTIONS {path}"));
     }
-    // Public routes need no key and answer whatever the method.
+    // Public routes need no key; they are read-only (other methods: 405, tests/api_edge.rs).
     for path in [format!("{base}/openapi.json"), format!("{base}/docs")] {
-        for method in ["GET", "POST"] {
+        for (method, status) in [("GET", 200), ("POST", 405)] {
             let r = request(tm.api.addr, method, &path, &[], None);
-            assert_eq!(r.status, 200, "{method} {path}");
+            assert_eq!(r.status, status, "{method} {path}");
             assert_cors(&r, &path);
         }
     }
@@ -306,8 +306,8 @@ fn key_regeneration_closes_event_streams() {
     assert_eq!(r.status, 200);
     let new_key = r.json()["url"].as_str().unwrap().to_string();
     assert_ne!(new_key, tm.api.key);
-    let upd = sse.wait_for(Duration::from_secs(5), |e| e.kind() == "update");
-    assert_eq!(upd.data["instance"]["url"], new_key.as_str());
+    // The stream opened with the old key ends without seeing the new key
+    // (tests/api_edge.rs checks that in detail).
     let down = sse.wait_for(Duration::from_secs(5), |e| e.kind() == "shutdown");
     assert_eq!(down.data["instance"], Value::Null);
     assert_eq!(down.data["logs"], "");

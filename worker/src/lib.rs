@@ -126,8 +126,10 @@ async fn stop_signal() -> anyhow::Result<&'static str> {
 }
 
 /// Every relayed connection holds two sockets (and up to two pipes while data moves), so
-/// the default soft limit of 1024 descriptors is far too low: raise it to the hard limit.
-fn raise_fd_limit() {
+/// the default soft limit of 1024 descriptors is far too low. Raises the soft RLIMIT_NOFILE to the hard limit (what the Go runtime does at start), for
+/// the worker and the master alike: connections, pool entries and spawned workers all need
+/// descriptors, and the usual soft default of 1024 runs out long before the hard limit.
+pub fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if soft < hard {

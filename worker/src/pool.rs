@@ -162,6 +162,8 @@ pub struct Pool {
     /// id in the same session (a restarted peer's first entry) must never become a data
     /// entry, or user bytes would land on the peer's control channel.
     control_taken: std::sync::atomic::AtomicBool,
+    /// Set once an id has been handed out: the first one of a session is `00000000`.
+    first_given: std::sync::atomic::AtomicBool,
 }
 
 /// Why an entry was not taken into the pool.
@@ -181,6 +183,7 @@ impl Pool {
             max: max.max(1),
             errors: AtomicU32::new(0),
             control_taken: std::sync::atomic::AtomicBool::new(false),
+            first_given: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -197,6 +200,33 @@ impl Pool {
     /// Idle entries now (the `pool` figure).
     pub fn active(&self) -> usize {
         self.lock().idle.len()
+    }
+
+    /// Whether the session's control channel is up: `00000000` has been taken and the
+    /// session has not ended. Pool connections are authenticated only by the client's IP,
+    /// so a transport admits none but the one that becomes the control channel while this
+    /// is false (before the control channel, and once the session is over).
+    pub fn control_up(&self) -> bool {
+        self.control_taken.load(Ordering::Acquire) && !self.lock().closed
+    }
+
+    /// Whether a transport should go on with a new pool connection at all (before spending
+    /// a TLS handshake on it): the session's first one, or any while the control channel is
+    /// up (see [`Pool::control_up`]).
+    pub fn admits(&self) -> bool {
+        !self.first_given.load(Ordering::Acquire) || self.control_up()
+    }
+
+    /// The id for a pool connection a transport has accepted (REFERENCE.md 4.1), the one
+    /// place the rule lives for every transport: `00000000` for the session's first (it
+    /// becomes the control channel), a random one after that while the control channel is
+    /// up, and None otherwise: pool connections are authenticated only by the client's IP,
+    /// so none but the control channel is admitted while no control channel is up.
+    pub fn assign_id(&self) -> Option<PoolId> {
+        if !self.first_given.swap(true, Ordering::AcqRel) {
+            return Some(PoolId::CONTROL);
+        }
+        self.control_up().then(|| PoolId(rand::random()))
     }
 
     /// Whether `id` is idle in the pool now.
@@ -247,7 +277,7 @@ impl Pool {
             .await
             .map(|(_, c)| c);
         if got.is_some() && id == PoolId::CONTROL {
-            self.control_taken.store(true, Ordering::Relaxed);
+            self.control_taken.store(true, Ordering::Release);
         }
         got
     }
@@ -347,6 +377,25 @@ mod tests {
         let a = l.local_addr().expect("addr");
         let (c, s) = tokio::join!(TcpStream::connect(a), l.accept());
         (Entry::Tcp(c.expect("connect")), s.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn control_is_up_from_its_taking_to_the_end_of_the_session() {
+        let pool = Pool::new(4);
+        assert!(!pool.control_up(), "no control channel yet");
+        let (c, _far) = conn().await;
+        assert!(pool.put(PoolId::CONTROL, c).is_ok());
+        assert!(
+            !pool.control_up(),
+            "arrived, not yet taken as the control channel"
+        );
+        let _control = pool
+            .outgoing_get(PoolId::CONTROL, Duration::from_secs(5))
+            .await
+            .expect("the control entry");
+        assert!(pool.control_up());
+        pool.close();
+        assert!(!pool.control_up(), "the session is over");
     }
 
     #[tokio::test]

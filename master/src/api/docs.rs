@@ -1,7 +1,12 @@
 //! `GET {base}/openapi.json` (OpenAPI 3.1, derived by utoipa from the handlers and the
 //! types they use) and `GET {base}/docs` (Swagger UI served from the binary: the vendored
 //! swagger-ui-dist assets of utoipa-swagger-ui, nothing loaded from a CDN). Both are public
-//! and, like the reference, answer whatever the method.
+//! and read-only: other methods are 405, as on every path (the reference answers any
+//! method here).
+//!
+//! What the derive cannot say is set in `refine`: the shape of an SSE event, the `""`
+//! run state and kind of the API key record, and value limits the handlers enforce; the
+//! document is checked against the running server with schemathesis (README, Security).
 
 use std::sync::Arc;
 
@@ -97,7 +102,107 @@ pub fn openapi_doc_for(base: &str) -> utoipa::openapi::OpenApi {
 
 /// The rendered document.
 pub fn openapi_json(base: &str) -> Vec<u8> {
-    serde_json::to_vec_pretty(&openapi_doc_for(base)).unwrap_or_else(|_| b"{}".to_vec())
+    let mut doc = serde_json::to_value(openapi_doc_for(base)).unwrap_or_default();
+    refine(&mut doc);
+    serde_json::to_vec_pretty(&doc).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+/// Facts about the wire that utoipa's derive cannot express, set on the rendered document.
+fn refine(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    // OpenAPI 3.1 without `itemSchema`: the schema of an event stream describes one event
+    // (its `event` and `data` fields); `data` is JSON text holding an InstanceEvent.
+    if let Some(sse) =
+        doc.pointer_mut("/paths/~1events/get/responses/200/content/text~1event-stream")
+    {
+        sse["schema"] = json!({
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": { "type": "string", "const": "instance" },
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": { "$ref": "#/components/schemas/InstanceEvent" }
+                }
+            }
+        });
+    }
+    // The API key record's `type` and `status` are "" (serde renames; the derive does not
+    // follow an empty rename).
+    for name in ["InstanceStatus", "InstanceKind"] {
+        if let Some(values) = doc
+            .pointer_mut(&format!("/components/schemas/{name}/enum"))
+            .and_then(|v| v.as_array_mut())
+        {
+            for v in values.iter_mut() {
+                if v == "notapplicable" {
+                    *v = json!("");
+                }
+            }
+        }
+    }
+    // `target` must not be empty (400 "Target address required").
+    if let Some(params) = doc
+        .pointer_mut("/paths/~1tcping/get/parameters")
+        .and_then(|v| v.as_array_mut())
+    {
+        for p in params.iter_mut().filter(|p| p["name"] == "target") {
+            p["schema"]["minLength"] = json!(1);
+        }
+    }
+    // The id a create answers with names the instance for the single-instance operations.
+    if let Some(created) = doc.pointer_mut("/paths/~1instances/post/responses/201") {
+        let by_id =
+            |op: &str| json!({ "operationId": op, "parameters": { "id": "$response.body#/id" } });
+        created["links"] = json!({
+            "GetInstance": by_id("get_instance"),
+            "PatchInstance": by_id("patch_instance"),
+            "PutInstance": by_id("put_instance"),
+            "DeleteInstance": by_id("delete_instance"),
+        });
+    }
+    // Instance URLs of the accepted form, for readers and for generated requests.
+    for name in ["CreateInstanceRequest", "PutInstanceRequest"] {
+        if let Some(url) = doc.pointer_mut(&format!("/components/schemas/{name}/properties/url")) {
+            url["examples"] = json!([
+                "server://127.0.0.1:10101/127.0.0.1:8080",
+                "client://127.0.0.1:10101/127.0.0.1:8081?mode=2",
+            ]);
+        }
+    }
+    // These strings may be null in a request, read as "" (as Go's decoder leaves the string
+    // empty); model.rs reads them with `null_is_empty`.
+    for (name, field) in [
+        ("MasterAliasRequest", "alias"),
+        ("CreateInstanceRequest", "alias"),
+        ("PatchInstanceRequest", "alias"),
+        ("PatchInstanceRequest", "action"),
+        ("Peer", "sid"),
+        ("Peer", "type"),
+        ("Peer", "alias"),
+    ] {
+        if let Some(prop) =
+            doc.pointer_mut(&format!("/components/schemas/{name}/properties/{field}"))
+        {
+            prop["type"] = json!(["string", "null"]);
+            if let Some(values) = prop.get_mut("enum").and_then(|v| v.as_array_mut()) {
+                values.push(serde_json::Value::Null);
+            }
+        }
+    }
+    // PATCH, like the reference, answers the unchanged instance for a missing body or one
+    // that is not a JSON object; only a field of the wrong type is a 400.
+    if let Some(body) = doc.pointer_mut("/paths/~1instances~1{id}/patch/requestBody") {
+        body["required"] = json!(false);
+        if let Some(schema) = body.pointer_mut("/content/application~1json/schema") {
+            let object = schema.take();
+            *schema = json!({ "anyOf": [
+                object,
+                { "not": { "type": "object" }, "description": "Changes nothing" }
+            ]});
+        }
+    }
 }
 
 pub fn swagger_config(base: &str) -> Config<'static> {

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Method};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::method_not_allowed;
+use super::{method_not_allowed, ApiError};
 use crate::events::{EventHub, Frame};
 use crate::model::EventKind;
 use crate::state::Master;
@@ -25,13 +25,23 @@ use crate::state::Master;
         (status = 401, description = "Missing or invalid API key", body = crate::model::ErrorBody),
         (status = 405, description = "Method not allowed", body = crate::model::ErrorBody),
     ))]
-pub async fn events(State(m): State<Arc<Master>>, method: Method) -> Response {
+pub async fn events(State(m): State<Arc<Master>>, method: Method, headers: HeaderMap) -> Response {
     if method != Method::GET {
         return method_not_allowed("GET");
     }
     // Subscribe before the snapshot so nothing between the two is missed (an event may
     // then arrive twice, which is harmless: events carry the whole instance).
     let rx = m.events.subscribe();
+    // The guard checked the key before this subscription existed. A rotation in between
+    // sent its `shutdown` to the streams of that moment, not to this one: check again now
+    // that every later rotation will reach us (the key changes before its `shutdown`).
+    let still_valid = headers
+        .get("x-api-key")
+        .is_some_and(|k| m.key_matches(k.as_bytes()));
+    if !still_valid {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized: Invalid API key")
+            .into_response();
+    }
     let mut head: Vec<Bytes> = vec![Bytes::from_static(b"retry: 3000\n\n")];
     head.extend(
         m.all_instances()

@@ -112,12 +112,17 @@ async fn guard(State(master): State<Arc<Master>>, req: Request, next: Next) -> R
     resp
 }
 
-/// CORS and OPTIONS for the public routes.
+/// CORS and OPTIONS for the public routes, which are read-only: any other method is 405,
+/// as on every other path.
 async fn cors_only(req: Request, next: Next) -> Response {
     if req.method() == Method::OPTIONS {
         return preflight();
     }
-    let mut resp = next.run(req).await;
+    let mut resp = if req.method() == Method::GET {
+        next.run(req).await
+    } else {
+        method_not_allowed("GET")
+    };
     add_cors(&mut resp);
     resp
 }

@@ -437,7 +437,6 @@ impl H2Server {
 struct Session {
     pool: Arc<Pool>,
     client_ip: IpAddr,
-    first_given: Arc<AtomicBool>,
     cancel: CancellationToken,
 }
 
@@ -488,10 +487,9 @@ impl Session {
             }
         };
         // The first entry of a session (after the checks) is the control channel.
-        let id = if !self.first_given.swap(true, Ordering::AcqRel) {
-            PoolId::CONTROL
-        } else {
-            PoolId(rand::random())
+        let Some(id) = self.pool.assign_id() else {
+            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
+            return;
         };
         if self.pool.contains(id) {
             return;
@@ -562,11 +560,10 @@ impl PoolServer for H2Server {
         client_ip: IpAddr,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        // The first-id rule is per session (per pool object).
+        // The first-id rule is per session: it lives in the session's pool.
         let session = Session {
             pool,
             client_ip: canonical_ip(client_ip),
-            first_given: Arc::new(AtomicBool::new(false)),
             cancel: cancel.clone(),
         };
         Box::pin(async move {

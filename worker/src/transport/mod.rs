@@ -64,7 +64,7 @@ pub struct Context {
 }
 
 /// The server side of a pool transport. One value per process; each session calls
-/// [`serve`](Self::serve) again (per-session state, like the first-id rule, lives there).
+/// [`serve`](Self::serve) again (per-session state, the pool, with its first-id rule, comes with each call).
 pub trait PoolServer: Send + Sync {
     /// Accepts pool entries until `cancel` fires: refuses them while the pool holds `max`
     /// idle entries or when they come from an address other than `client_ip`, gives each an
@@ -159,16 +159,18 @@ mod tests {
         ));
         let client = client_for(t, ctx(port, tls, None)).expect("client");
         let (id1, mut c1) = client.open().await.expect("first entry");
-        let (id2, mut c2) = client.open().await.expect("second entry");
         assert_eq!(
             id1,
             PoolId::CONTROL,
             "the first entry is the control channel"
         );
+        let wait = Duration::from_secs(10);
+        // The session takes the control channel; only then are data entries admitted
+        // (Pool::control_up).
+        let mut s1 = pool.outgoing_get(id1, wait).await.expect("server has id1");
+        let (id2, mut c2) = client.open().await.expect("second entry");
         assert_ne!(id2, id1);
         assert_eq!(c1.peer_cert_der().is_some(), tls != TlsMode::Off);
-        let wait = Duration::from_secs(10);
-        let mut s1 = pool.outgoing_get(id1, wait).await.expect("server has id1");
         let mut s2 = pool.outgoing_get(id2, wait).await.expect("server has id2");
         assert!(
             !s1.peer_closed() && !c1.peer_closed(),
@@ -218,5 +220,43 @@ mod tests {
     #[tokio::test]
     async fn quic_meets_the_contract() {
         contract(PoolType::Quic, TlsMode::SelfSigned).await;
+    }
+
+    /// Pool connections are authenticated only by the client's IP: besides the one that
+    /// becomes the control channel, none is admitted while no control channel is up.
+    #[tokio::test]
+    async fn tcp_admits_no_data_entry_without_a_control_channel() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = server_for(PoolType::Tcp, ctx(port, TlsMode::Off, None)).expect("server");
+        let pool = Arc::new(Pool::new(4));
+        let cancel = CancellationToken::new();
+        let serving = tokio::spawn(server.serve(
+            listener,
+            pool.clone(),
+            "127.0.0.1".parse().expect("ip"),
+            cancel.clone(),
+        ));
+        let client = client_for(PoolType::Tcp, ctx(port, TlsMode::Off, None)).expect("client");
+        let (id, _control) = client.open().await.expect("first entry");
+        assert_eq!(id, PoolId::CONTROL);
+        // Not yet taken by a session: refused.
+        assert!(
+            client.open().await.is_err(),
+            "data entry before the control channel"
+        );
+        let _taken = pool
+            .outgoing_get(PoolId::CONTROL, Duration::from_secs(10))
+            .await
+            .expect("control entry");
+        assert!(
+            client.open().await.is_ok(),
+            "data entry with the control channel up"
+        );
+        // The session ends: refused again.
+        pool.close();
+        assert!(client.open().await.is_err(), "data entry after the session");
+        cancel.cancel();
+        serving.await.expect("serve ends on cancel");
     }
 }

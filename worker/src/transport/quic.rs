@@ -28,7 +28,6 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
@@ -285,8 +284,6 @@ impl QuicServer {
 struct Session {
     pool: Arc<Pool>,
     cancel: CancellationToken,
-    /// The first id rule is per session (per pool object).
-    first_given: AtomicBool,
     /// Accepted connections, oldest first (bounded by [`MAX_CONNECTIONS`]).
     conns: Mutex<VecDeque<Connection>>,
 }
@@ -378,10 +375,9 @@ impl Session {
                 return;
             }
         }
-        let id = if !self.first_given.swap(true, Ordering::AcqRel) {
-            PoolId::CONTROL
-        } else {
-            PoolId(rand::random())
+        let Some(id) = self.pool.assign_id() else {
+            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
+            return;
         };
         if self.pool.contains(id) {
             return;
@@ -421,7 +417,6 @@ impl PoolServer for QuicServer {
             let session = Arc::new(Session {
                 pool,
                 cancel: cancel.clone(),
-                first_given: AtomicBool::new(false),
                 conns: Mutex::new(VecDeque::new()),
             });
             let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));

@@ -2,14 +2,14 @@
 //! from the client to the server's tunnel port, optionally wrapped in TLS 1.3.
 //!
 //! Server, per accepted connection: refuse while the pool holds `max` idle entries; drop
-//! silently when it comes from another IP than the handshaking client; TLS handshake when
+//! silently when it comes from another IP than the handshaking client, or when it would
+//! not become the control channel and no control channel is up; TLS handshake when
 //! tls is 1/2; then write the 4 raw id bytes (the first entry gets `00000000`, the control
 //! channel). Client: dial, TLS, read the 4 id bytes (1-minute deadline).
 //! Both sides turn on TCP keep-alive with the NP_REPORT_INTERVAL period.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,7 +98,6 @@ impl TcpServer {
         peer: SocketAddr,
         pool: Arc<Pool>,
         client_ip: IpAddr,
-        first_given: Arc<AtomicBool>,
     ) {
         if pool.active() >= pool.max() {
             tracing::debug!("Pool full: refusing {peer}");
@@ -109,6 +108,10 @@ impl TcpServer {
             tracing::debug!(
                 "Pool connection from {peer} refused: not the handshaking client {client_ip}"
             );
+            return;
+        }
+        if !pool.admits() {
+            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
             return;
         }
         let mut entry = match &self.tls {
@@ -133,10 +136,9 @@ impl TcpServer {
             }
         };
         // The first entry of a session (after the checks) is the control channel.
-        let id = if !first_given.swap(true, Ordering::AcqRel) {
-            PoolId::CONTROL
-        } else {
-            PoolId(rand::random())
+        let Some(id) = pool.assign_id() else {
+            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
+            return;
         };
         if pool.contains(id) {
             return;
@@ -159,8 +161,6 @@ impl PoolServer for TcpServer {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let client_ip = canonical_ip(client_ip);
-        // The first-id rule is per session (per pool object).
-        let first_given = Arc::new(AtomicBool::new(false));
         Box::pin(async move {
             loop {
                 let accepted = tokio::select! {
@@ -169,13 +169,7 @@ impl PoolServer for TcpServer {
                 };
                 match accepted {
                     Ok((tcp, peer)) => {
-                        let admit = self.clone().admit(
-                            tcp,
-                            peer,
-                            pool.clone(),
-                            client_ip,
-                            first_given.clone(),
-                        );
+                        let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
                         let cancel = cancel.clone();
                         tokio::spawn(async move {
                             tokio::select! {

@@ -25,7 +25,6 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll, Waker};
 use std::time::Duration;
@@ -392,14 +391,12 @@ impl WsServer {
         peer: SocketAddr,
         pool: Arc<Pool>,
         client_ip: IpAddr,
-        first_given: Arc<AtomicBool>,
     ) {
         keepalive(&tcp, self.keepalive);
         let session = Session {
             pool,
             peer,
             client_ip,
-            first_given,
         };
         let refused = match &self.tls {
             None => session.upgrade(tcp).await,
@@ -422,7 +419,6 @@ struct Session {
     pool: Arc<Pool>,
     peer: SocketAddr,
     client_ip: IpAddr,
-    first_given: Arc<AtomicBool>,
 }
 
 impl Session {
@@ -472,10 +468,8 @@ impl Session {
         let mut ws = WsStream::new(ws, half_close);
 
         // The first entry of a session (after the checks) is the control channel.
-        let id = if !self.first_given.swap(true, Ordering::AcqRel) {
-            PoolId::CONTROL
-        } else {
-            PoolId(rand::random())
+        let Some(id) = self.pool.assign_id() else {
+            anyhow::bail!("refused: no control channel is up");
         };
         if self.pool.contains(id) {
             // Like the reference: an internal-error close; the client tries again.
@@ -576,8 +570,6 @@ impl PoolServer for WsServer {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let client_ip = canonical_ip(client_ip);
-        // The first-id rule is per session (per pool object).
-        let first_given = Arc::new(AtomicBool::new(false));
         Box::pin(async move {
             loop {
                 let accepted = tokio::select! {
@@ -592,13 +584,7 @@ impl PoolServer for WsServer {
                             );
                             continue;
                         };
-                        let admit = self.clone().admit(
-                            tcp,
-                            peer,
-                            pool.clone(),
-                            client_ip,
-                            first_given.clone(),
-                        );
+                        let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
                         let cancel = cancel.clone();
                         tokio::spawn(async move {
                             let _permit = permit;
@@ -904,6 +890,8 @@ mod tests {
         let (port, pool, cancel) = serve().await;
         let client = WsClient::new(ctx(port, TlsMode::Off)).expect("client");
         let (_control, _) = client.open().await.expect("control entry");
+        // Data entries are admitted only while a session holds the control channel.
+        let _control_taken = take(&pool, PoolId::CONTROL).await;
         let (id, mut c) = client.open().await.expect("entry");
         let mut s = take(&pool, id).await;
         c.write_all(b"one").await.expect("write");
@@ -987,15 +975,18 @@ mod tests {
     #[tokio::test]
     async fn refused_upgrade_names_the_status() {
         // max 8 idle entries: fill them, the next open gets 503 `pool full`.
-        let (port, _pool, cancel) = serve().await;
+        let (port, pool, cancel) = serve().await;
         let client = WsClient::new(ctx(port, TlsMode::Off)).expect("client");
-        let mut kept = Vec::new();
+        // Data entries are admitted only while a session holds the control channel.
+        let control = client.open().await.expect("control entry");
+        let _control_taken = take(&pool, PoolId::CONTROL).await;
+        let mut kept = vec![control];
         let err = loop {
             match client.open().await {
                 Ok(e) => kept.push(e),
                 Err(e) => break e,
             }
-            assert!(kept.len() <= 8, "never refused");
+            assert!(kept.len() <= 9, "never refused");
         };
         assert!(
             format!("{err:#}").contains("status 503 pool full"),

@@ -2,6 +2,7 @@
 //! a pool of pre-established entries with the reference's adaptive capacity and interval,
 //! take `00000000` as the control channel and run the session. In flow `+` the client is
 //! the incoming side and binds its first target address after the control channel is up.
+//! It reports `ready` once all that is done, not before.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,13 +26,19 @@ const INTERVAL_STEP: Duration = Duration::from_millis(100);
 pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::Result<()> {
     let url = &inst.url;
     inst.set_mode(2);
-    inst.announce_ready(Vec::new());
     tracing::info!("Pending tunnel handshake...");
     let began = Instant::now();
     let sni = url.effective_sni();
     let config = tokio::select! {
         _ = cancel.cancelled() => anyhow::bail!("tunnelHandshake: context canceled"),
-        c = handshake::request(&inst.dns, &url.tunnel, &sni, &url.key, inst.tunables.tcp_dial_timeout) => c?,
+        c = handshake::request(
+            &inst.dns,
+            &url.tunnel,
+            &sni,
+            &url.key,
+            inst.tunables.tcp_dial_timeout,
+            inst.tunables.handshake_timeout,
+        ) => c?,
     };
     tracing::info!("Loading tunnel config: {}", config.log_form());
     let mut ctx = super::transport_context(inst, config.tls, None);
@@ -63,6 +70,14 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     } else {
         None
     };
+    // Only now can the tunnel carry traffic: handshake done, control channel up, the
+    // user listeners bound (flow `+`). Reporting `ready` earlier would show a client that
+    // cannot reach its server as `running`.
+    let listen = users
+        .as_ref()
+        .map(super::server::listen_list_users)
+        .unwrap_or_default();
+    inst.announce_ready(listen);
     control::run(
         control::SessionSpec {
             inst: inst.clone(),

@@ -2,16 +2,19 @@
 //! connections and UDP datagrams on its target address, takes an idle pool entry for each
 //! connection or UDP session, names it in a `tcp`/`udp` signal and relays at once (the
 //! bytes may reach the peer before the signal does; the peer's pool entry buffers them).
+//! UDP sessions are set up off the receive loop and may hold only a share of the pool
+//! (see [`udp_loop`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::{BufMut as _, Bytes, BytesMut};
 use nodepass_proto::wire::Signal;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, WriteHalf};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::activity::Activity;
 use super::control::Session;
@@ -56,21 +59,43 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr, pre
     inst.relay_tcp(&mut user, &mut entry, &peer, &far).await;
 }
 
+/// Datagrams queued for one UDP session while it waits for its pool entry or for the
+/// tunnel to take the previous ones; more are dropped (UDP may lose datagrams, but one
+/// slow session must never hold up the others).
+const UDP_SESSION_QUEUE: usize = 64;
+
+/// The part of the pool that UDP sessions may hold at once (waiting for an entry or
+/// using one): half of `max`, at least one. A flood of datagrams from new (possibly
+/// spoofed) source addresses can then never take the entries TCP connections need.
+fn udp_pool_share(pool_max: usize) -> usize {
+    (pool_max / 2).max(1)
+}
+
 struct UdpSession {
-    to_tunnel: WriteHalf<Entry>,
+    /// The user's datagrams, to the session's task.
+    queue: mpsc::Sender<Bytes>,
     generation: u64,
     /// Traffic of both directions; once closed, the session is over even if its end
     /// message is still queued: the next datagram starts a new session.
     activity: Arc<Activity>,
 }
 
+/// Receives the user's datagrams and hands each to its source's session. This loop never
+/// waits for the pool or the tunnel: a new source's session is set up in its own task
+/// (which waits for a pool entry), and datagrams reach sessions through bounded queues.
 pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Result<()> {
     let inst = sess.inst.clone();
     let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let share = Arc::new(Semaphore::new(udp_pool_share(sess.pool.max())));
     let mut generation = 0u64;
-    let mut buf = vec![0u8; inst.udp_buf()];
+    let mut buf = BytesMut::new();
     loop {
+        // One allocation serves many datagrams: `split` hands out the filled part and the
+        // rest of the capacity is reused once earlier datagrams are gone.
+        buf.reserve(inst.udp_buf());
+        // At most NP_UDP_DATA_BUF_SIZE bytes per datagram, as with a plain buffer.
+        let mut room = (&mut buf).limit(inst.udp_buf());
         let (n, peer) = tokio::select! {
             Some((key, gen)) = ended_rx.recv() => {
                 if sessions.get(&key).is_some_and(|s| s.generation == gen) {
@@ -78,7 +103,7 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
                 }
                 continue;
             }
-            r = socket.recv_from(&mut buf) => match r {
+            r = socket.recv_buf_from(&mut room) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!("commonUDPLoop: readFromUDP failed: {e}");
@@ -86,6 +111,7 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
                 }
             },
         };
+        let datagram = buf.split().freeze();
         inst.figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
         inst.policy.pace_read(n).await;
         // `touch` records the datagram (the idle timer re-arms) and tells whether the
@@ -94,51 +120,89 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
             sessions.remove(&peer);
         }
         if let std::collections::hash_map::Entry::Vacant(vacant) = sessions.entry(peer) {
-            let Some(slot) = super::user::slot(&inst, SlotKind::Udp, "commonUDPLoop") else {
-                continue;
-            };
-            let Some((id, entry)) = sess.pool.incoming_get(inst.tunables.pool_get_timeout).await
-            else {
-                tracing::warn!(
-                    "commonUDPLoop: request timeout: IncomingGet: insufficient pool connections"
+            let Ok(share_permit) = share.clone().try_acquire_owned() else {
+                tracing::debug!(
+                    "commonUDPLoop: datagram from {peer} dropped: UDP sessions hold their share of the pool"
                 );
                 continue;
             };
-            let (from_tunnel, to_tunnel) = tokio::io::split(entry);
+            let Some(slot) = super::user::slot(&inst, SlotKind::Udp, "commonUDPLoop") else {
+                continue;
+            };
             generation += 1;
             let gen = generation;
-            let (s2, sock2, ended) = (sess.clone(), socket.clone(), ended_tx.clone());
+            let (queue, queued) = mpsc::channel(UDP_SESSION_QUEUE);
             let activity = Arc::new(Activity::new());
             activity.touch();
-            let activity2 = activity.clone();
+            let (s2, sock2, ended, activity2) = (
+                sess.clone(),
+                socket.clone(),
+                ended_tx.clone(),
+                activity.clone(),
+            );
             tokio::spawn(async move {
-                let _slot = slot;
-                replies(&s2, from_tunnel, &sock2, peer, &activity2).await;
+                let _hold = (slot, share_permit);
+                udp_session(&s2, queued, &sock2, peer, &activity2).await;
                 activity2.close();
                 let _ = ended.send((peer, gen));
             });
             vacant.insert(UdpSession {
-                to_tunnel,
+                queue,
                 generation: gen,
                 activity,
             });
-            sess.send(Signal::Udp {
-                remote: peer.into(),
-                id,
-            });
-            tracing::debug!("Starting transfer: {peer} over {id}");
         }
-        let Some(s) = sessions.get_mut(&peer) else {
+        let Some(s) = sessions.get(&peer) else {
             continue;
         };
-        // Raw datagram, no framing: what the reference puts on the entry.
-        if let Err(e) = s.to_tunnel.write_all(&buf[..n]).await {
-            tracing::error!("commonUDPLoop: write to tunnel failed: {e}");
-            s.activity.close();
-            sessions.remove(&peer);
-            continue;
+        match s.queue.try_send(datagram) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!("commonUDPLoop: datagram from {peer} dropped: session queue full");
+            }
+            // The session's task is over; the next datagram starts a new one.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                sessions.remove(&peer);
+            }
         }
-        let _ = s.to_tunnel.flush().await;
+    }
+}
+
+/// One UDP session: take a pool entry, name it in a `udp` signal, then carry the queued
+/// datagrams to the tunnel and the answers back until the session is idle or broken.
+async fn udp_session(
+    sess: &Session,
+    mut queued: mpsc::Receiver<Bytes>,
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    activity: &Activity,
+) {
+    let inst = &sess.inst;
+    let Some((id, entry)) = sess.pool.incoming_get(inst.tunables.pool_get_timeout).await else {
+        tracing::warn!(
+            "commonUDPLoop: request timeout: IncomingGet: insufficient pool connections"
+        );
+        return;
+    };
+    let (from_tunnel, mut to_tunnel) = tokio::io::split(entry);
+    sess.send(Signal::Udp {
+        remote: peer.into(),
+        id,
+    });
+    tracing::debug!("Starting transfer: {peer} over {id}");
+    let forward = async {
+        while let Some(datagram) = queued.recv().await {
+            // Raw datagram, no framing: what the reference puts on the entry.
+            if let Err(e) = to_tunnel.write_all(&datagram).await {
+                tracing::error!("commonUDPLoop: write to tunnel failed: {e}");
+                return;
+            }
+            let _ = to_tunnel.flush().await;
+        }
+    };
+    tokio::select! {
+        _ = forward => {}
+        _ = replies(sess, from_tunnel, socket, peer, activity) => {}
     }
 }
 

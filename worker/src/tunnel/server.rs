@@ -46,12 +46,19 @@ pub async fn bind_users(inst: &Instance) -> anyhow::Result<UserListeners> {
 fn listen_list(tunnel: SocketAddr, users: Option<&UserListeners>) -> Vec<String> {
     let mut v = vec![format!("tcp://{tunnel}")];
     if let Some(u) = users {
-        if let Some(Ok(a)) = u.tcp.as_ref().map(|l| l.local_addr()) {
-            v.push(format!("tcp://{a}"));
-        }
-        if let Some(Ok(a)) = u.udp.as_ref().map(|s| s.local_addr()) {
-            v.push(format!("udp://{a}"));
-        }
+        v.extend(listen_list_users(u));
+    }
+    v
+}
+
+/// The `listen` entries of the user listeners, for the `ready` report.
+pub fn listen_list_users(u: &UserListeners) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(Ok(a)) = u.tcp.as_ref().map(|l| l.local_addr()) {
+        v.push(format!("tcp://{a}"));
+    }
+    if let Some(Ok(a)) = u.udp.as_ref().map(|s| s.local_addr()) {
+        v.push(format!("udp://{a}"));
     }
     v
 }
@@ -105,7 +112,14 @@ pub async fn start(
         pool_type: url.effective_pool_type(),
     };
     tracing::info!("Pending tunnel handshake...");
-    let client_ip = handshake::serve(&listener, &url.key, config, cancel).await?;
+    let client_ip = handshake::serve(
+        &listener,
+        &url.key,
+        config,
+        inst.tunables.handshake_timeout,
+        cancel,
+    )
+    .await?;
     let began = Instant::now();
     let pool = Arc::new(Pool::new(url.effective_max() as usize));
     let accept = tokio::spawn(pool_server.serve(listener, pool.clone(), client_ip, cancel.clone()));
