@@ -397,3 +397,45 @@ fn report_lines_and_clean_stop() {
         client.dump()
     );
 }
+
+/// A server waiting for its client is healthy: once `ready`, it keeps reporting figures
+/// every NP_REPORT_INTERVAL (ping and pool 0) so a master never takes it for a silent worker
+/// (the master marks a worker `error` after 3 intervals without a report).
+#[test]
+fn a_server_waiting_for_its_client_keeps_reporting() {
+    let target = free_port();
+    let mut server = Proc::worker(
+        "waiting",
+        &format!(
+            "server://k@127.0.0.1:{}/127.0.0.1:{target}?mode=1&log=info",
+            free_port()
+        ),
+        &[("NP_REPORT_INTERVAL", "1s")],
+    );
+    server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+    // Three heartbeats with no client ever connecting.
+    let deadline = std::time::Instant::now() + UP;
+    while server.count("\"kind\":\"stats\"") < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stats while waiting: {}",
+            server.dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = server
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("\"kind\":\"stats\""))
+        .unwrap_or_default();
+    assert!(
+        stats.contains("\"ping\":0") && stats.contains("\"pool\":0"),
+        "{stats}"
+    );
+    assert_eq!(
+        server.terminate(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        server.dump()
+    );
+}

@@ -2,8 +2,9 @@
 //! policies and the targets. Built once at start and shared (read-only apart from atomics)
 //! by every task of the instance through an `Arc<Instance>`.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use nodepass_proto::report::{Ready, Report};
 use nodepass_proto::tunables::Tunables;
@@ -28,6 +29,10 @@ pub struct Instance {
     /// Resolved mode (1 or 2) once known; 0 before.
     mode: AtomicU8,
     ready_sent: AtomicBool,
+    /// When the instance was built, and how long after that the last figures went out (ms):
+    /// the idle heartbeat ([`Instance::heartbeat`]) only speaks when nothing else did.
+    born: Instant,
+    last_stats_ms: AtomicU64,
 }
 
 impl Instance {
@@ -54,6 +59,8 @@ impl Instance {
             targets,
             mode: AtomicU8::new(0),
             ready_sent: AtomicBool::new(false),
+            born: Instant::now(),
+            last_stats_ms: AtomicU64::new(0),
         })
     }
 
@@ -115,7 +122,33 @@ impl Instance {
     /// Publishes one round of figures with this instance's mode, the measured `ping` (ms)
     /// and the `pool` figure (idle entries; 0 in single-end mode).
     pub fn publish_stats(&self, ping: u64, pool: u64) {
+        self.last_stats_ms
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         output::publish_stats(self.figures.snapshot(self.mode(), ping, pool));
+    }
+
+    /// Report mode only: once the instance has reported `ready`, makes sure the master hears
+    /// figures at least every NP_REPORT_INTERVAL even while no tunnel session runs (a server
+    /// waiting for its client, a client between sessions), with `ping` and `pool` 0, so a
+    /// healthy but idle worker is never taken for a silent one. Foreground mode prints no
+    /// CHECK_POINT line then, as the reference.
+    pub async fn heartbeat(self: Arc<Self>) {
+        if !output::report_mode() {
+            return;
+        }
+        let every = self.tunables.report_interval;
+        let mut tick = self.report_ticker();
+        loop {
+            tick.tick().await;
+            if !self.ready_sent.load(Ordering::Relaxed) {
+                continue;
+            }
+            let now = self.born.elapsed().as_millis() as u64;
+            let last = self.last_stats_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= every.as_millis() as u64 {
+                self.publish_stats(0, 0);
+            }
+        }
     }
 
     pub fn tcp_buf(&self) -> usize {

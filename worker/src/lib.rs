@@ -95,6 +95,7 @@ async fn run_async(url: TunnelUrl, tunables: Tunables) -> anyhow::Result<()> {
     tracing::info!("{name} started: {}", inst.url.to_config());
     let shutdown = CancellationToken::new();
     let mut role = tokio::spawn(tunnel::run_role(inst.clone(), shutdown.clone()));
+    let heartbeat = tokio::spawn(inst.clone().heartbeat());
     let stopped_by_signal = tokio::select! {
         r = &mut role => {
             // The role only returns by itself on a fatal error.
@@ -107,6 +108,7 @@ async fn run_async(url: TunnelUrl, tunables: Tunables) -> anyhow::Result<()> {
     };
     tracing::debug!("received {stopped_by_signal}, stopping");
     shutdown.cancel();
+    heartbeat.abort();
     match tokio::time::timeout(inst.tunables.shutdown_timeout, role).await {
         Ok(_) => tracing::info!("{name} shutdown complete"),
         Err(_) => tracing::error!("{name} shutdown error: timed out"),
@@ -125,8 +127,7 @@ async fn stop_signal() -> anyhow::Result<&'static str> {
     })
 }
 
-/// Every relayed connection holds two sockets (and up to two pipes while data moves), so
-/// the default soft limit of 1024 descriptors is far too low. Raises the soft RLIMIT_NOFILE to the hard limit (what the Go runtime does at start), for
+/// Raises the soft RLIMIT_NOFILE to the hard limit (what the Go runtime does at start), for
 /// the worker and the master alike: connections, pool entries and spawned workers all need
 /// descriptors, and the usual soft default of 1024 runs out long before the hard limit.
 pub fn raise_fd_limit() {
