@@ -9,6 +9,8 @@ Variants, all on loopback in front of the same target (np-loadgen serve):
   rathole    rathole 0.5, tcp transport
   go-tls0    the Go NodePass v1.14.0 binary (GO_NODEPASS_BIN, default
   go-tls1    /tmp/go-nodepass/nodepass), same URLs as np-tls0/1; left out when absent
+  np-quic, np-ws, np-h2 (and go-quic, go-ws, go-h2): pool types 1, 2, 3 at tls=1
+             (BENCH_TYPES picks the types; empty leaves them out)
 
 Per round, each measurement runs once per variant, variants interleaved, so background
 noise (other builds on the machine) spreads over all of them; the figure reported is the
@@ -119,24 +121,36 @@ def setup(target):
     p2 = spawn([SPLICE, f"127.0.0.1:{a}", f"127.0.0.1:{b}"])
     v["splice2"] = (f"127.0.0.1:{a}", [p1.pid, p2.pid])
 
-    np_variants = [(NODEPASS, "np", "0", None), (NODEPASS, "np", "1", None)]
+    # (binary, label, tls, NP_WORKER_THREADS, pool type)
+    np_variants = [(NODEPASS, "np", "0", None, "0"), (NODEPASS, "np", "1", None, "0")]
     # BENCH_NP_THREADS=1,2: also run tls=0 with NP_WORKER_THREADS set to each value.
     for th in filter(None, os.environ.get("BENCH_NP_THREADS", "").split(",")):
-        np_variants.append((NODEPASS, "np", "0", th))
+        np_variants.append((NODEPASS, "np", "0", th, "0"))
     # NODEPASS_EXTRA=base=/path/a,v1=/path/b: other builds' tls=0/1 as base-tls0, ...,
     # to see what a change moved within one run.
     for item in filter(None, os.environ.get("NODEPASS_EXTRA", "").split(",")):
         label, path = item.split("=", 1)
-        np_variants += [(path, label, "0", None), (path, label, "1", None)]
+        np_variants += [(path, label, "0", None, "0"), (path, label, "1", None, "0")]
     if GO_NODEPASS:
-        np_variants += [(GO_NODEPASS, "go", "0", None), (GO_NODEPASS, "go", "1", None)]
-    for binary, prefix, tls, threads in np_variants:
+        np_variants += [(GO_NODEPASS, "go", "0", None, "0"), (GO_NODEPASS, "go", "1", None, "0")]
+    # BENCH_TYPES=1,2,3 (the default): the other pool transports at tls=1 (QUIC and HTTP/2
+    # are always encrypted), ours and the Go program's, as np-quic, go-quic, np-ws, ...
+    for ptype in filter(None, os.environ.get("BENCH_TYPES", "1,2,3").split(",")):
+        np_variants.append((NODEPASS, "np", "1", None, ptype))
+        if GO_NODEPASS:
+            np_variants.append((GO_NODEPASS, "go", "1", None, ptype))
+    type_names = {"1": "quic", "2": "ws", "3": "h2"}
+    for binary, prefix, tls, threads, ptype in np_variants:
         t, u = free_port(), free_port()
         env = {"NP_WORKER_THREADS": threads} if threads else {}
-        s = spawn([binary, f"server://bench@127.0.0.1:{t}/127.0.0.1:{u}?mode=1&tls={tls}&log=warn"], env)
+        s = spawn([binary, f"server://bench@127.0.0.1:{t}/127.0.0.1:{u}"
+                           f"?mode=1&tls={tls}&type={ptype}&log=warn"], env)
         time.sleep(0.3)
         c = spawn([binary, f"client://bench@127.0.0.1:{t}/{target}?mode=2&log=warn"], env)
-        name = f"{prefix}-tls{tls}" + (f"-{threads}t" if threads else "")
+        if ptype != "0":
+            name = f"{prefix}-{type_names.get(ptype, 'type' + ptype)}"
+        else:
+            name = f"{prefix}-tls{tls}" + (f"-{threads}t" if threads else "")
         v[name] = (f"127.0.0.1:{u}", [s.pid, c.pid])
 
     if RATHOLE:
