@@ -64,7 +64,8 @@ impl ApiLimits {
     }
 }
 
-/// Serves `router` on `listener` until `stop` turns true.
+/// Serves `router` on `listener` until `stop` turns true, then waits for the open connections
+/// to finish gracefully.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -91,7 +92,7 @@ pub async fn serve(
             );
         }
         let slot = tokio::select! {
-            _ = stopped(&mut stop) => return,
+            _ = stopped(&mut stop) => break,
             s = slots.clone().acquire_owned() => match s {
                 Ok(s) => s,
                 Err(_) => return,
@@ -101,7 +102,7 @@ pub async fn serve(
             full_warned = false;
         }
         let (tcp, peer) = tokio::select! {
-            _ = stopped(&mut stop) => return,
+            _ = stopped(&mut stop) => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -133,6 +134,11 @@ pub async fn serve(
             }
         });
     }
+    // Every connection was told to finish (an SSE stream ends with the `shutdown` frame
+    // already queued to it): wait until all have, so the last frames reach their clients
+    // before the process exits. The caller bounds this wait.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
 }
 
 /// Requests of one connection that are in progress, and since when none is.
