@@ -156,10 +156,19 @@ impl Drop for Proc {
 
 /// A port that was free a moment ago on 127.0.0.1 (TCP and UDP).
 pub fn free_port() -> u16 {
+    // The kernel may hand the same ephemeral port out again once it is released, so two
+    // calls in a row could name one port for both a tunnel and its target: never give a
+    // port out twice in one test process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let port = l.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
             return port;
         }
     }
