@@ -225,17 +225,34 @@ def main():
         for streams, key in ((1, "1"), (8, "8")):
             for n in names:
                 addr, pids = variants[n]
-                g, cpu = throughput(addr, pids, streams)
+                try:
+                    g, cpu = throughput(addr, pids, streams)
+                except RuntimeError as e:
+                    # A variant that fails a measurement (the Go program's QUIC and HTTP/2
+                    # pools stall on some runs) shows "-" there; the rest go on.
+                    print(f"{n}: throughput x{streams} failed: {e}", file=sys.stderr)
+                    continue
                 res[n]["t" + key].append(g)
                 if cpu is not None:
                     res[n]["cpu" + key].append(cpu)
         for n in names:
             addr, _ = variants[n]
-            p50, p99 = run([LOADGEN, "latency", addr, str(LAT_COUNT)])
+            try:
+                p50, p99 = run([LOADGEN, "latency", addr, str(LAT_COUNT)])
+            except RuntimeError as e:
+                print(f"{n}: latency failed: {e}", file=sys.stderr)
+                continue
             res[n]["p50"].append(float(p50))
             res[n]["p99"].append(float(p99))
 
-    held = {n: hold_rss(variants[n][0], variants[n][1]) for n in names if variants[n][1]}
+    held = {}
+    for n in names:
+        if not variants[n][1]:
+            continue
+        try:
+            held[n] = hold_rss(variants[n][0], variants[n][1])
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+            print(f"{n}: hold failed: {e}", file=sys.stderr)
 
     med = lambda xs: statistics.median(xs) if xs else None
     rows = []
