@@ -26,7 +26,8 @@ pub mod tcp;
 pub mod tls;
 pub mod ws;
 
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ use futures::future::BoxFuture;
 use nodepass_proto::tunables::Tunables;
 use nodepass_proto::url::{HostPort, PoolType, TlsMode};
 use nodepass_proto::wire::PoolId;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::Pool;
@@ -88,6 +89,44 @@ pub trait PoolClient: Send + Sync {
     /// Opens one new pool entry and reads the id the server gave it. Should give up on its
     /// own within a bounded time (one pool round waits for all its opens).
     fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>>;
+}
+
+/// The accept loop of a transport carried by TCP: accepts on `tunnel` until `cancel` fires
+/// and runs what `admit` makes of each connection in its own task, which `cancel` ends too.
+/// `admit` returns None to drop a connection at once. A failed accept (out of descriptors
+/// and the like) pauses instead of spinning.
+pub(crate) async fn accept_each<F, Fut>(
+    tunnel: TcpListener,
+    cancel: CancellationToken,
+    mut admit: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = tunnel.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let Some(task) = admit(tcp, peer) else {
+                    continue;
+                };
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = task => {}
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::debug!("Pool accept failed: {e}");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
 }
 
 /// The server side for pool type `t`: the one place a server picks its transport.

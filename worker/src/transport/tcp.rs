@@ -22,7 +22,7 @@ use tokio_rustls::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls, TlsSocket};
-use super::{canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, RETRY_PAUSE};
+use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
 use crate::pool::{tcp_peer_closed, Pool};
 
 /// How long the client waits for the server to send an entry's id.
@@ -161,30 +161,9 @@ impl PoolServer for TcpServer {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let client_ip = canonical_ip(client_ip);
-        Box::pin(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    a = tunnel.accept() => a,
-                };
-                match accepted {
-                    Ok((tcp, peer)) => {
-                        let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
-                        let cancel = cancel.clone();
-                        tokio::spawn(async move {
-                            tokio::select! {
-                                _ = cancel.cancelled() => {}
-                                _ = admit => {}
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::debug!("Pool accept failed: {e}");
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
-                }
-            }
-        })
+        Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
+            Some(self.clone().admit(tcp, peer, pool.clone(), client_ip))
+        }))
     }
 }
 

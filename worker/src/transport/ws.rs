@@ -53,7 +53,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
-use super::{canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, RETRY_PAUSE};
+use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
 use crate::pool::Pool;
 
 /// The only path that upgrades (the reference's client always asks for it).
@@ -570,37 +570,19 @@ impl PoolServer for WsServer {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let client_ip = canonical_ip(client_ip);
-        Box::pin(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    a = tunnel.accept() => a,
-                };
-                match accepted {
-                    Ok((tcp, peer)) => {
-                        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
-                            tracing::debug!(
-                                "Pool connection from {peer} closed: {MAX_PENDING_UPGRADES} upgrades pending"
-                            );
-                            continue;
-                        };
-                        let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
-                        let cancel = cancel.clone();
-                        tokio::spawn(async move {
-                            let _permit = permit;
-                            tokio::select! {
-                                _ = cancel.cancelled() => {}
-                                _ = admit => {}
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::debug!("Pool accept failed: {e}");
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
-                }
-            }
-        })
+        Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
+            let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+                tracing::debug!(
+                    "Pool connection from {peer} closed: {MAX_PENDING_UPGRADES} upgrades pending"
+                );
+                return None;
+            };
+            let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
+            Some(async move {
+                let _permit = permit;
+                admit.await
+            })
+        }))
     }
 }
 
