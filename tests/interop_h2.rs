@@ -9,47 +9,23 @@ mod tunnel_support;
 
 use std::time::Duration;
 
+use tunnel_support::interop::{go_bin, start, Impl};
 use tunnel_support::*;
 
 const UP: Duration = Duration::from_secs(30);
 
-fn reference() -> Option<String> {
-    let Ok(path) = std::env::var("NODEPASS_GO_BIN") else {
-        eprintln!("skipped: NODEPASS_GO_BIN is unset (set it to a NodePass v1.14.0 binary)");
-        return None;
-    };
-    if !std::path::Path::new(&path).is_file() {
-        eprintln!("skipped: NODEPASS_GO_BIN={path:?} is not a file");
-        return None;
-    }
-    Some(path)
-}
-
-#[derive(Clone, Copy)]
-enum Side {
-    Ours,
-    Go,
-}
-
 /// One cell of the matrix.
 struct Cell {
-    server: Side,
-    client: Side,
+    server: Impl,
+    client: Impl,
     forward: bool,
     tls: u8,
-}
-
-fn launch(side: Side, go: &str, name: &str, url: &str, env: &[(&str, &str)]) -> Proc {
-    match side {
-        Side::Ours => Proc::foreground(name, url, env),
-        Side::Go => Proc::start(name, go, &[url], env),
-    }
 }
 
 /// Starts the pair of `cell` over type 3, moves TCP and UDP through it, and checks that
 /// the fingerprint exchange ran without the verify symptoms.
 fn run(cell: Cell) {
-    let Some(go) = reference() else { return };
+    let Some(go) = go_bin() else { return };
     let echo = Echo::start();
     let tunnel = free_port();
     let user_port = free_port();
@@ -71,7 +47,7 @@ fn run(cell: Cell) {
         ),
         None => (format!("&tls={}", cell.tls), "", Vec::new()),
     };
-    let server = launch(
+    let server = start(
         cell.server,
         &go,
         "server",
@@ -83,7 +59,7 @@ fn run(cell: Cell) {
     server.wait_line("the handshake wait", UP, |l| {
         l.contains("Pending tunnel handshake")
     });
-    let client = launch(
+    let client = start(
         cell.client,
         &go,
         "client",
@@ -181,8 +157,8 @@ impl TestPki {
 fn h2_go_client_our_server_reverse_tls0_and_tls1() {
     for tls in [0, 1] {
         run(Cell {
-            server: Side::Ours,
-            client: Side::Go,
+            server: Impl::Ours,
+            client: Impl::Go,
             forward: false,
             tls,
         });
@@ -193,8 +169,8 @@ fn h2_go_client_our_server_reverse_tls0_and_tls1() {
 fn h2_our_client_go_server_reverse_tls0_and_tls1() {
     for tls in [0, 1] {
         run(Cell {
-            server: Side::Go,
-            client: Side::Ours,
+            server: Impl::Go,
+            client: Impl::Ours,
             forward: false,
             tls,
         });
@@ -204,14 +180,14 @@ fn h2_our_client_go_server_reverse_tls0_and_tls1() {
 #[test]
 fn h2_forward_flow_both_ways_tls1() {
     run(Cell {
-        server: Side::Ours,
-        client: Side::Go,
+        server: Impl::Ours,
+        client: Impl::Go,
         forward: true,
         tls: 1,
     });
     run(Cell {
-        server: Side::Go,
-        client: Side::Ours,
+        server: Impl::Go,
+        client: Impl::Ours,
         forward: true,
         tls: 1,
     });
@@ -223,14 +199,14 @@ fn h2_forward_flow_both_ways_tls1() {
 #[test]
 fn h2_tls2_with_a_test_ca() {
     run(Cell {
-        server: Side::Ours,
-        client: Side::Go,
+        server: Impl::Ours,
+        client: Impl::Go,
         forward: false,
         tls: 2,
     });
     run(Cell {
-        server: Side::Go,
-        client: Side::Ours,
+        server: Impl::Go,
+        client: Impl::Ours,
         forward: true,
         tls: 2,
     });

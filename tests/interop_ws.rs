@@ -10,36 +10,10 @@ mod tunnel_support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use tunnel_support::interop::{go_bin, start, Impl};
 use tunnel_support::*;
 
 const UP: Duration = Duration::from_secs(30);
-
-fn go_bin() -> Option<String> {
-    match std::env::var("NODEPASS_GO_BIN") {
-        Ok(p) if std::path::Path::new(&p).is_file() => Some(p),
-        Ok(p) => {
-            eprintln!("skipped: NODEPASS_GO_BIN={p:?} is not a file");
-            None
-        }
-        Err(_) => {
-            eprintln!("skipped: set NODEPASS_GO_BIN to a NodePass v1.14.0 binary to run the WebSocket interop tests");
-            None
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Impl {
-    Ours,
-    Go,
-}
-
-fn start(which: Impl, go: &str, name: &str, url: &str, env: &[(&str, &str)]) -> Proc {
-    match which {
-        Impl::Ours => Proc::foreground(name, url, env),
-        Impl::Go => Proc::start(name, go, &[url], env),
-    }
-}
 
 /// One interop cell: who plays which role, the flow, and extra URL parts / environment.
 struct Cell<'a> {

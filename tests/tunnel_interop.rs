@@ -9,36 +9,10 @@ mod tunnel_support;
 
 use std::time::Duration;
 
+use tunnel_support::interop::{go_bin, start, Impl};
 use tunnel_support::*;
 
 const UP: Duration = Duration::from_secs(30);
-
-fn go_bin() -> Option<String> {
-    match std::env::var("NODEPASS_GO_BIN") {
-        Ok(p) if std::path::Path::new(&p).is_file() => Some(p),
-        Ok(p) => {
-            eprintln!("skipped: NODEPASS_GO_BIN={p:?} is not a file");
-            None
-        }
-        Err(_) => {
-            eprintln!("skipped: set NODEPASS_GO_BIN to a NodePass v1.14.0 binary to run the interop tests");
-            None
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Impl {
-    Ours,
-    Go,
-}
-
-fn start(which: Impl, go: &str, name: &str, url: &str, env: &[(&str, &str)]) -> Proc {
-    match which {
-        Impl::Ours => Proc::foreground(name, url, env),
-        Impl::Go => Proc::start(name, go, &[url], env),
-    }
-}
 
 /// One interop run: who plays which role, and the extra URL parts and environment.
 struct Case<'a> {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod interop;
 pub mod meter;
 
 use std::io::{BufRead, BufReader, Read, Write};
