@@ -229,6 +229,24 @@ impl Pool {
         self.control_up().then(|| PoolId(rand::random()))
     }
 
+    /// As [`Pool::assign_id`], but an entry that arrives before the control channel is taken
+    /// waits for it (up to `limit`) instead of being refused. For multiplexed transports
+    /// whose peers give up the whole connection when one stream's id exchange fails (the
+    /// reference's QUIC client does): refusing there would also drop the control stream.
+    pub async fn assign_id_waiting(&self, limit: Duration) -> Option<PoolId> {
+        if !self.first_given.swap(true, Ordering::AcqRel) {
+            return Some(PoolId::CONTROL);
+        }
+        let deadline = Instant::now() + limit;
+        while !self.control_up() {
+            if self.lock().closed || Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Some(PoolId(rand::random()))
+    }
+
     /// Whether `id` is idle in the pool now.
     pub fn contains(&self, id: PoolId) -> bool {
         self.lock().idle.contains_key(&id)

@@ -375,7 +375,10 @@ impl Session {
                 return;
             }
         }
-        let Some(id) = self.pool.assign_id() else {
+        // A stream that comes before the control channel is taken waits for it: the
+        // reference's client drops its whole connection (control stream included) when
+        // one stream gets no id.
+        let Some(id) = self.pool.assign_id_waiting(FIRST_BYTE_TIMEOUT).await else {
             tracing::debug!("Pool connection from {peer} refused: no control channel is up");
             return;
         };
