@@ -53,6 +53,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Import a Go NodePass master's state (its gob/nodepass.gob) into this master's state:
+    /// every instance with its id, alias, URL, restart policy, tags, peer and traffic
+    /// totals, and the API key, so dashboards keep working unchanged. Stop both masters
+    /// first; the Go file is only read.
+    Import {
+        /// Path of the Go master's state file (gob/nodepass.gob beside its executable)
+        gob: std::path::PathBuf,
+        /// State directory to import into [default: NP_STATE_DIR, else nodepass-state
+        /// beside this executable]
+        #[arg(long, value_name = "DIR")]
+        state: Option<std::path::PathBuf>,
+        /// Replace a state that already holds instances (refused without it)
+        #[arg(long)]
+        replace: bool,
+    },
     /// Run one tunnel instance for a master: JSON report lines on stdout.
     Worker {
         /// The instance URL: server://... or client://...; `-` reads it from the first line
@@ -100,7 +115,7 @@ fn main() -> ExitCode {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let urls = positional.len() - usize::from(positional.first().is_some_and(|a| a == "worker"));
-    if urls > 1 {
+    if urls > 1 && positional.first().is_none_or(|a| a != "import") {
         eprintln!(
             "nodepass: expected one URL, got {urls} arguments (quote the URL in the shell); try `nodepass --help` for examples"
         );
@@ -126,6 +141,14 @@ fn main() -> ExitCode {
         },
     };
     let (raw, worker_mode) = match (cli.command, cli.url) {
+        (
+            Some(Command::Import {
+                gob,
+                state,
+                replace,
+            }),
+            _,
+        ) => return import(&gob, state, replace),
         (Some(Command::Worker { url }), _) if url == "-" => match read_url_from_stdin() {
             Ok(url) => (url, true),
             Err(e) => {
@@ -158,6 +181,42 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodepass: {}", mask_tunnel_keys(&format!("{e:#}")));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `nodepass import`: the Go master's state into ours, with a summary of what was done.
+fn import(gob: &std::path::Path, state: Option<std::path::PathBuf>, replace: bool) -> ExitCode {
+    let state = match state {
+        Some(s) => s,
+        None => match std::env::current_exe() {
+            Ok(exe) => nodepass_master::state_dir_from_env(&exe),
+            Err(e) => {
+                eprintln!("nodepass: cannot find this executable's path ({e}); give --state DIR");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    match nodepass_master::import::import_into(gob, &state, replace) {
+        Ok(done) => {
+            println!(
+                "Imported {} instance(s) from {} into {} ({} start with the master); {}. \
+                 Start the master on this state to run them.",
+                done.instances,
+                gob.display(),
+                state.display(),
+                done.autostart,
+                if done.key {
+                    "the Go master's API key and master id are kept"
+                } else {
+                    "the file had no API key record: the master keeps its own key"
+                }
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("nodepass: {}", mask_tunnel_keys(&format!("{e:#}")));
             ExitCode::from(1)

@@ -14,6 +14,7 @@ pub mod api;
 pub mod counters;
 pub mod events;
 pub mod gojson;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod model;
@@ -59,13 +60,7 @@ impl MasterOptions {
         let worker_exe = std::env::var_os("NODEPASS_WORKER_EXE")
             .map(PathBuf::from)
             .unwrap_or_else(|| exe.clone());
-        let state_dir = match std::env::var_os("NP_STATE_DIR") {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => exe
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("nodepass-state"),
-        };
+        let state_dir = state_dir_from_env(&exe);
         let (tunables, warnings) = Tunables::from_env();
         Ok((
             MasterOptions {
@@ -77,6 +72,51 @@ impl MasterOptions {
             },
             warnings,
         ))
+    }
+}
+
+/// The state directory a master uses: `NP_STATE_DIR`, else `nodepass-state` beside `exe`.
+pub fn state_dir_from_env(exe: &Path) -> PathBuf {
+    match std::env::var_os("NP_STATE_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => exe
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("nodepass-state"),
+    }
+}
+
+/// Longest wait for the servers started at boot before the clients follow.
+const SERVERS_FIRST_WAIT: Duration = Duration::from_secs(3);
+
+/// Starts the `restart: true` instances at boot: servers first, then (once those servers
+/// run, or after [`SERVERS_FIRST_WAIT`]) clients. A client in the default `mode=0` takes the
+/// tunnel address as its own single-end listener when nothing listens there yet, so a client
+/// started before its server on the same host would take the server's port (the Go master
+/// starts them in random map order and loses that race at times).
+async fn autostart_in_order(m: Arc<Master>, ids: Vec<String>) {
+    use crate::model::{InstanceKind, InstanceStatus};
+    let kind = |id: &String| m.get(id).map(|i| i.kind).ok();
+    let (servers, clients): (Vec<String>, Vec<String>) = ids
+        .into_iter()
+        .partition(|id| kind(id) == Some(InstanceKind::Server));
+    for id in &servers {
+        m.start(id);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !servers.is_empty() && !clients.is_empty() {
+        let deadline = tokio::time::Instant::now() + SERVERS_FIRST_WAIT;
+        while tokio::time::Instant::now() < deadline
+            && servers
+                .iter()
+                .any(|id| m.get(id).is_ok_and(|i| i.status == InstanceStatus::Stopped))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for id in &clients {
+        m.start(id);
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -257,12 +297,7 @@ pub async fn start(opts: MasterOptions) -> Result<RunningMaster> {
     // Start the instances that want to run; spaced a little so a big restore does not fork
     // hundreds of workers in the same millisecond.
     let m = master.clone();
-    tokio::spawn(async move {
-        for id in autostart {
-            m.start(&id);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    tokio::spawn(autostart_in_order(m, autostart));
 
     let periodic = tokio::spawn(periodic_tasks(master.clone()));
     Ok(RunningMaster {

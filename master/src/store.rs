@@ -360,6 +360,45 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces everything in the store with `snap` in one sled transaction (all of it or
+    /// none of it), then flushes: what `nodepass import` writes.
+    pub fn replace_all(&self, snap: &Snapshot) -> Result<()> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let h = self.handles()?;
+        let old: Vec<sled::IVec> = h
+            .instances
+            .iter()
+            .keys()
+            .collect::<sled::Result<_>>()
+            .context("Cannot read the state database")?;
+        let mut records = Vec::with_capacity(snap.instances.len());
+        for rec in &snap.instances {
+            records.push((rec.instance.id.clone(), serde_json::to_vec(rec)?));
+        }
+        let master = snap.master.as_ref().map(serde_json::to_vec).transpose()?;
+        let r: Result<(), TransactionError<()>> =
+            (&*h.db, &h.instances).transaction(|(db, instances)| {
+                for key in &old {
+                    instances.remove(key.clone())?;
+                }
+                for (id, bytes) in &records {
+                    instances.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                match &master {
+                    Some(m) => db.insert(MASTER_KEY, m.as_slice())?,
+                    None => db.remove(MASTER_KEY)?,
+                };
+                db.insert(FORMAT_KEY, FORMAT)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        r.map_err(|e| anyhow::anyhow!("{e:?}"))
+            .context("Cannot write the imported state; the state is unchanged")?;
+        h.db.flush()
+            .context("Cannot write the imported state to disk (disk full?)")?;
+        Ok(())
+    }
+
     /// Stages the master record (durable after [`Store::flush`]).
     pub fn put_master(&self, m: &MasterRecord) -> Result<()> {
         let bytes = serde_json::to_vec(m)?;
