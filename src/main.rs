@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use nodepass_proto::redact::mask_tunnel_keys;
 use nodepass_proto::url::{self, NodeUrl};
 
@@ -35,10 +35,18 @@ Parameters: log tls crt key dns sni lbs min max mode type dial read rate slot pr
 notcp noudp (see README.md for each one's meaning, default and range).
 A bad URL or argument exits with status 2 and a one-line message on stderr.";
 
+/// `nodepass --version`: the package version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NODEPASS_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "nodepass",
-    version,
+    version = VERSION,
     about = "TCP/UDP tunnel with a management API, wire-compatible with NodePass v1.14.0",
     after_help = EXAMPLES,
     args_conflicts_with_subcommands = true
@@ -68,6 +76,14 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout,
+    /// e.g. `nodepass completions bash > /etc/bash_completion.d/nodepass`.
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout, e.g. `nodepass man | man -l -`.
+    Man,
     /// Run one tunnel instance for a master: JSON report lines on stdout.
     Worker {
         /// The instance URL: server://... or client://...; `-` reads it from the first line
@@ -115,7 +131,10 @@ fn main() -> ExitCode {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let urls = positional.len() - usize::from(positional.first().is_some_and(|a| a == "worker"));
-    if urls > 1 && positional.first().is_none_or(|a| a != "import") {
+    let other_subcommand = positional
+        .first()
+        .is_some_and(|a| ["import", "completions", "man"].contains(&a.as_str()));
+    if urls > 1 && !other_subcommand {
         eprintln!(
             "nodepass: expected one URL, got {urls} arguments (quote the URL in the shell); try `nodepass --help` for examples"
         );
@@ -149,6 +168,25 @@ fn main() -> ExitCode {
             }),
             _,
         ) => return import(&gob, state, replace),
+        (Some(Command::Completions { shell }), _) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "nodepass",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        (Some(Command::Man), _) => {
+            let page = clap_mangen::Man::new(Cli::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nodepass: cannot write the manual page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         (Some(Command::Worker { url }), _) if url == "-" => match read_url_from_stdin() {
             Ok(url) => (url, true),
             Err(e) => {
