@@ -3,12 +3,18 @@
 //!
 //! Server: serves plain HTTP on the tunnel port until one request is accepted. Each
 //! connection is handled on its own task, so a client that connects and never speaks, or
-//! speaks garbage, delays nobody; it is dropped after NP_HANDSHAKE_TIMEOUT. At most
-//! [`MAX_PENDING`] connections are handled at once (more are closed at once), and refusals
-//! are logged at most once per [`REFUSAL_LOG_INTERVAL`] with a count of those not logged,
-//! so a scanner cannot flood the log (and, under a master, its log events). Rejected
-//! requests get the reference's 405/404/401 answers, unparsable ones a 400, and the wait
-//! goes on. The winner's IP is the only one allowed to open pool connections.
+//! speaks garbage, delays nobody; it is dropped after NP_HANDSHAKE_TIMEOUT. Pending
+//! connections are admitted fairly ([`crate::transport::admission`]): at most
+//! [`MAX_PENDING_PER_SOURCE`] from one address and [`MAX_PENDING`] in all, and when there is
+//! no room the oldest connection of the busiest address is closed, never the newcomer, so a
+//! host that holds idle connections cannot keep the real client out. Refusals are logged at
+//! most once per [`REFUSAL_LOG_INTERVAL`] with a count of those not logged, so a scanner
+//! cannot flood the log (and, under a master, its log events). Rejected requests get the
+//! reference's 405/404/401 answers, unparsable ones a 400, and the wait goes on; an address
+//! that keeps sending wrong keys gets its 401s later and later ([`Failures`]), while a right
+//! key is answered at once. The request head is parsed once its end (or its first line) has
+//! arrived, so a byte-by-byte trickle costs linear work. The winner's IP is the only one
+//! allowed to open pool connections.
 //!
 //! Client: one `GET /` with the bearer token (over verified TLS when the tunnel port is
 //! 443, for a TLS-terminating proxy in front), then the JSON config from the 200 answer,
@@ -27,13 +33,25 @@ use nodepass_proto::wire::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::transport::admission::{Made, PendingTable};
 use crate::transport::tls::ClientTls;
 
 /// Connections on the tunnel port handled at once before a handshake is accepted.
 pub const MAX_PENDING: usize = 64;
+
+/// Of those, at most this many from one address.
+pub const MAX_PENDING_PER_SOURCE: usize = 8;
+
+/// Wrong keys from one address within [`FAILURE_WINDOW`] answered at once; later ones wait
+/// 100 ms, doubling per failure, up to [`MAX_FAILURE_DELAY`].
+pub const FREE_FAILURES: u32 = 3;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(5);
+/// Addresses whose failures are remembered (the stalest is forgotten beyond this).
+const FAILURE_SOURCES: usize = 4096;
 
 /// At most one refusal WARN line per this interval.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -75,6 +93,50 @@ impl RefusalLog {
     }
 }
 
+/// Recent refused requests per source address, to slow down key guessing. Bounded: past
+/// [`FAILURE_SOURCES`] addresses the stalest entry is forgotten.
+#[derive(Default)]
+struct Failures {
+    by_source: std::collections::HashMap<IpAddr, (u32, Instant)>,
+}
+
+impl Failures {
+    /// Counts a refusal from `ip` and returns how long to wait before answering it.
+    fn refused(failures: &Mutex<Failures>, ip: IpAddr) -> Duration {
+        let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if f.by_source.len() >= FAILURE_SOURCES && !f.by_source.contains_key(&ip) {
+            f.by_source
+                .retain(|_, (_, since)| now.duration_since(*since) < FAILURE_WINDOW);
+            if f.by_source.len() >= FAILURE_SOURCES {
+                if let Some(stalest) = f
+                    .by_source
+                    .iter()
+                    .min_by_key(|(_, (_, since))| *since)
+                    .map(|(ip, _)| *ip)
+                {
+                    f.by_source.remove(&stalest);
+                }
+            }
+        }
+        let entry = f.by_source.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= FAILURE_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        failure_delay(entry.0)
+    }
+}
+
+/// The wait before the `n`th refusal of one address within the window is answered.
+fn failure_delay(n: u32) -> Duration {
+    if n <= FREE_FAILURES {
+        return Duration::ZERO;
+    }
+    let doublings = (n - FREE_FAILURES - 1).min(16);
+    (Duration::from_millis(100) * (1u32 << doublings)).min(MAX_FAILURE_DELAY)
+}
+
 /// Waits for one accepted handshake on `listener`; returns the client's IP. Each
 /// connection gets `timeout` (NP_HANDSHAKE_TIMEOUT) to send its request.
 pub async fn serve(
@@ -88,8 +150,9 @@ pub async fn serve(
     let done = cancel.child_token();
     let _stop_tasks = done.clone().drop_guard();
     let (won_tx, mut won_rx) = mpsc::channel::<IpAddr>(1);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let pending = PendingTable::new(MAX_PENDING_PER_SOURCE, MAX_PENDING);
     let refusals = Arc::new(Mutex::new(RefusalLog::default()));
+    let failures = Arc::new(Mutex::new(Failures::default()));
     let winner = loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => anyhow::bail!("tunnelHandshake: context canceled"),
@@ -104,20 +167,32 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = pending.clone().try_acquire_owned() else {
-            RefusalLog::refused(
+        let source = crate::transport::canonical_ip(peer.ip());
+        let (slot, made) = pending.admit(source, &done);
+        match made {
+            Made::Room => {}
+            Made::EvictedOwnOldest => RefusalLog::refused(
                 &refusals,
-                format_args!("{MAX_PENDING} connections pending, closed the one from {peer}"),
-            );
-            continue;
-        };
-        let (key, won_tx, done, refusals) =
-            (key.clone(), won_tx.clone(), done.clone(), refusals.clone());
+                format_args!(
+                    "{MAX_PENDING_PER_SOURCE} connections pending from {source}, closed its oldest"
+                ),
+            ),
+            Made::EvictedBusiest(ip) => RefusalLog::refused(
+                &refusals,
+                format_args!("{MAX_PENDING} connections pending, closed the oldest from {ip}"),
+            ),
+        }
+        let (key, won_tx, refusals, failures) = (
+            key.clone(),
+            won_tx.clone(),
+            refusals.clone(),
+            failures.clone(),
+        );
         tokio::spawn(async move {
-            let _slot = slot;
+            let talk = answer(stream, peer, &key, config, &refusals, &failures);
             tokio::select! {
-                _ = done.cancelled() => {}
-                r = tokio::time::timeout(timeout, answer(stream, peer, &key, config, &refusals)) => match r {
+                _ = slot.cancel.cancelled() => {}
+                r = tokio::time::timeout(timeout, talk) => match r {
                     Ok(Ok(true)) => {
                         let _ = won_tx.send(crate::transport::canonical_ip(peer.ip())).await;
                     }
@@ -139,8 +214,10 @@ async fn answer(
     key: &TunnelKey,
     config: TunnelConfig,
     refusals: &Mutex<RefusalLog>,
+    failures: &Mutex<Failures>,
 ) -> anyhow::Result<bool> {
     let mut buf = Vec::with_capacity(512);
+    let mut head = HeadScan::default();
     let verdict = loop {
         let mut chunk = [0u8; 1024];
         let n = stream
@@ -151,6 +228,9 @@ async fn answer(
             return Ok(false);
         }
         buf.extend_from_slice(&chunk[..n]);
+        if !head.worth_parsing(&buf) && buf.len() <= MAX_HANDSHAKE_HEAD {
+            continue;
+        }
         match judge_handshake_request(&buf, key) {
             Ok(Some((v, _))) => break v,
             Ok(None) if buf.len() <= MAX_HANDSHAKE_HEAD => continue,
@@ -161,6 +241,12 @@ async fn answer(
             }
         }
     };
+    if verdict != HandshakeVerdict::Accept {
+        let wait = Failures::refused(failures, crate::transport::canonical_ip(peer.ip()));
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let response = handshake_response(&verdict, &config, &date);
     stream
@@ -180,6 +266,31 @@ async fn answer(
             );
             Ok(false)
         }
+    }
+}
+
+/// Where the request head's parse is worth trying: once its first line has ended (so
+/// garbage is answered at once) and then once the blank line that ends the head arrived.
+/// Only the new bytes are scanned, so the work stays linear in the head's size however it
+/// trickles in.
+#[derive(Default)]
+struct HeadScan {
+    /// Bytes already scanned.
+    scanned: usize,
+    first_line_parsed: bool,
+}
+
+impl HeadScan {
+    fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        // Three bytes of overlap find a "\r\n\r\n" split across reads.
+        let from = self.scanned.saturating_sub(3);
+        self.scanned = buf.len();
+        let new = &buf[from..];
+        if !self.first_line_parsed && new.contains(&b'\n') {
+            self.first_line_parsed = true;
+            return true;
+        }
+        new.windows(4).any(|w| w == b"\r\n\r\n") || new.windows(2).any(|w| w == b"\n\n")
     }
 }
 
@@ -234,5 +345,53 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(None) => anyhow::bail!("tunnelHandshake: unexpected EOF"),
             Err(e) => return Err(anyhow!(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trickled_head_is_parsed_a_bounded_number_of_times() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\n{}Authorization: Bearer y\r\n\r\n",
+            "X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(300)
+        );
+        let mut scan = HeadScan::default();
+        let mut buf = Vec::new();
+        let mut parses = 0;
+        for b in head.bytes() {
+            buf.push(b);
+            if scan.worth_parsing(&buf) {
+                parses += 1;
+            }
+        }
+        // The first line and the end of the head: two parses for ~11 KiB sent byte by byte.
+        assert_eq!(parses, 2);
+    }
+
+    #[test]
+    fn refusals_slow_down_per_source_and_are_bounded() {
+        assert_eq!(failure_delay(1), Duration::ZERO);
+        assert_eq!(failure_delay(FREE_FAILURES), Duration::ZERO);
+        assert_eq!(failure_delay(FREE_FAILURES + 1), Duration::from_millis(100));
+        assert_eq!(failure_delay(FREE_FAILURES + 2), Duration::from_millis(200));
+        assert_eq!(failure_delay(u32::MAX), MAX_FAILURE_DELAY);
+        let f = Mutex::new(Failures::default());
+        let a = IpAddr::from([127, 0, 0, 2]);
+        let b = IpAddr::from([127, 0, 0, 3]);
+        for _ in 0..FREE_FAILURES {
+            assert!(Failures::refused(&f, a).is_zero());
+        }
+        assert!(!Failures::refused(&f, a).is_zero());
+        assert!(
+            Failures::refused(&f, b).is_zero(),
+            "another source is not slowed"
+        );
+        for i in 0..(FAILURE_SOURCES as u32 + 10) {
+            Failures::refused(&f, IpAddr::from(i.to_be_bytes()));
+        }
+        assert!(f.lock().unwrap().by_source.len() <= FAILURE_SOURCES);
     }
 }

@@ -1,0 +1,136 @@
+//! The tunnel handshake under pressure from a stranger (issue: "no stranger can keep a
+//! tunnel down"), against the built binary on loopback, the stranger on 127.0.0.2:
+//!
+//! - a host that keeps 150 idle connections open on the tunnel port (re-opening each one the
+//!   server closes) cannot keep the real client's handshake out, and the server holds only
+//!   its share of them (a bounded number of descriptors);
+//! - an address that keeps sending wrong keys is answered later and later, but the right key
+//!   from that same address (a NAT shared with the client) is still accepted.
+
+mod tunnel_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nodepass_proto::url::TunnelKey;
+use nodepass_proto::wire::handshake_request;
+use tunnel_support::*;
+
+const UP: Duration = Duration::from_secs(20);
+const READY: &str = "\"kind\":\"ready\"";
+const STRANGER: [u8; 4] = [127, 0, 0, 2];
+
+/// Keeps `n` idle connections from the stranger open to `to`, re-opening every one the
+/// server closes, until the returned flag is set.
+fn hold_idle_connections(
+    to: SocketAddr,
+    n: usize,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut open: Vec<TcpStream> = Vec::new();
+        let mut opened = 0usize;
+        while !flag.load(Ordering::Relaxed) {
+            open.retain_mut(|s| match s.read(&mut [0u8; 256]) {
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            });
+            while open.len() < n {
+                match connect_from(STRANGER, to) {
+                    Ok(s) => {
+                        let _ = s.set_nonblocking(true);
+                        open.push(s);
+                        opened += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        opened
+    });
+    (stop, t)
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn a_stranger_holding_handshake_connections_cannot_keep_the_client_out() {
+    let echo = Echo::start();
+    let (tport, uport) = (free_port(), free_port());
+    let server = Proc::worker(
+        "server",
+        &format!("server://k@127.0.0.1:{tport}/127.0.0.1:{uport}?mode=1"),
+        &[("NP_HANDSHAKE_TIMEOUT", "10s")],
+    );
+    server.wait_line("ready", UP, |l| l.contains(READY));
+    let tunnel: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
+    let (stop, attacker) = hold_idle_connections(tunnel, 150);
+    std::thread::sleep(Duration::from_secs(1));
+    // While the stranger holds its connections, the server keeps only its share of them.
+    let held = fd_count(server.child.id());
+    let client = Proc::worker(
+        "client",
+        &format!("client://k@127.0.0.1:{tport}/{}", echo.addr()),
+        &[],
+    );
+    wait_tunnel(&format!("127.0.0.1:{uport}"), UP, &[&server, &client]);
+    stop.store(true, Ordering::Relaxed);
+    let opened = attacker.join().expect("attacker thread");
+    assert!(opened >= 150, "the stranger opened {opened} connections");
+    // 8 pending per source: the stranger's share, plus the process's own descriptors.
+    assert!(
+        held < 60,
+        "the server held {held} descriptors under the stranger's 150 connections"
+    );
+}
+
+/// One handshake from `from` with `key`; the status line of the answer.
+fn handshake_from(from: [u8; 4], tunnel: SocketAddr, key: &TunnelKey) -> String {
+    let mut s = connect_from(from, tunnel).expect("connect");
+    s.set_read_timeout(Some(UP)).expect("timeout");
+    s.write_all(&handshake_request("none", key))
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn wrong_keys_are_slowed_down_but_the_right_key_from_the_same_address_gets_in() {
+    let tport = free_port();
+    let server = Proc::worker(
+        "server",
+        &format!(
+            "server://k@127.0.0.1:{tport}/127.0.0.1:{}?mode=2",
+            free_port()
+        ),
+        &[],
+    );
+    server.wait_line("ready", UP, |l| l.contains(READY));
+    let tunnel: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
+    let wrong = TunnelKey::new("guess");
+    // Six wrong keys: each is still answered 401 (later and later, per the README).
+    for _ in 0..6 {
+        assert_eq!(
+            handshake_from(STRANGER, tunnel, &wrong),
+            "HTTP/1.1 401 Unauthorized"
+        );
+    }
+    // The right key from the same address is answered at once with the config.
+    let started = Instant::now();
+    let ok = handshake_from(STRANGER, tunnel, &TunnelKey::new("k"));
+    assert_eq!(ok, "HTTP/1.1 200 OK", "{}", server.dump());
+    eprintln!("right key answered after {:?}", started.elapsed());
+}
