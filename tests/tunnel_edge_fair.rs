@@ -4,6 +4,9 @@
 //! - a host that keeps 150 idle connections open on the tunnel port (re-opening each one the
 //!   server closes) cannot keep the real client's handshake out, and the server holds only
 //!   its share of them (a bounded number of descriptors);
+//! - a host that keeps 1100 connections open on a WebSocket pool's port (more than the
+//!   1024 upgrades the server handles at once) cannot drain the pool: the client's own
+//!   upgrades have their places, and 200 user connections in a row go through;
 //! - an address that keeps sending wrong keys is answered later and later, but the right key
 //!   from that same address (a NAT shared with the client) is still accepted.
 
@@ -40,7 +43,12 @@ fn hold_idle_connections(
                 Ok(_) => true,
                 Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
             });
-            while open.len() < n {
+            // At most 10 new connections per round (500 a second): a steady pressure, not
+            // a busy loop that would starve the machine.
+            for _ in 0..10 {
+                if open.len() >= n {
+                    break;
+                }
                 match connect_from(STRANGER, to) {
                     Ok(s) => {
                         let _ = s.set_nonblocking(true);
@@ -133,4 +141,52 @@ fn wrong_keys_are_slowed_down_but_the_right_key_from_the_same_address_gets_in() 
     let ok = handshake_from(STRANGER, tunnel, &TunnelKey::new("k"));
     assert_eq!(ok, "HTTP/1.1 200 OK", "{}", server.dump());
     eprintln!("right key answered after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_stranger_filling_the_websocket_upgrades_cannot_drain_the_pool() {
+    let echo = Echo::start();
+    let (tport, uport) = (free_port(), free_port());
+    let server = Proc::worker(
+        "server",
+        &format!("server://k@127.0.0.1:{tport}/127.0.0.1:{uport}?mode=1&type=2"),
+        &[],
+    );
+    server.wait_line("ready", UP, |l| l.contains(READY));
+    let client = Proc::worker(
+        "client",
+        &format!("client://k@127.0.0.1:{tport}/{}?min=8", echo.addr()),
+        &[],
+    );
+    let user = format!("127.0.0.1:{uport}");
+    wait_tunnel(&user, UP, &[&server, &client]);
+    let tunnel: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
+    let (stop, attacker) = hold_idle_connections(tunnel, 1100);
+    std::thread::sleep(Duration::from_secs(3));
+    // Every user connection takes a pool entry: 200 of them need the pool refilled many
+    // times over while the stranger holds its connections.
+    let mut failed = 0;
+    for i in 0..200u64 {
+        let payload = pattern(256, i);
+        match echo_once(&user, &payload, Duration::from_secs(5)) {
+            Ok(back) if back == payload => {}
+            _ => failed += 1,
+        }
+    }
+    let held = fd_count(server.child.id());
+    stop.store(true, Ordering::Relaxed);
+    let opened = attacker.join().expect("attacker thread");
+    assert!(
+        opened >= 1100,
+        "the stranger opened only {opened} connections"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of 200 user connections failed\n{}\n{}",
+        server.dump(),
+        client.dump()
+    );
+    // The stranger's share (32 pending) plus the pool and the process's own descriptors.
+    assert!(held < 300, "the server held {held} descriptors");
 }

@@ -52,6 +52,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Made, PendingTable};
 use super::tls::{ClientTls, ServerTls};
 use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
 use crate::pool::Pool;
@@ -63,9 +64,15 @@ const WS_PATH: &str = "/";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head the server reads before answering 431.
 const MAX_HEAD: usize = 16 * 1024;
-/// Connections between accept and upgrade at once; more are closed at accept. Bounds the
-/// memory a flood of idle connections can hold (each at most [`MAX_HEAD`] + TLS state).
+/// Connections from the client's address between accept and upgrade at once; more are
+/// closed at accept. Bounds the memory a flood of idle connections can hold (each at most
+/// [`MAX_HEAD`] + TLS state).
 const MAX_PENDING_UPGRADES: usize = 1024;
+/// Connections from any other address are only answered (403) and never take the client's
+/// places: at most this many per address and [`MAX_PENDING_STRANGERS`] in all, the oldest
+/// of the busiest address closed to make room (transport/admission.rs).
+const MAX_PENDING_PER_STRANGER: usize = 4;
+const MAX_PENDING_STRANGERS: usize = 32;
 /// How long the client waits for TLS and the upgrade together (the reference's dial
 /// context).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -373,7 +380,10 @@ impl<S: Carrier> PoolStream for WsStream<S> {
 pub struct WsServer {
     tls: Option<Arc<ServerTls>>,
     keepalive: Duration,
+    /// Places for the client's own address.
     pending: Arc<Semaphore>,
+    /// Places for everybody else (answered, never upgraded).
+    strangers: PendingTable,
 }
 
 impl WsServer {
@@ -382,6 +392,7 @@ impl WsServer {
             tls: ctx.server_tls,
             keepalive: ctx.tunables.report_interval,
             pending: Arc::new(Semaphore::new(MAX_PENDING_UPGRADES)),
+            strangers: PendingTable::new(MAX_PENDING_PER_STRANGER, MAX_PENDING_STRANGERS),
         }
     }
 
@@ -570,18 +581,35 @@ impl PoolServer for WsServer {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let client_ip = canonical_ip(client_ip);
+        let session_end = cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
+            let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
+            // The cheapest check first: the source address decides whose places it takes.
+            let source = canonical_ip(peer.ip());
+            if source != client_ip {
+                let (slot, made) = self.strangers.admit(source, &session_end);
+                if made != Made::Room {
+                    tracing::debug!("Pool connections from strangers pending: {made:?}");
+                }
+                let task: BoxFuture<'static, ()> = Box::pin(async move {
+                    tokio::select! {
+                        _ = slot.cancel.cancelled() => {}
+                        _ = admit => {}
+                    }
+                });
+                return Some(task);
+            }
             let Ok(permit) = self.pending.clone().try_acquire_owned() else {
                 tracing::debug!(
                     "Pool connection from {peer} closed: {MAX_PENDING_UPGRADES} upgrades pending"
                 );
                 return None;
             };
-            let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
-            Some(async move {
+            let task: BoxFuture<'static, ()> = Box::pin(async move {
                 let _permit = permit;
                 admit.await
-            })
+            });
+            Some(task)
         }))
     }
 }
