@@ -148,7 +148,7 @@ fn plain_tcp_garbage_and_wrong_alpn_are_dropped_and_the_port_keeps_working() {
         "no HTTP answer on the pool port: {out:?}"
     );
     srv.wait_line("the TLS failure", WAIT, |l| {
-        l.contains("HTTP/2 pool: TLS handshake with") && l.contains("failed")
+        l.contains("HTTP/2 pool: connection from") && l.contains("TLS handshake failed")
     });
     runtime().block_on(async {
         use tokio::io::AsyncReadExt;

@@ -47,8 +47,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Made, PendingTable};
 use super::tls::{ClientTls, ServerTls};
-use super::{canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, RETRY_PAUSE};
+use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
 use crate::pool::Pool;
 
 /// The ALPN protocol both sides must agree on.
@@ -60,9 +61,23 @@ const STREAM_PATH: &str = "/stream";
 pub const HALF_CLOSE_HEADER: &str = "x-nodepass-half-close";
 /// How long the client waits for an entry's response and id (the reference's idReadTimeout).
 const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the server waits for a connection's TLS handshake (the reference waits
-/// forever; a connection that never completes it would hold a task for nothing).
-const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server waits for a connection's TLS handshake and HTTP/2 preface together
+/// (the reference waits forever; a connection that never completes them would hold a task
+/// and a descriptor for nothing).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header block the server accepts (h2's default is 16 MiB; an entry's request is
+/// a few hundred bytes).
+const MAX_HEADER_LIST: u32 = 16 << 10;
+/// HTTP/2 connections from the client's address at once (it keeps one; more come only
+/// while an old one is being replaced).
+const MAX_CLIENT_CONNECTIONS: usize = 64;
+/// Connections from any other address are only refused (403 per stream) and never take the
+/// client's places: at most this many per address and [`MAX_STRANGERS`] in all, the oldest
+/// of the busiest address closed to make room (transport/admission.rs), each for at most
+/// [`STRANGER_LIFETIME`].
+const MAX_PER_STRANGER: usize = 4;
+const MAX_STRANGERS: usize = 32;
+const STRANGER_LIFETIME: Duration = Duration::from_secs(10);
 /// Per-stream receive window we grant (the reference's Go client grants 4 MiB).
 const STREAM_WINDOW: u32 = 4 << 20;
 /// Receive window for the whole connection: the bound on bytes buffered for readers that
@@ -343,6 +358,10 @@ pub struct H2Server {
     acceptor: tokio_rustls::TlsAcceptor,
     keepalive: Duration,
     max: usize,
+    /// Places for the client's own address.
+    clients: Arc<tokio::sync::Semaphore>,
+    /// Places for everybody else.
+    strangers: PendingTable,
 }
 
 impl H2Server {
@@ -358,6 +377,8 @@ impl H2Server {
             acceptor: tls.acceptor_with_alpn(&[ALPN_H2]),
             keepalive: ctx.tunables.report_interval,
             max: ctx.max.max(1),
+            clients: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS)),
+            strangers: PendingTable::new(MAX_PER_STRANGER, MAX_STRANGERS),
         })
     }
 
@@ -365,42 +386,46 @@ impl H2Server {
     /// idle for 2 x NP_REPORT_INTERVAL, or the session is cancelled.
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, session: Session) {
         tcp_tuning(&tcp, self.keepalive);
-        let tls = match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, self.acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!("HTTP/2 pool: TLS handshake with {peer} failed: {e}");
-                return;
+        let handshake = async {
+            let tls = self
+                .acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| anyhow!("TLS handshake failed: {e}"))?;
+            if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+                anyhow::bail!("refused: it did not negotiate ALPN h2");
             }
-            Err(_) => {
-                tracing::debug!("HTTP/2 pool: TLS handshake with {peer} timed out");
-                return;
-            }
+            h2::server::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME)
+                .max_send_buffer_size(SEND_BUFFER)
+                .max_header_list_size(MAX_HEADER_LIST)
+                .max_concurrent_streams(u32::try_from(self.max).unwrap_or(u32::MAX))
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(|e| anyhow!("HTTP/2 preface failed: {e}"))
         };
-        if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
-            tracing::debug!(
-                "HTTP/2 pool: connection from {peer} refused: it did not negotiate ALPN h2"
-            );
-            return;
-        }
-        let mut conn = match h2::server::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .max_send_buffer_size(SEND_BUFFER)
-            .max_concurrent_streams(u32::try_from(self.max).unwrap_or(u32::MAX))
-            .handshake::<_, Bytes>(tls)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!("HTTP/2 pool: HTTP/2 preface from {peer} failed: {e}");
-                return;
-            }
+        let mut conn = tokio::select! {
+            _ = session.cancel.cancelled() => return,
+            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match r {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!("HTTP/2 pool: connection from {peer}: {e:#}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        "HTTP/2 pool: connection from {peer}: no TLS and HTTP/2 handshake within {HANDSHAKE_TIMEOUT:?}"
+                    );
+                    return;
+                }
+            },
         };
         let idle_limit = self.keepalive.saturating_mul(2);
         let mut tick = tokio::time::interval((self.keepalive / 2).max(Duration::from_millis(100)));
         let mut idle_since: Option<Instant> = None;
-        let mut closing = false;
+        let mut closing: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = session.cancel.cancelled() => return,
@@ -415,15 +440,22 @@ impl H2Server {
                     }
                     None => return,
                 },
-                _ = tick.tick(), if !closing => {
-                    if conn.has_streams() {
+                _ = tick.tick() => {
+                    if let Some(since) = closing {
+                        // A graceful close waits for the peer's PING ack; a peer that never
+                        // sends it does not keep the connection.
+                        if since.elapsed() >= idle_limit {
+                            tracing::debug!("HTTP/2 pool: dropping the connection from {peer}: no close acknowledgement");
+                            return;
+                        }
+                    } else if conn.has_streams() {
                         idle_since = None;
                     } else {
                         let since = *idle_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= idle_limit {
                             tracing::debug!("HTTP/2 pool: closing the idle connection from {peer}");
                             conn.graceful_shutdown();
-                            closing = true;
+                            closing = Some(Instant::now());
                         }
                     }
                 }
@@ -566,23 +598,36 @@ impl PoolServer for H2Server {
             client_ip: canonical_ip(client_ip),
             cancel: cancel.clone(),
         };
-        Box::pin(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    a = tunnel.accept() => a,
-                };
-                match accepted {
-                    Ok((tcp, peer)) => {
-                        tokio::spawn(self.clone().connection(tcp, peer, session.clone()));
-                    }
-                    Err(e) => {
-                        tracing::debug!("HTTP/2 pool: accept failed: {e}");
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
+        let session_end = cancel.clone();
+        Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
+            let conn = self.clone().connection(tcp, peer, session.clone());
+            // The cheapest check first: the source address decides whose places it takes.
+            let source = canonical_ip(peer.ip());
+            if source != session.client_ip {
+                let (slot, made) = self.strangers.admit(source, &session_end);
+                if made != Made::Room {
+                    tracing::debug!("HTTP/2 pool: connections from strangers pending: {made:?}");
                 }
+                let task: BoxFuture<'static, ()> = Box::pin(async move {
+                    tokio::select! {
+                        _ = slot.cancel.cancelled() => {}
+                        _ = tokio::time::timeout(STRANGER_LIFETIME, conn) => {}
+                    }
+                });
+                return Some(task);
             }
-        })
+            let Ok(permit) = self.clients.clone().try_acquire_owned() else {
+                tracing::debug!(
+                    "HTTP/2 pool: connection from {peer} closed: {MAX_CLIENT_CONNECTIONS} connections open"
+                );
+                return None;
+            };
+            let task: BoxFuture<'static, ()> = Box::pin(async move {
+                let _permit = permit;
+                conn.await
+            });
+            Some(task)
+        }))
     }
 }
 
