@@ -204,3 +204,26 @@ fn a_stranger_filling_the_websocket_upgrades_cannot_drain_the_pool() {
 fn a_stranger_holding_http2_connections_cannot_exhaust_the_server() {
     pool_survives_a_stranger(3, 1500);
 }
+
+#[test]
+fn a_tunnel_without_a_key_in_its_url_warns_that_its_key_is_public() {
+    let warned = |url: String| {
+        let p = Proc::worker("server", &url, &[]);
+        p.wait_line("ready", UP, |l| l.contains(READY));
+        p.lines()
+            .iter()
+            .any(|l| l.contains("\"level\":\"warn\"") && l.contains("No tunnel key in the URL"))
+    };
+    let no_key = format!(
+        "server://127.0.0.1:{}/127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    assert!(warned(no_key), "a server without a key warns");
+    let keyed = format!(
+        "server://s3cret@127.0.0.1:{}/127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    assert!(!warned(keyed), "a server with a key does not");
+}

@@ -192,7 +192,9 @@ fn null_is_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 pub struct CreateInstanceRequest {
     #[serde(deserialize_with = "null_is_empty")]
     pub alias: String,
-    /// `server://...` or `client://...`
+    /// `server://...` or `client://...`. Give tunnel URLs a key (`server://SECRET@...`):
+    /// without one the key is derived from the tunnel port and anyone can compute it (the
+    /// instance logs a warning saying so).
     #[schema(required = true, min_length = 1, pattern = "^(server|client)://")]
     #[serde(deserialize_with = "null_is_empty")]
     pub url: String,

@@ -76,6 +76,13 @@ pub async fn set_control(
     }
 }
 
+/// The WARN a dual-end instance without a key in its URL logs at start: the key is then
+/// derived from the tunnel port, which anyone can compute.
+pub const NO_KEY_WARNING: &str = "No tunnel key in the URL: the key is derived from the port \
+     and anyone who can reach the tunnel port can use it. Put a secret key in the URL \
+     (server://SECRET@host:port/...) on both ends, and use tls=2 or a firewall for the \
+     tunnel port";
+
 /// Runs the instance's role until `shutdown` fires. Returns an error only for a fatal one.
 pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let name = match inst.role() {
@@ -106,6 +113,9 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
         }
         Role::Client => None,
     };
+    if inst.role() == Role::Server && !inst.url.key_in_url {
+        tracing::warn!("{NO_KEY_WARNING}");
+    }
     let mut first = true;
     loop {
         let session = shutdown.child_token();
@@ -167,6 +177,9 @@ async fn client_start(
             }
             Err(e) => tracing::debug!("single-end bind failed, trying dual-end: {e:#}"),
         }
+    }
+    if first && !inst.url.key_in_url {
+        tracing::warn!("{NO_KEY_WARNING}");
     }
     client::start(inst, cancel).await
 }
