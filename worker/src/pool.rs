@@ -291,7 +291,7 @@ impl Pool {
     /// Takes the entry named `id`, waiting up to `timeout` for it to arrive.
     pub async fn outgoing_get(&self, id: PoolId, timeout: Duration) -> Option<Entry> {
         let got = self
-            .get_with(timeout, |st| st.idle.remove(&id).map(|c| (id, c)))
+            .get_with(timeout, |st| take_by_id(st, id).map(|c| (id, c)))
             .await
             .map(|(_, c)| c);
         if got.is_some() && id == PoolId::CONTROL {
@@ -364,6 +364,22 @@ impl Pool {
     }
 }
 
+/// Removes the entry `id`. Its id stays in `order` (removing it there would be a scan), so
+/// `order` is compacted once it holds more than twice the idle ids plus a margin: the
+/// outgoing side, which only ever takes by id, keeps memory proportional to what is idle,
+/// not to how many entries a session has used.
+fn take_by_id(st: &mut State, id: PoolId) -> Option<Entry> {
+    let conn = st.idle.remove(&id)?;
+    if st.order.len() > 2 * st.idle.len() + ORDER_SLACK {
+        let State { idle, order, .. } = st;
+        order.retain(|i| idle.contains_key(i));
+    }
+    Some(conn)
+}
+
+/// Stale ids `order` may hold beyond twice the idle count before it is compacted.
+const ORDER_SLACK: usize = 64;
+
 /// Pops the oldest idle id not in `exclude`, skipping (and closing) entries whose peer has
 /// already closed them: handing those out would only cost the peer a failed lookup.
 fn take_oldest(st: &mut State, exclude: &[PoolId]) -> Option<(PoolId, Entry)> {
@@ -395,6 +411,32 @@ mod tests {
         let a = l.local_addr().expect("addr");
         let (c, s) = tokio::join!(TcpStream::connect(a), l.accept());
         (Entry::Tcp(c.expect("connect")), s.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn taking_by_id_keeps_the_bookkeeping_bounded() {
+        let pool = Pool::new(16);
+        let mut peers = Vec::new();
+        for n in 1..=2000u32 {
+            let id = PoolId(n.to_be_bytes());
+            let (e, peer) = conn().await;
+            peers.push(peer);
+            assert!(pool.put(id, e).is_ok());
+            assert!(pool
+                .outgoing_get(id, Duration::from_millis(10))
+                .await
+                .is_some());
+            if peers.len() > 8 {
+                peers.clear();
+            }
+            let st = pool.lock();
+            assert!(
+                st.order.len() <= 2 * st.idle.len() + ORDER_SLACK + 1,
+                "{} ids kept for {} idle entries after {n} uses",
+                st.order.len(),
+                st.idle.len()
+            );
+        }
     }
 
     #[tokio::test]
