@@ -14,8 +14,10 @@
 //! finds the port free, like the reference's per-start listener. The tunnel TCP listener
 //! stays open during the session as in the reference, which re-listens on it after the
 //! handshake; TCP connections arriving there are closed at once. A connection attempt from
-//! another IP than the handshaking client is refused before its TLS handshake (the reference
-//! completes the handshake, then closes with code 0 `unauthorized IP`). Against a flood,
+//! another IP than the handshaking client is dropped without a reply before anything else
+//! (the reference completes the handshake, then closes with code 0 `unauthorized IP`), and
+//! one from the client's IP must prove it with a Retry round trip (QUIC address validation)
+//! before it takes a handshake place, so spoofed Initials cannot hold them. Against a flood,
 //! handshakes in flight and accepted connections are bounded ([`MAX_HANDSHAKES`],
 //! [`MAX_CONNECTIONS`]; the oldest connection is closed when a newer one needs its place).
 //!
@@ -442,11 +444,28 @@ impl PoolServer for QuicServer {
                             return;
                         };
                         let peer = incoming.remote_address();
+                        // A UDP source address is only a claim: a foreign one is dropped
+                        // without a reply (a reply would go to whoever was spoofed), and the
+                        // client's own is proven by a Retry round trip before the attempt
+                        // may take a handshake place.
                         if canonical_ip(peer.ip()) != client_ip {
                             tracing::debug!(
-                                "QUIC pool: connection from {peer} refused: not the handshaking client {client_ip}"
+                                "QUIC pool: connection from {peer} dropped: not the handshaking client {client_ip}"
                             );
-                            incoming.refuse();
+                            incoming.ignore();
+                            continue;
+                        }
+                        if !incoming.remote_address_validated() {
+                            if incoming.may_retry() {
+                                if let Err(e) = incoming.retry() {
+                                    tracing::debug!("QUIC pool: Retry to {peer} failed: {e}");
+                                }
+                            } else {
+                                tracing::debug!(
+                                    "QUIC pool: connection from {peer} dropped: its address was not validated"
+                                );
+                                incoming.ignore();
+                            }
                             continue;
                         }
                         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
