@@ -2,14 +2,18 @@
 //! cannot hold a connection, or the master's file descriptors, without using them.
 //!
 //! Limits, each enforced here and nowhere else:
-//! - at most [`ApiLimits::max_connections`] connections at a time (TLS handshakes included):
-//!   the accept loop waits for a free slot, so a flood queues in the kernel's backlog instead
-//!   of using up descriptors that spawning workers needs;
+//! - at most [`ApiLimits::max_connections`] connections at a time (TLS handshakes included)
+//!   and [`ApiLimits::max_per_source`] from one address; when there is no room the oldest
+//!   connection of the busiest address (or of the newcomer's own, at its cap) is closed,
+//!   never the newcomer, so one host can neither use up the descriptors that spawning
+//!   workers needs nor lock other hosts out;
 //! - a request's header must arrive within [`ApiLimits::header_read_timeout`] (HTTP/1.1,
 //!   hyper's own timer; it also bounds the wait for the next request on a kept-alive
 //!   connection);
-//! - a connection with no request in progress for [`ApiLimits::idle_timeout`] is closed
-//!   (every phase: before the first byte, HTTP/2 without streams). A request is in progress
+//! - a connection that has not started a request within [`ApiLimits::header_read_timeout`]
+//!   is closed (this also covers the HTTP/1-or-2 detection read, which has no timer of its
+//!   own), and one with no request in progress for [`ApiLimits::idle_timeout`] after that
+//!   (HTTP/2 without streams, a kept-alive connection). A request is in progress
 //!   until its response body has been sent or dropped, so an SSE stream that is quiet for
 //!   hours is never cut by this timer;
 //! - a TLS handshake must finish within [`ApiLimits::tls_handshake_timeout`].
@@ -30,17 +34,21 @@ use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use nodepass_worker::transport::admission::{Made, PendingTable};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// The API's connection limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiLimits {
     pub max_connections: usize,
+    /// Of those, at most this many from one address.
+    pub max_per_source: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub tls_handshake_timeout: Duration,
@@ -57,6 +65,7 @@ impl ApiLimits {
         let quarter = usize::try_from(fds / 4).unwrap_or(usize::MAX);
         ApiLimits {
             max_connections: quarter.clamp(16, 1024),
+            max_per_source: (quarter.clamp(16, 1024) / 4).max(8),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
@@ -73,7 +82,12 @@ pub async fn serve(
     limits: ApiLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Connections are admitted fairly (the worker's transport/admission.rs, shared like the
+    // certificate code): one address holds at most `max_per_source`, and when all places
+    // are taken the oldest connection of the busiest address is closed, never the
+    // newcomer, so one host cannot lock the others out.
+    let table = PendingTable::new(limits.max_per_source, limits.max_connections);
+    let root = CancellationToken::new();
     let tls = tls.map(TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -82,80 +96,99 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-    let mut full_warned = false;
+    let mut last_warned: Option<Instant> = None;
     loop {
-        if slots.available_permits() == 0 && !full_warned {
-            full_warned = true;
-            tracing::warn!(
-                "API: {} connections open (the limit); new ones wait until one closes",
-                limits.max_connections
-            );
-        }
-        let slot = tokio::select! {
-            _ = stopped(&mut stop) => break,
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => return,
-            },
-        };
-        if slots.available_permits() > 0 {
-            full_warned = false;
-        }
         let (tcp, peer) = tokio::select! {
             _ = stopped(&mut stop) => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of descriptors and the like: wait instead of spinning.
                     tracing::warn!("API accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        // No Nagle delay (Go's default too): SSE frames are small writes, and Nagle plus the
-        // client's delayed ACK would hold each one back for up to 40 ms.
+        let source = nodepass_worker::transport::canonical_ip(peer.ip());
+        let (slot, made) = table.admit(source, &root);
+        if made != Made::Room && last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            last_warned = Some(Instant::now());
+            match made {
+                Made::EvictedOwnOldest => tracing::warn!(
+                    "API: {} connections open from {source} (the limit per address); its oldest was closed",
+                    limits.max_per_source
+                ),
+                _ => tracing::warn!(
+                    "API: {} connections open (the limit); the oldest of the busiest address was closed",
+                    limits.max_connections
+                ),
+            }
+        }
         let _ = tcp.set_nodelay(true);
         let (router, builder, tls, stop) =
             (router.clone(), builder.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
-            let _slot = slot;
-            match tls {
-                None => serve_conn(tcp, router, &builder, limits, stop).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp))
+            let serve = async move {
+                match tls {
+                    None => serve_conn(tcp, router, &builder, limits, stop).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(
+                            limits.tls_handshake_timeout,
+                            acceptor.accept(tcp),
+                        )
                         .await
-                    {
-                        Ok(Ok(io)) => serve_conn(io, router, &builder, limits, stop).await,
-                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
-                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                        {
+                            Ok(Ok(io)) => serve_conn(io, router, &builder, limits, stop).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!("TLS handshake with {peer} failed: {e}")
+                            }
+                            Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                        }
                     }
                 }
+            };
+            tokio::select! {
+                _ = slot.cancel.cancelled() => {}
+                _ = serve => {}
             }
+            drop(slot);
         });
     }
     // Every connection was told to finish (an SSE stream ends with the `shutdown` frame
     // already queued to it): wait until all have, so the last frames reach their clients
     // before the process exits. The caller bounds this wait.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
+    while !table.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
+
+/// At most one warning about full connection places per this interval.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Requests of one connection that are in progress, and since when none is.
 struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// Whether any request has started: until one has, a connection gets only the header
+    /// read timeout (the HTTP/1-or-2 detection read has no timer of its own).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> InFlight {
+        self.started.store(true, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
 
     /// When the connection becomes too idle, if no request is in progress now.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+    fn idle_deadline(&self, limits: &ApiLimits) -> Option<Instant> {
         let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = if self.started.load(Ordering::SeqCst) {
+            limits.idle_timeout
+        } else {
+            limits.header_read_timeout
+        };
         (self.in_flight.load(Ordering::SeqCst) == 0).then(|| since + idle)
     }
 }
@@ -208,6 +241,7 @@ async fn serve_conn<I>(
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
+        started: std::sync::atomic::AtomicBool::new(false),
     });
     let tracker = activity.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -226,7 +260,7 @@ async fn serve_conn<I>(
     let mut stopping = false;
     loop {
         let deadline = activity
-            .idle_deadline(limits.idle_timeout)
+            .idle_deadline(&limits)
             .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
         tokio::select! {
             r = conn.as_mut() => {
@@ -242,7 +276,7 @@ async fn serve_conn<I>(
             _ = tokio::time::sleep_until(deadline) => {
                 // No request in progress for the whole idle time: nothing is lost by closing.
                 if activity
-                    .idle_deadline(limits.idle_timeout)
+                    .idle_deadline(&limits)
                     .is_some_and(|d| d <= Instant::now())
                 {
                     return;

@@ -1,5 +1,6 @@
 //! The API port against clients that do not play along: half-sent requests are closed by
-//! the header timeout while the API keeps answering, a key rotation ends the old streams
+//! the header timeout while the API keeps answering, one host holding silent connections
+//! can neither take every place nor keep them past the header timeout, a key rotation ends the old streams
 //! before anything carries the new key, and methods a path does not declare are 405 on
 //! every path, the public ones included.
 
@@ -137,4 +138,58 @@ fn undeclared_methods_are_405_on_every_path() {
         );
     }
     assert_eq!(tm.api.get("/openapi.json").status, 200);
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((from, 0)).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(2))?;
+    Ok(s.into())
+}
+
+#[test]
+fn one_host_holding_silent_connections_cannot_lock_others_out() {
+    let tm = TestMaster::start();
+    // More silent connections from 127.0.0.2 than the master has places in all.
+    let silent: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| connect_from([127, 0, 0, 2], tm.api.addr).ok())
+        .collect();
+    assert_eq!(silent.len(), 1100, "the stranger could not connect");
+    // Another host is served at once meanwhile (before, it waited in the backlog until a
+    // silent connection's 60 s ran out).
+    let mut s = TcpStream::connect(tm.api.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        format!(
+            "GET /api/v1/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nConnection: close\r\n\r\n",
+            tm.api.key
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another host was not served while one held 1100 connections: {answer:?}"
+    );
+    // Connections that never start a request are closed after the header timeout (10 s),
+    // not the 60 s idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    for (i, mut c) in silent.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match c.read(&mut [0u8; 64]) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!("silent connection {i} still open after 25 s")
+            }
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("silent connection {i} got {n} bytes instead of a close"),
+        }
+    }
 }
