@@ -227,3 +227,43 @@ fn a_tunnel_without_a_key_in_its_url_warns_that_its_key_is_public() {
     );
     assert!(!warned(keyed), "a server with a key does not");
 }
+
+#[test]
+fn one_host_cannot_fill_a_single_end_forwarders_slots_with_udp_sessions() {
+    // A single-end forwarder with 200 slots: UDP may hold 100, one address 16 of them.
+    // (Echo answers TCP and UDP on one port.)
+    let echo = Echo::start();
+    let listen = free_port();
+    let client = Proc::worker(
+        "single",
+        &format!("client://127.0.0.1:{listen}/{}?slot=200", echo.addr()),
+        &[],
+    );
+    client.wait_line("ready", UP, |l| l.contains(READY));
+    let to: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    // 600 source ports on 127.0.0.2, one datagram each (a session lives 30 s by default).
+    let mut senders = Vec::new();
+    for _ in 0..600 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("udp socket");
+        s.bind(&SocketAddr::from((STRANGER, 0)).into())
+            .expect("bind");
+        let s: std::net::UdpSocket = s.into();
+        let _ = s.send_to(b"x", to);
+        senders.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let fds = fd_count(client.child.id());
+    // TCP users still get slots, and another address still gets a UDP session.
+    wait_tunnel(&format!("127.0.0.1:{listen}"), UP, &[&client]);
+    let own = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    own.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let back = udp_echo(&own, &format!("127.0.0.1:{listen}"), b"still here").expect("udp answer");
+    assert_eq!(back, b"still here");
+    eprintln!("single-end: {fds} descriptors with 600 UDP sources from one host");
+    assert!(
+        fds < 100,
+        "the forwarder held {fds} descriptors for one host's 600 UDP sources"
+    );
+}

@@ -34,7 +34,7 @@ use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use nodepass_worker::transport::admission::{Made, PendingTable};
+use nodepass_worker::admission::{Made, PendingTable};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -82,7 +82,7 @@ pub async fn serve(
     limits: ApiLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Connections are admitted fairly (the worker's transport/admission.rs, shared like the
+    // Connections are admitted fairly (the worker's admission.rs, shared like the
     // certificate code): one address holds at most `max_per_source`, and when all places
     // are taken the oldest connection of the busiest address is closed, never the
     // newcomer, so one host cannot lock the others out.

@@ -9,6 +9,7 @@
 //! `policy/` slot/rate/read/block/proxy, `targets` dialing, `output` + `logging` what the
 //! process prints, `figures` the live counters.
 
+pub mod admission;
 pub mod cert;
 pub mod dns;
 pub mod figures;

@@ -47,9 +47,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Made, PendingTable};
 use super::tls::{ClientTls, ServerTls};
 use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
+use crate::admission::{Made, PendingTable};
 use crate::pool::Pool;
 
 /// The ALPN protocol both sides must agree on.
@@ -73,7 +73,7 @@ const MAX_HEADER_LIST: u32 = 16 << 10;
 const MAX_CLIENT_CONNECTIONS: usize = 64;
 /// Connections from any other address are only refused (403 per stream) and never take the
 /// client's places: at most this many per address and [`MAX_STRANGERS`] in all, the oldest
-/// of the busiest address closed to make room (transport/admission.rs), each for at most
+/// of the busiest address closed to make room (admission.rs), each for at most
 /// [`STRANGER_LIFETIME`].
 const MAX_PER_STRANGER: usize = 4;
 const MAX_STRANGERS: usize = 32;

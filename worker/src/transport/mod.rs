@@ -20,7 +20,6 @@
 //! [`quic`], WebSocket (type 2) in [`ws`], HTTP/2 (type 3) in [`h2`]. The README's
 //! "Pool transports" table lists every constant each one takes from the reference.
 
-pub mod admission;
 pub mod h2;
 pub mod quic;
 pub mod tcp;

@@ -52,9 +52,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Made, PendingTable};
 use super::tls::{ClientTls, ServerTls};
 use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
+use crate::admission::{Made, PendingTable};
 use crate::pool::Pool;
 
 /// The only path that upgrades (the reference's client always asks for it).
@@ -70,7 +70,7 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_PENDING_UPGRADES: usize = 1024;
 /// Connections from any other address are only answered (403) and never take the client's
 /// places: at most this many per address and [`MAX_PENDING_STRANGERS`] in all, the oldest
-/// of the busiest address closed to make room (transport/admission.rs).
+/// of the busiest address closed to make room (admission.rs).
 const MAX_PENDING_PER_STRANGER: usize = 4;
 const MAX_PENDING_STRANGERS: usize = 32;
 /// How long the client waits for TLS and the upgrade together (the reference's dial

@@ -4,7 +4,7 @@
 //! Server: serves plain HTTP on the tunnel port until one request is accepted. Each
 //! connection is handled on its own task, so a client that connects and never speaks, or
 //! speaks garbage, delays nobody; it is dropped after NP_HANDSHAKE_TIMEOUT. Pending
-//! connections are admitted fairly ([`crate::transport::admission`]): at most
+//! connections are admitted fairly ([`crate::admission`]): at most
 //! [`MAX_PENDING_PER_SOURCE`] from one address and [`MAX_PENDING`] in all, and when there is
 //! no room the oldest connection of the busiest address is closed, never the newcomer, so a
 //! host that holds idle connections cannot keep the real client out. Refusals are logged at
@@ -36,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::transport::admission::{Made, PendingTable};
+use crate::admission::{Made, PendingTable};
 use crate::transport::tls::ClientTls;
 
 /// Connections on the tunnel port handled at once before a handshake is accepted.

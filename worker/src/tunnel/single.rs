@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Made, PendingTable};
 use crate::instance::Instance;
 use crate::policy::{block, SlotKind};
 use crate::tunnel;
@@ -144,6 +145,14 @@ async fn udp_loop(
 ) -> anyhow::Result<()> {
     // Sessions are owned by this loop alone; a session task reports its end on `ended`.
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    // Every new source port opens a session (a slot, a socket, a buffer): UDP may hold at
+    // most half the slots, one address at most an eighth of those (16 to 1024), and when
+    // either is full the oldest session of that address (or of the busiest one) ends to
+    // make room, so one host can neither take every slot from TCP nor lock other hosts out.
+    let (per_source, total) =
+        udp_session_limits(usize::try_from(inst.slots.limit()).unwrap_or(usize::MAX));
+    let admission = PendingTable::new(per_source, total);
+    let mut evictions = RefusalCount::default();
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
     let mut generation = 0u64;
     let mut buf = vec![0u8; inst.udp_buf()];
@@ -175,6 +184,10 @@ async fn udp_loop(
         let (socket, activity) = match live {
             Some(s) => (s.socket.clone(), s.activity.clone()),
             None => {
+                let (admitted, made) = admission.admit(peer.ip(), &cancel);
+                if made != Made::Room {
+                    evictions.count(peer, total, per_source);
+                }
                 let Some(slot) = user::slot(&inst, SlotKind::Udp, "singleUDPLoop") else {
                     continue;
                 };
@@ -200,7 +213,12 @@ async fn udp_loop(
                 let activity2 = activity.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    udp_replies(&inst2, &target2, &listener2, peer, &activity2, &cancel2).await;
+                    tokio::select! {
+                        // Evicted to make room for a newer session.
+                        _ = admitted.cancel.cancelled() => {}
+                        _ = udp_replies(&inst2, &target2, &listener2, peer, &activity2, &cancel2) => {}
+                    }
+                    drop(admitted);
                     activity2.close();
                     let _ = ended.send((peer, gen));
                 });
@@ -220,6 +238,37 @@ async fn udp_loop(
             activity.close();
             sessions.remove(&peer);
         }
+    }
+}
+
+/// UDP sessions allowed from one address and in all, for `slots` slots.
+fn udp_session_limits(slots: usize) -> (usize, usize) {
+    let total = (slots / 2).max(1);
+    ((total / 8).clamp(16, 1024).min(total), total)
+}
+
+/// Sessions ended to make room, logged at most once per 10 s with the count since.
+#[derive(Default)]
+struct RefusalCount {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl RefusalCount {
+    fn count(&mut self, peer: SocketAddr, total: usize, per_source: usize) {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        tracing::warn!(
+            "singleUDPLoop: UDP sessions full ({total} in all, {per_source} per address): \
+             the oldest made room for {peer} ({} sessions ended so in the last 10 s)",
+            std::mem::take(&mut self.since)
+        );
     }
 }
 
@@ -264,5 +313,18 @@ async fn udp_replies(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::udp_session_limits;
+
+    #[test]
+    fn udp_takes_half_the_slots_and_one_address_a_share_of_those() {
+        assert_eq!(udp_session_limits(65536), (1024, 32768));
+        assert_eq!(udp_session_limits(2000), (125, 1000));
+        assert_eq!(udp_session_limits(40), (16, 20));
+        assert_eq!(udp_session_limits(1), (1, 1));
     }
 }

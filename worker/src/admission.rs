@@ -1,6 +1,7 @@
-//! Fair admission of connections that have not proven anything yet (a tunnel handshake in
-//! progress, a pool upgrade from an address that is not the client's): a table of pending
-//! connections with a cap per source address and a global cap. When a source is at its cap,
+//! Fair admission of what a stranger can open without proving anything (a tunnel handshake
+//! in progress, a pool connection from an address that is not the client's, a single-end
+//! UDP session, an API connection of the master): a table with a cap per source address
+//! and a global cap. When a source is at its cap,
 //! its own oldest pending connection goes; when the table is full, the oldest connection of
 //! the source holding the most goes. A newcomer is never the one refused, so one host that
 //! keeps connections open (a scanner, an attacker on another address) can take at most its
