@@ -440,3 +440,47 @@ fn live_switch_from_the_go_master() {
         .wait_instance(&client, 20, "running", |v| v["status"] == "running");
     wait_echo(user_addr, 200_000);
 }
+
+#[test]
+fn an_import_as_root_into_a_service_users_state_leaves_the_files_to_that_user() {
+    use std::os::unix::fs::MetadataExt;
+    if !Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    {
+        eprintln!("skipping: this test needs to run as root (it imports as root into another user's directory)");
+        return;
+    }
+    let state = private_dir();
+    // The service's user (here `nobody`) owns the state directory.
+    std::os::unix::fs::chown(state.path(), Some(65534), Some(65534)).unwrap();
+    let out = import(
+        &Path::new(FIXTURE_DIR).join("nodepass.gob"),
+        state.path(),
+        false,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut stack = vec![state.path().to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            assert_eq!(
+                p.metadata().unwrap().uid(),
+                65534,
+                "{} stays root's",
+                p.display()
+            );
+            seen += 1;
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    assert!(seen >= 2, "the import wrote the database and the backup");
+}

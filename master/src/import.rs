@@ -247,6 +247,37 @@ pub fn read_go_state(path: &Path) -> Result<Snapshot> {
         .with_context(|| format!("Cannot import {}", path.display()))
 }
 
+/// Run as root on a state directory that belongs to another user (the service's, e.g.
+/// /var/lib/nodepass owned by `nodepass`), hands every file the import wrote to that user,
+/// so the master can open its state when it starts.
+fn give_to_owner(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(state_dir)
+        .with_context(|| format!("Cannot read {}", state_dir.display()))?;
+    if !nix::unistd::geteuid().is_root() || owner.uid() == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (owner.uid(), owner.gid());
+    let mut stack = vec![state_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("Cannot read {}", dir.display()))?
+        {
+            let path = entry?.path();
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).with_context(|| {
+                format!(
+                    "Cannot give {} to the state directory's owner (uid {uid})",
+                    path.display()
+                )
+            })?;
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What an import did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Imported {
@@ -288,6 +319,8 @@ pub fn import_into(gob: &Path, state_dir: &Path, replace: bool) -> Result<Import
     }
     opened.store.replace_all(&snap)?;
     opened.store.write_backup(&snap)?;
+    drop(opened.store);
+    give_to_owner(state_dir)?;
     Ok(Imported {
         instances: snap.instances.len(),
         autostart: snap.instances.iter().filter(|r| r.instance.restart).count(),
