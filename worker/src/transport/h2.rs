@@ -48,8 +48,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
-use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
-use crate::admission::{Made, PendingTable};
+use super::{
+    accept_each, canonical_ip, Context, Entry, PoolClient, PoolPortAdmission, PoolServer,
+    PoolStream,
+};
 use crate::pool::Pool;
 
 /// The ALPN protocol both sides must agree on.
@@ -358,10 +360,8 @@ pub struct H2Server {
     acceptor: tokio_rustls::TlsAcceptor,
     keepalive: Duration,
     max: usize,
-    /// Places for the client's own address.
-    clients: Arc<tokio::sync::Semaphore>,
-    /// Places for everybody else.
-    strangers: PendingTable,
+    /// The client's places and everybody else's (refused per stream, 403).
+    places: PoolPortAdmission,
 }
 
 impl H2Server {
@@ -377,8 +377,12 @@ impl H2Server {
             acceptor: tls.acceptor_with_alpn(&[ALPN_H2]),
             keepalive: ctx.tunables.report_interval,
             max: ctx.max.max(1),
-            clients: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS)),
-            strangers: PendingTable::new(MAX_PER_STRANGER, MAX_STRANGERS),
+            places: PoolPortAdmission::new(
+                MAX_CLIENT_CONNECTIONS,
+                MAX_PER_STRANGER,
+                MAX_STRANGERS,
+                Some(STRANGER_LIFETIME),
+            ),
         })
     }
 
@@ -601,32 +605,8 @@ impl PoolServer for H2Server {
         let session_end = cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
             let conn = self.clone().connection(tcp, peer, session.clone());
-            // The cheapest check first: the source address decides whose places it takes.
-            let source = canonical_ip(peer.ip());
-            if source != session.client_ip {
-                let (slot, made) = self.strangers.admit(source, &session_end);
-                if made != Made::Room {
-                    tracing::debug!("HTTP/2 pool: connections from strangers pending: {made:?}");
-                }
-                let task: BoxFuture<'static, ()> = Box::pin(async move {
-                    tokio::select! {
-                        _ = slot.cancel.cancelled() => {}
-                        _ = tokio::time::timeout(STRANGER_LIFETIME, conn) => {}
-                    }
-                });
-                return Some(task);
-            }
-            let Ok(permit) = self.clients.clone().try_acquire_owned() else {
-                tracing::debug!(
-                    "HTTP/2 pool: connection from {peer} closed: {MAX_CLIENT_CONNECTIONS} connections open"
-                );
-                return None;
-            };
-            let task: BoxFuture<'static, ()> = Box::pin(async move {
-                let _permit = permit;
-                conn.await
-            });
-            Some(task)
+            self.places
+                .admit(peer, session.client_ip, &session_end, "HTTP/2 pool", conn)
         }))
     }
 }

@@ -41,6 +41,76 @@ use tokio_util::sync::CancellationToken;
 use crate::pool::Pool;
 pub use crate::pool::{Entry, PoolStream};
 
+/// Who may hold a place on a pool port that carries more than one step before an entry
+/// exists (TLS, an HTTP upgrade, an HTTP/2 connection): the client's own address has
+/// `client_places` of its own; every other address is only answered (a refusal on the
+/// transport's own wire) from a small fair table ([`crate::admission`]) and never takes
+/// the client's places. One rule for the WebSocket and HTTP/2 pools.
+pub(crate) struct PoolPortAdmission {
+    clients: Arc<tokio::sync::Semaphore>,
+    client_places: usize,
+    strangers: crate::admission::PendingTable,
+    /// How long a stranger's connection may live at most (None: its own deadlines).
+    stranger_lifetime: Option<Duration>,
+}
+
+impl PoolPortAdmission {
+    pub(crate) fn new(
+        client_places: usize,
+        per_stranger: usize,
+        strangers: usize,
+        stranger_lifetime: Option<Duration>,
+    ) -> Self {
+        PoolPortAdmission {
+            clients: Arc::new(tokio::sync::Semaphore::new(client_places)),
+            client_places,
+            strangers: crate::admission::PendingTable::new(per_stranger, strangers),
+            stranger_lifetime,
+        }
+    }
+
+    /// The task for one accepted connection from `peer` (running `conn`), or None when it
+    /// is closed at once (the client's places are all taken). The cheapest check comes
+    /// first: the source address decides whose places it takes.
+    pub(crate) fn admit<F>(
+        &self,
+        peer: SocketAddr,
+        client_ip: IpAddr,
+        session_end: &CancellationToken,
+        what: &str,
+        conn: F,
+    ) -> Option<BoxFuture<'static, ()>>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let source = canonical_ip(peer.ip());
+        if source != client_ip {
+            let (slot, made) = self.strangers.admit(source, session_end);
+            if made != crate::admission::Made::Room {
+                tracing::debug!("{what}: connections from other addresses pending: {made:?}");
+            }
+            let lifetime = self.stranger_lifetime.unwrap_or(Duration::MAX);
+            return Some(Box::pin(async move {
+                tokio::select! {
+                    _ = slot.cancel.cancelled() => {}
+                    _ = tokio::time::timeout(lifetime, conn) => {}
+                }
+            }));
+        }
+        let Ok(permit) = self.clients.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "{what}: connection from {peer} closed: {} of the client's places in use",
+                self.client_places
+            );
+            return None;
+        };
+        Some(Box::pin(async move {
+            let _permit = permit;
+            conn.await
+        }))
+    }
+}
+
 /// Pause after a failed accept (out of file descriptors and the like) before retrying.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 

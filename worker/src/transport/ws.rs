@@ -37,7 +37,6 @@ use nodepass_proto::url::TlsMode;
 use nodepass_proto::wire::PoolId;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -53,8 +52,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
-use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
-use crate::admission::{Made, PendingTable};
+use super::{
+    accept_each, canonical_ip, Context, Entry, PoolClient, PoolPortAdmission, PoolServer,
+    PoolStream,
+};
 use crate::pool::Pool;
 
 /// The only path that upgrades (the reference's client always asks for it).
@@ -380,10 +381,8 @@ impl<S: Carrier> PoolStream for WsStream<S> {
 pub struct WsServer {
     tls: Option<Arc<ServerTls>>,
     keepalive: Duration,
-    /// Places for the client's own address.
-    pending: Arc<Semaphore>,
-    /// Places for everybody else (answered, never upgraded).
-    strangers: PendingTable,
+    /// The client's places and everybody else's (answered, never upgraded).
+    places: PoolPortAdmission,
 }
 
 impl WsServer {
@@ -391,8 +390,12 @@ impl WsServer {
         WsServer {
             tls: ctx.server_tls,
             keepalive: ctx.tunables.report_interval,
-            pending: Arc::new(Semaphore::new(MAX_PENDING_UPGRADES)),
-            strangers: PendingTable::new(MAX_PENDING_PER_STRANGER, MAX_PENDING_STRANGERS),
+            places: PoolPortAdmission::new(
+                MAX_PENDING_UPGRADES,
+                MAX_PENDING_PER_STRANGER,
+                MAX_PENDING_STRANGERS,
+                None,
+            ),
         }
     }
 
@@ -583,33 +586,9 @@ impl PoolServer for WsServer {
         let client_ip = canonical_ip(client_ip);
         let session_end = cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
-            let admit = self.clone().admit(tcp, peer, pool.clone(), client_ip);
-            // The cheapest check first: the source address decides whose places it takes.
-            let source = canonical_ip(peer.ip());
-            if source != client_ip {
-                let (slot, made) = self.strangers.admit(source, &session_end);
-                if made != Made::Room {
-                    tracing::debug!("Pool connections from strangers pending: {made:?}");
-                }
-                let task: BoxFuture<'static, ()> = Box::pin(async move {
-                    tokio::select! {
-                        _ = slot.cancel.cancelled() => {}
-                        _ = admit => {}
-                    }
-                });
-                return Some(task);
-            }
-            let Ok(permit) = self.pending.clone().try_acquire_owned() else {
-                tracing::debug!(
-                    "Pool connection from {peer} closed: {MAX_PENDING_UPGRADES} upgrades pending"
-                );
-                return None;
-            };
-            let task: BoxFuture<'static, ()> = Box::pin(async move {
-                let _permit = permit;
-                admit.await
-            });
-            Some(task)
+            let conn = self.clone().admit(tcp, peer, pool.clone(), client_ip);
+            self.places
+                .admit(peer, client_ip, &session_end, "WebSocket pool", conn)
         }))
     }
 }
