@@ -13,14 +13,14 @@
 #[path = "../master/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::process::{echo_server, stop_child, MasterProc};
+use support::process::{echo_server, GoMaster, MasterProc};
 use support::{free_port, request};
 
 const FIXTURE_DIR: &str = concat!(
@@ -246,58 +246,6 @@ const FIXTURE_IDS: &[&str] = &["c6b7a8a7", "58fd3cb3", "458c24ef", "cd6f6a43"];
 
 // ---- live, against the Go master ----
 
-struct GoMaster {
-    child: Child,
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    key: String,
-}
-
-impl Drop for GoMaster {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, Duration::from_secs(10));
-    }
-}
-
-fn start_go(bin: &Path) -> GoMaster {
-    // It keeps its state beside its executable: run a copy from a temporary directory.
-    let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("nodepass");
-    std::fs::copy(bin, &exe).expect("copy the Go binary");
-    let port = free_port();
-    let mut child = Command::new(&exe)
-        .arg(format!("master://127.0.0.1:{port}/api?log=info"))
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Go master");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("API Key created: ") {
-                let _ = tx.send(line[i + 17..].chars().take(32).collect::<String>());
-            }
-        }
-    });
-    let key = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the Go master printed no API key");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the Go master does not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    GoMaster {
-        child,
-        dir,
-        addr,
-        key,
-    }
-}
-
 fn go_call(go: &GoMaster, method: &str, path: &str, body: Option<&str>) -> support::Resp {
     request(
         go.addr,
@@ -345,7 +293,7 @@ fn live_switch_from_the_go_master() {
     }
     let echo = echo_server();
     let (tunnel, user) = (free_port(), free_port());
-    let go = start_go(&go_bin);
+    let go = GoMaster::start(&go_bin);
     let mk = |alias: &str, url: String| -> String {
         let r = go_call(
             &go,

@@ -5,70 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::support::process::stop_child;
+use common::support::process::GoMaster;
 use common::support::{free_port, request, Resp};
 use common::TestMaster;
-
-struct GoMaster {
-    child: Child,
-    _dir: tempfile::TempDir,
-    addr: SocketAddr,
-    key: String,
-}
-
-impl Drop for GoMaster {
-    fn drop(&mut self) {
-        // SIGTERM first: the Go master stops its own instance processes then (it does not
-        // tie them to its life), SIGKILL only if it hangs.
-        stop_child(&mut self.child, Duration::from_secs(10));
-    }
-}
-
-fn start_go(bin: &PathBuf) -> GoMaster {
-    // It writes its state next to the executable: run a copy from a temporary directory.
-    let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("nodepass");
-    std::fs::copy(bin, &exe).expect("copy the Go binary");
-    let port = free_port();
-    let mut child = Command::new(&exe)
-        .arg(format!("master://127.0.0.1:{port}/api?log=info"))
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Go master");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("API Key created: ") {
-                let key: String = line[i + 17..].chars().take(32).collect();
-                let _ = tx.send(key);
-            }
-        }
-    });
-    let key = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the Go master printed no API key");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the Go master does not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    GoMaster {
-        child,
-        _dir: dir,
-        addr,
-        key,
-    }
-}
 
 fn call(addr: SocketAddr, key: Option<&str>, method: &str, path: &str, body: Option<&str>) -> Resp {
     let headers: Vec<(&str, &str)> = key.map(|k| vec![("X-API-Key", k)]).unwrap_or_default();
@@ -85,7 +28,7 @@ fn same_answers_as_the_go_master() {
         eprintln!("skipping: NODEPASS_GO_BIN={} does not exist", bin.display());
         return;
     }
-    let go = start_go(&bin);
+    let go = GoMaster::start(&bin);
     let ours = TestMaster::start_with(
         "master://127.0.0.1:0/api?log=info",
         PathBuf::from("/nonexistent/nodepass-worker"),
@@ -291,7 +234,7 @@ fn same_event_stream_as_the_go_master() {
         eprintln!("skipping: NODEPASS_GO_BIN={} does not exist", bin.display());
         return;
     }
-    let go = start_go(&bin);
+    let go = GoMaster::start(&bin);
     let ours = TestMaster::start_with(
         "master://127.0.0.1:0/api?log=info",
         PathBuf::from("/nonexistent/nodepass-worker"),

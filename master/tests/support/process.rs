@@ -1,6 +1,6 @@
 //! Processes for the tests and the benchmark that run real binaries: a `nodepass master`
-//! process with its output collected, stopping a child politely, and a loopback echo
-//! server to send traffic to.
+//! process with its output collected, the Go reference master, stopping a child politely,
+//! and a loopback echo server to send traffic to.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -174,4 +174,64 @@ pub fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// The Go reference master (NodePass v1.14.0), run from a copy of its binary in a temporary
+/// directory (it keeps its state, `gob/nodepass.gob`, beside its executable).
+pub struct GoMaster {
+    pub child: Child,
+    /// Where the copy runs; its state file is `dir/gob/nodepass.gob`.
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub key: String,
+}
+
+impl Drop for GoMaster {
+    fn drop(&mut self) {
+        // SIGTERM first: the Go master stops its own instance processes then (it does not
+        // tie them to its life), SIGKILL only if it hangs.
+        stop_child(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+impl GoMaster {
+    /// Starts the Go binary `bin` as a master on a free loopback port; returns once it
+    /// printed its API key and listens.
+    pub fn start(bin: &Path) -> GoMaster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let exe = dir.path().join("nodepass");
+        std::fs::copy(bin, &exe).expect("copy the Go binary");
+        let port = super::free_port();
+        let mut child = Command::new(&exe)
+            .arg(format!("master://127.0.0.1:{port}/api?log=info"))
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Go master");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("API Key created: ") {
+                    let _ = tx.send(line[i + 17..].chars().take(32).collect::<String>());
+                }
+            }
+        });
+        let key = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the Go master printed no API key");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the Go master does not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        GoMaster {
+            child,
+            dir,
+            addr,
+            key,
+        }
+    }
 }
