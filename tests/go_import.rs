@@ -308,6 +308,14 @@ fn live_switch_from_the_go_master() {
         "live server",
         format!("server://livekey@127.0.0.1:{tunnel}/127.0.0.1:{user}?log=info"),
     );
+    // The Go master starts instances at once and a client in mode 0 whose server does not
+    // listen yet takes the tunnel port as single-end: wait for the server first.
+    let tunnel_addr: SocketAddr = format!("127.0.0.1:{tunnel}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(tunnel_addr).is_err() {
+        assert!(Instant::now() < deadline, "the Go server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let client = mk(
         "live client",
         format!("client://livekey@127.0.0.1:{tunnel}/{echo}?log=info"),
