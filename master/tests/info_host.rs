@@ -8,13 +8,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use common::support::{free_port, request};
+use common::support::process::GoMaster;
+use common::support::request;
 use common::TestMaster;
 use nodepass_master::sysinfo::{self, HostFigures};
 
@@ -150,15 +147,6 @@ fn figures(v: &serde_json::Value) -> HostFigures {
 }
 
 /// The Go master as a child process, killed on drop.
-struct GoMaster(Child);
-
-impl Drop for GoMaster {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn go_master_passes_the_same_checks() {
     let Some(bin) = std::env::var_os("NODEPASS_GO_BIN").map(PathBuf::from) else {
@@ -172,40 +160,8 @@ fn go_master_passes_the_same_checks() {
         );
         return;
     }
-    // It writes its state next to the executable: run a copy from a temporary directory.
-    let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("nodepass");
-    std::fs::copy(&bin, &exe).expect("copy the Go binary");
-    let port = free_port();
-    let mut child = Command::new(&exe)
-        .arg(format!("master://127.0.0.1:{port}/api?log=info"))
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Go master");
-    let out = child.stdout.take().unwrap();
-    let _go = GoMaster(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("API Key created: ") {
-                let _ = tx.send(line[i + 17..].chars().take(32).collect::<String>());
-            }
-        }
-    });
-    let key = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the Go master printed no API key");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the Go master does not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let go = GoMaster::start(&bin);
+    let (addr, key) = (go.addr, go.key.clone());
     let go_info = || {
         let r = request(addr, "GET", "/api/v1/info", &[("X-API-Key", &key)], None);
         assert_eq!(r.status, 200, "{}", r.text());
