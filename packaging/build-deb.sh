@@ -39,6 +39,11 @@ assets=target/deb-assets
 rm -rf "$assets"
 mkdir -p "$assets"
 cp "$bin" "$assets/nodepass"
+# The release package is stripped (the build keeps line tables for backtraces); the debug
+# one the test makes is packaged as it is.
+if [ "$profile" = release ] && command -v strip >/dev/null 2>&1; then
+    strip "$assets/nodepass"
+fi
 "$bin" completions bash > "$assets/nodepass.bash"
 "$bin" completions zsh > "$assets/_nodepass"
 "$bin" completions fish > "$assets/nodepass.fish"
