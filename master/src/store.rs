@@ -85,6 +85,13 @@ pub struct Store {
     write_errors: Arc<AtomicU64>,
 }
 
+/// Whether opening failed only because another handle still holds sled's file lock. sled
+/// 0.34 reports that as an `Other` error whose text says "could not acquire lock" (the
+/// `WouldBlock` is only inside the text), so both are recognised.
+fn is_lock_busy(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 fn open_db(db_path: &Path) -> sled::Result<Handles> {
     let db = sled::Config::new()
         .path(db_path)
@@ -277,8 +284,7 @@ impl Store {
             match open_db(&db_path) {
                 Ok(h) => break h,
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && tokio::time::Instant::now() < deadline =>
+                    if is_lock_busy(&e) && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
@@ -706,5 +712,23 @@ mod tests {
         assert!(opened.restored_from.is_some());
         assert_eq!(opened.snapshot.master.as_ref(), Some(&master));
         assert_eq!(opened.snapshot.instances, vec![inst("aaaaaaaa")]);
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::is_lock_busy;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn sleds_lock_error_is_recognised_as_busy() {
+        // sled 0.34's own wording (config.rs): kind Other, the WouldBlock only in the text.
+        let sled = Error::new(
+            ErrorKind::Other,
+            "could not acquire lock on \"/x/db\": Os { code: 11, kind: WouldBlock }",
+        );
+        assert!(is_lock_busy(&sled));
+        assert!(is_lock_busy(&Error::from(ErrorKind::WouldBlock)));
+        assert!(!is_lock_busy(&Error::new(ErrorKind::Other, "disk full")));
     }
 }
