@@ -723,12 +723,10 @@ mod lock_tests {
     #[test]
     fn sleds_lock_error_is_recognised_as_busy() {
         // sled 0.34's own wording (config.rs): kind Other, the WouldBlock only in the text.
-        let sled = Error::new(
-            ErrorKind::Other,
-            "could not acquire lock on \"/x/db\": Os { code: 11, kind: WouldBlock }",
-        );
+        let sled =
+            Error::other("could not acquire lock on \"/x/db\": Os { code: 11, kind: WouldBlock }");
         assert!(is_lock_busy(&sled));
         assert!(is_lock_busy(&Error::from(ErrorKind::WouldBlock)));
-        assert!(!is_lock_busy(&Error::new(ErrorKind::Other, "disk full")));
+        assert!(!is_lock_busy(&Error::other("disk full")));
     }
 }
