@@ -169,7 +169,11 @@ impl RunningMaster {
         {
             tracing::warn!("Some workers did not stop in time");
         }
+        // Wait until the periodic task is really gone: an abort only takes effect at its next
+        // poll, and a save it was in the middle of may still hold a database handle (and so
+        // sled's file lock), which the final save's reopen would then wait for in vain.
         self.periodic.abort();
+        let _ = (&mut self.periodic).await;
         let saved = m.save_dirty().await;
         match &saved {
             Ok(()) => tracing::info!("Instances saved: {}", m.store.root().display()),
