@@ -13,7 +13,9 @@
 //! - 1500 idle connections on an HTTP/2 pool's port neither drain the pool nor hold the
 //!   server's descriptors;
 //! - a server without a key in its URL warns that its key is public;
-//! - 600 UDP source ports of one host cannot take a single-end forwarder's slots.
+//! - 600 UDP source ports of one host cannot take a single-end forwarder's slots;
+//! - a stranger that shares the client's address (NAT, proxy) gets no pool entry between
+//!   two of our peers (entry proofs).
 
 mod tunnel_support;
 
@@ -274,4 +276,74 @@ fn one_host_cannot_fill_a_single_end_forwarders_slots_with_udp_sessions() {
         fds < 100,
         "the forwarder held {fds} descriptors for one host's 600 UDP sources"
     );
+}
+
+/// A stranger that shares the client's address (SNAT, CGNAT, a proxy in front: here the
+/// same 127.0.0.1) opens pool connections after the real client's handshake. Between two
+/// of our peers every pool entry must prove the key, so the stranger gets no id and no user
+/// byte, on the raw TCP pool and on the WebSocket pool (the other transports are covered by
+/// the transport unit tests), while the real client's users go through.
+#[test]
+fn a_stranger_from_the_clients_address_gets_no_pool_entry() {
+    for pool_type in [0, 2] {
+        let echo = Echo::start();
+        let (tport, uport) = (free_port(), free_port());
+        let server = Proc::worker(
+            "server",
+            &format!("server://k@127.0.0.1:{tport}/127.0.0.1:{uport}?mode=1&type={pool_type}"),
+            &[],
+        );
+        server.wait_line("ready", UP, |l| l.contains(READY));
+        let client = Proc::worker(
+            "client",
+            &format!("client://k@127.0.0.1:{tport}/{}?min=4", echo.addr()),
+            &[],
+        );
+        let users = format!("127.0.0.1:{uport}");
+        wait_tunnel(&users, UP, &[&server, &client]);
+        let tunnel: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
+        let mut strangers = Vec::new();
+        for _ in 0..8 {
+            let mut s = TcpStream::connect(tunnel).expect("connect");
+            if pool_type == 2 {
+                let upgrade = format!(
+                    "GET / HTTP/1.1\r\nHost: 127.0.0.1:{tport}\r\nConnection: Upgrade\r\n\
+                     Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                );
+                s.write_all(upgrade.as_bytes()).expect("upgrade request");
+            }
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            strangers.push(s);
+        }
+        // Users keep coming while the stranger's connections wait.
+        for i in 0..30u64 {
+            let payload = pattern(2048, i);
+            let got = echo_once(&users, &payload, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("type {pool_type}: user {i} failed: {e}"));
+            assert_eq!(got, payload, "type {pool_type}: user {i} got other bytes");
+        }
+        for (n, s) in strangers.iter_mut().enumerate() {
+            let mut buf = [0u8; 512];
+            match s.read(&mut buf) {
+                Ok(0) => {}
+                Ok(len) => {
+                    let got = String::from_utf8_lossy(&buf[..len]).to_string();
+                    // A refused upgrade is answered with 403; anything else is an entry.
+                    assert!(
+                        pool_type == 2 && got.starts_with("HTTP/1.1 403"),
+                        "type {pool_type}: stranger {n} was given a pool entry: {got:?}"
+                    );
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "type {pool_type}: stranger {n}: {e}"
+                ),
+            }
+        }
+    }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use nodepass_proto::url::{PoolType, TlsMode, TunnelKey};
 use nodepass_proto::wire::{
-    handshake_request, handshake_response, judge_handshake_request, Flow, HandshakeVerdict, PoolId,
-    RemoteAddr, Signal, TunnelConfig,
+    handshake_request, handshake_request_with_proof, handshake_response, judge_handshake_request,
+    Flow, HandshakeVerdict, PoolId, RemoteAddr, Signal, TunnelConfig,
 };
 use tunnel_support::*;
 
@@ -60,7 +60,9 @@ fn our_client_speaks_the_reference_wire_protocol() {
         &[("NP_POOL_GET_TIMEOUT", "300ms")],
     );
 
-    // 1. The handshake: exactly the Go client's request (Host = sni default `none`).
+    // 1. The handshake: exactly the Go client's request (Host = sni default `none`), plus
+    //    the one header that asks a server of ours for entry proofs (a Go server ignores it
+    //    and, like this one, answers without a nonce, so no proof is sent below).
     let (mut hs, _) = listener.accept().expect("handshake connection");
     hs.set_read_timeout(Some(UP)).expect("timeout");
     let mut head = Vec::new();
@@ -70,7 +72,17 @@ fn our_client_speaks_the_reference_wire_protocol() {
         assert!(n > 0, "client closed during the handshake");
         head.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(head, handshake_request("none", &key), "request bytes");
+    assert_eq!(
+        head,
+        handshake_request_with_proof("none", &key),
+        "request bytes"
+    );
+    let go = handshake_request("none", &key);
+    assert_eq!(
+        head[..go.len() - 2],
+        go[..go.len() - 2],
+        "the Go client's bytes come first"
+    );
     let (verdict, _) = judge_handshake_request(&head, &key)
         .expect("parses")
         .expect("complete");

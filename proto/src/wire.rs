@@ -36,6 +36,85 @@ pub fn verify_auth_token(key: &TunnelKey, presented: &str) -> bool {
     mac.verify_slice(&bytes).is_ok()
 }
 
+/// Request and response header that turns on entry proofs between two of our peers: our
+/// client sends it with the value `1` in its handshake request; our server answers with the
+/// session's nonce (32 lowercase hex digits) in the 200 response. The reference ignores
+/// headers it does not know and never sends this one, so with a Go peer on either side
+/// nothing changes on the wire.
+pub const ENTRY_PROOF_HEADER: &str = "X-NodePass-Entry-Proof";
+
+/// Bytes of an entry proof.
+pub const ENTRY_PROOF_LEN: usize = 16;
+
+/// Bytes of the per-session nonce the server hands out with the handshake.
+pub const ENTRY_PROOF_NONCE_LEN: usize = 16;
+
+/// The proof that a pool connection comes from the holder of the tunnel key, for one
+/// session: the first 16 bytes of HMAC-SHA256 keyed with the tunnel key over a fixed label
+/// and the session's nonce. The client sends it on every pool connection before the server
+/// gives that connection an id (in-band on TCP and QUIC, as a request header on WebSocket
+/// and HTTP/2), so a stranger who shares the client's address (SNAT, CGNAT, a proxy) cannot
+/// get an id, let alone user traffic. A new handshake makes a new nonce, so a proof from an
+/// earlier session is worth nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EntryProof {
+    tag: [u8; ENTRY_PROOF_LEN],
+}
+
+impl fmt::Debug for EntryProof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EntryProof(..)")
+    }
+}
+
+impl EntryProof {
+    /// The proof for the session with this nonce.
+    pub fn new(key: &TunnelKey, nonce: &[u8; ENTRY_PROOF_NONCE_LEN]) -> Self {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(b"nodepass entry proof v1\0");
+        mac.update(nonce);
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; ENTRY_PROOF_LEN];
+        tag.copy_from_slice(&full[..ENTRY_PROOF_LEN]);
+        EntryProof { tag }
+    }
+
+    /// The bytes the client sends.
+    pub fn bytes(&self) -> [u8; ENTRY_PROOF_LEN] {
+        self.tag
+    }
+
+    /// The header form (lowercase hex).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.tag)
+    }
+
+    /// Whether `presented` is this proof, compared in constant time.
+    pub fn verify(&self, presented: &[u8]) -> bool {
+        if presented.len() != ENTRY_PROOF_LEN {
+            return false;
+        }
+        // Constant time: every byte is looked at whatever the first difference.
+        presented
+            .iter()
+            .zip(self.tag.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// Whether a header value (hex) is this proof.
+    pub fn verify_hex(&self, presented: &str) -> bool {
+        let mut bytes = [0u8; ENTRY_PROOF_LEN];
+        hex::decode_to_slice(presented.trim(), &mut bytes).is_ok() && self.verify(&bytes)
+    }
+}
+
+/// A nonce as its header value.
+pub fn entry_proof_nonce_hex(nonce: &[u8; ENTRY_PROOF_NONCE_LEN]) -> String {
+    hex::encode(nonce)
+}
+
 /// The TLS fingerprint carried by `verify`: `sha256:` + uppercase hex pairs of SHA-256 over
 /// the leaf certificate DER, joined with `:`.
 pub fn cert_fingerprint(cert_der: &[u8]) -> String {
@@ -154,6 +233,26 @@ pub fn handshake_request(host_header: &str, key: &TunnelKey) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Our client's handshake request: the Go client's bytes plus one header asking for entry
+/// proofs ([`ENTRY_PROOF_HEADER`]), which a Go server ignores.
+pub fn handshake_request_with_proof(host_header: &str, key: &TunnelKey) -> Vec<u8> {
+    let mut req = handshake_request(host_header, key);
+    // Before the blank line that ends the head.
+    req.truncate(req.len() - 2);
+    req.extend_from_slice(format!("{ENTRY_PROOF_HEADER}: 1\r\n\r\n").as_bytes());
+    req
+}
+
+/// Whether a complete request head asks for entry proofs.
+pub fn request_wants_entry_proof(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    header_value(req.headers, ENTRY_PROOF_HEADER).is_some_and(|v| v.trim() == "1")
+}
+
 /// Largest handshake request or response head we read before giving up.
 pub const MAX_HANDSHAKE_HEAD: usize = 16 * 1024;
 
@@ -237,6 +336,17 @@ pub fn handshake_response(
     config: &TunnelConfig,
     date: &str,
 ) -> Vec<u8> {
+    handshake_response_with_proof(verdict, config, date, None)
+}
+
+/// As [`handshake_response`]; an accepted request that asked for entry proofs also gets
+/// the session's nonce in [`ENTRY_PROOF_HEADER`].
+pub fn handshake_response_with_proof(
+    verdict: &HandshakeVerdict,
+    config: &TunnelConfig,
+    date: &str,
+    nonce: Option<&[u8; ENTRY_PROOF_NONCE_LEN]>,
+) -> Vec<u8> {
     let (status, body, ctype) = match verdict {
         HandshakeVerdict::Accept => ("200 OK", config.to_body(), "application/json"),
         HandshakeVerdict::MethodNotAllowed => (
@@ -260,8 +370,14 @@ pub fn handshake_response(
     } else {
         "X-Content-Type-Options: nosniff\r\n"
     };
+    let proof = match (verdict, nonce) {
+        (HandshakeVerdict::Accept, Some(n)) => {
+            format!("{ENTRY_PROOF_HEADER}: {}\r\n", entry_proof_nonce_hex(n))
+        }
+        _ => String::new(),
+    };
     format!(
-        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: {ctype}\r\n{nosniff}Date: {date}\r\nContent-Length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: {ctype}\r\n{nosniff}{proof}Date: {date}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -269,6 +385,14 @@ pub fn handshake_response(
 
 /// Parses the server's handshake response. `Ok(None)`: need more bytes.
 pub fn parse_handshake_response(buf: &[u8]) -> Result<Option<TunnelConfig>, HandshakeError> {
+    Ok(parse_handshake_answer(buf)?.map(|(config, _)| config))
+}
+
+/// As [`parse_handshake_response`], with the entry-proof nonce when the server sent one.
+#[allow(clippy::type_complexity)]
+pub fn parse_handshake_answer(
+    buf: &[u8],
+) -> Result<Option<(TunnelConfig, Option<[u8; ENTRY_PROOF_NONCE_LEN]>)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let Some(n) = head_length(buf, resp.parse(buf))? else {
@@ -280,16 +404,21 @@ pub fn parse_handshake_response(buf: &[u8]) -> Result<Option<TunnelConfig>, Hand
     }
     let len =
         header_value(resp.headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+    let nonce = header_value(resp.headers, ENTRY_PROOF_HEADER).and_then(|v| {
+        let mut n = [0u8; ENTRY_PROOF_NONCE_LEN];
+        hex::decode_to_slice(v.trim(), &mut n).ok().map(|_| n)
+    });
     let body = &buf[n..];
-    match len {
+    let config = match len {
         Some(len) if len > MAX_HANDSHAKE_HEAD => Err(HandshakeError::TooLarge),
-        Some(len) if body.len() < len => Ok(None),
-        Some(len) => TunnelConfig::from_body(&body[..len]).map(Some),
+        Some(len) if body.len() < len => return Ok(None),
+        Some(len) => TunnelConfig::from_body(&body[..len]),
         // No length: the body runs to the end of the stream; parse once it is a full line.
-        None if body.ends_with(b"\n") => TunnelConfig::from_body(body).map(Some),
+        None if body.ends_with(b"\n") => TunnelConfig::from_body(body),
         None if body.len() > MAX_HANDSHAKE_HEAD => Err(HandshakeError::TooLarge),
-        None => Ok(None),
-    }
+        None => return Ok(None),
+    }?;
+    Ok(Some((config, nonce)))
 }
 
 /// The 4-byte id a server gives each pool connection; named by its 8-char lowercase hex.
@@ -619,6 +748,63 @@ mod tests {
         let got = handshake_request("none", &k());
         assert_eq!(got.len(), 173);
         assert_eq!(got, want.to_vec());
+    }
+
+    /// Our request is the Go client's plus one header line; a Go server (which ignores
+    /// unknown headers) judges it the same; our server answers the nonce only when asked.
+    #[test]
+    fn entry_proofs_are_negotiated_by_one_header_each_way() {
+        let plain = handshake_request("none", &k());
+        let ours = handshake_request_with_proof("none", &k());
+        assert_eq!(&ours[..plain.len() - 2], &plain[..plain.len() - 2]);
+        assert_eq!(
+            &ours[plain.len() - 2..],
+            b"X-NodePass-Entry-Proof: 1\r\n\r\n"
+        );
+        assert!(request_wants_entry_proof(&ours));
+        assert!(!request_wants_entry_proof(&plain));
+        let verdict = |r: &[u8]| judge_handshake_request(r, &k()).map(|v| v.map(|(v, _)| v));
+        assert_eq!(verdict(&ours), Ok(Some(HandshakeVerdict::Accept)));
+        assert_eq!(verdict(&plain), Ok(Some(HandshakeVerdict::Accept)));
+        let cfg = TunnelConfig {
+            flow: Flow::Forward,
+            max: 8,
+            tls: TlsMode::SelfSigned,
+            pool_type: PoolType::WebSocket,
+        };
+        let nonce = [7u8; ENTRY_PROOF_NONCE_LEN];
+        let date = "Wed, 25 Nov 2026 07:31:23 GMT";
+        let with =
+            handshake_response_with_proof(&HandshakeVerdict::Accept, &cfg, date, Some(&nonce));
+        assert_eq!(parse_handshake_answer(&with), Ok(Some((cfg, Some(nonce)))));
+        assert_eq!(parse_handshake_response(&with), Ok(Some(cfg)));
+        let without = handshake_response(&HandshakeVerdict::Accept, &cfg, date);
+        assert_eq!(parse_handshake_answer(&without), Ok(Some((cfg, None))));
+        // A refusal never carries the nonce.
+        let refused = handshake_response_with_proof(
+            &HandshakeVerdict::Unauthorized,
+            &cfg,
+            date,
+            Some(&nonce),
+        );
+        assert!(!String::from_utf8_lossy(&refused).contains(ENTRY_PROOF_HEADER));
+    }
+
+    #[test]
+    fn entry_proofs_depend_on_key_and_nonce_and_compare_exactly() {
+        let a = EntryProof::new(&k(), &[1; 16]);
+        assert_eq!(a, EntryProof::new(&k(), &[1; 16]));
+        assert_ne!(a, EntryProof::new(&k(), &[2; 16]));
+        assert_ne!(a, EntryProof::new(&TunnelKey::new("other"), &[1; 16]));
+        assert!(a.verify(&a.bytes()));
+        assert!(a.verify_hex(&a.to_hex()));
+        let mut wrong = a.bytes();
+        wrong[15] ^= 1;
+        assert!(!a.verify(&wrong));
+        assert!(!a.verify(&a.bytes()[..15]));
+        assert!(!a.verify_hex("zz"));
+        assert!(!a.verify_hex(""));
+        assert_eq!(format!("{a:?}"), "EntryProof(..)");
     }
 
     // go-wire-capture.md section 1: the server's exact 172 response bytes.

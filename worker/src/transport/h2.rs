@@ -27,7 +27,7 @@
 //! into one reused buffer (no allocation per chunk once its earlier chunks are sent).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use futures::future::BoxFuture;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Method, Request, Response, StatusCode};
 use nodepass_proto::url::TlsMode;
-use nodepass_proto::wire::PoolId;
+use nodepass_proto::wire::{PoolId, ENTRY_PROOF_HEADER};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -49,10 +49,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
 use super::{
-    accept_each, canonical_ip, Context, Entry, PoolClient, PoolPortAdmission, PoolServer,
-    PoolStream,
+    accept_each, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
 };
-use crate::pool::Pool;
 
 /// The ALPN protocol both sides must agree on.
 const ALPN_H2: &[u8] = b"h2";
@@ -436,7 +434,7 @@ impl H2Server {
                 next = conn.accept() => match next {
                     Some(Ok((req, respond))) => {
                         idle_since = None;
-                        tokio::spawn(session.clone().stream(req, respond, peer));
+                        tokio::spawn(stream(session.clone(), req, respond, peer));
                     }
                     Some(Err(e)) => {
                         tracing::debug!("HTTP/2 pool: connection from {peer} failed: {e}");
@@ -469,24 +467,22 @@ impl H2Server {
 }
 
 /// What a stream handler needs from its session.
-#[derive(Clone)]
-struct Session {
-    pool: Arc<Pool>,
-    client_ip: IpAddr,
-    cancel: CancellationToken,
-}
+type Session = Arc<SessionEdge>;
 
-impl Session {
-    async fn stream(
-        self,
-        req: Request<RecvStream>,
-        mut respond: h2::server::SendResponse<Bytes>,
-        peer: SocketAddr,
-    ) {
-        if canonical_ip(peer.ip()) != self.client_ip {
+/// One stream through the shared admission steps ([`super::admission`]), answered the
+/// reference's way: 403 `unauthorized` for another address (and, between our peers, a
+/// missing or wrong entry proof), 404 for another path or a full pool.
+async fn stream(
+    edge: Session,
+    req: Request<RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    peer: SocketAddr,
+) {
+    {
+        if !edge.from_client(peer) {
             tracing::debug!(
                 "HTTP/2 pool: stream from {peer} refused (403): not the handshaking client {}",
-                self.client_ip
+                edge.client_ip
             );
             refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized");
             return;
@@ -500,7 +496,16 @@ impl Session {
             refuse(&mut respond, StatusCode::NOT_FOUND, "not found");
             return;
         }
-        if self.pool.active() >= self.pool.max() {
+        let proof = req
+            .headers()
+            .get(ENTRY_PROOF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Err(why) = edge.check_proof(proof) {
+            tracing::debug!("HTTP/2 pool: stream from {peer} refused (403): {why}");
+            refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized");
+            return;
+        }
+        if edge.pool.active() >= edge.pool.max() {
             tracing::debug!("HTTP/2 pool: stream from {peer} refused (404): pool full");
             refuse(&mut respond, StatusCode::NOT_FOUND, "not found");
             return;
@@ -508,7 +513,7 @@ impl Session {
         let mut recv = req.into_body();
         // The client's one opening byte; anything after it is early data for the entry.
         let first = tokio::select! {
-            _ = self.cancel.cancelled() => return,
+            _ = edge.cancel.cancelled() => return,
             r = tokio::time::timeout(ID_READ_TIMEOUT, first_byte(&mut recv)) => r,
         };
         let rest = match first {
@@ -523,13 +528,13 @@ impl Session {
             }
         };
         // The first entry of a session (after the checks) is the control channel.
-        let Some(id) = self.pool.assign_id() else {
-            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
-            return;
+        let id = match edge.assign() {
+            Ok(id) => id,
+            Err(why) => {
+                tracing::debug!("HTTP/2 pool: stream from {peer} refused: {why}");
+                return;
+            }
         };
-        if self.pool.contains(id) {
-            return;
-        }
         let response = Response::builder()
             .status(StatusCode::OK)
             .header(HALF_CLOSE_HEADER, "1")
@@ -551,9 +556,7 @@ impl Session {
         // Ours and the reference's client both treat our END_STREAM as "no more bytes"
         // and keep sending until they are done: a half-close.
         let entry = H2Entry::new(send, recv, rest, peer, None, false, true);
-        if let Err((why, _entry)) = self.pool.put(id, Entry::Stream(Box::new(entry))) {
-            tracing::debug!("HTTP/2 pool: entry {id} from {peer} dropped: {why:?}");
-        }
+        edge.enroll(id, Entry::Stream(Box::new(entry)), peer, "HTTP/2 pool");
     }
 }
 
@@ -592,21 +595,13 @@ impl PoolServer for H2Server {
     fn serve(
         self: Arc<Self>,
         tunnel: TcpListener,
-        pool: Arc<Pool>,
-        client_ip: IpAddr,
-        cancel: CancellationToken,
+        edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()> {
-        // The first-id rule is per session: it lives in the session's pool.
-        let session = Session {
-            pool,
-            client_ip: canonical_ip(client_ip),
-            cancel: cancel.clone(),
-        };
-        let session_end = cancel.clone();
+        let cancel = edge.cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
-            let conn = self.clone().connection(tcp, peer, session.clone());
+            let conn = self.clone().connection(tcp, peer, edge.clone());
             self.places
-                .admit(peer, session.client_ip, &session_end, "HTTP/2 pool", conn)
+                .admit(peer, edge.client_ip, &edge.cancel, "HTTP/2 pool", conn)
         }))
     }
 }
@@ -825,11 +820,14 @@ impl H2Client {
     /// One entry on `conn`: request, opening byte, 200, 4 id bytes.
     async fn request(&self, conn: &Conn) -> anyhow::Result<(PoolId, Entry)> {
         let peer = conn.peer;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
-            .uri(format!("https://{}{STREAM_PATH}", self.authority))
-            .body(())
-            .context("building the HTTP/2 request")?;
+            .uri(format!("https://{}{STREAM_PATH}", self.authority));
+        if let Some(proof) = &self.ctx.proof {
+            // Our server: the stream proves the key.
+            req = req.header(ENTRY_PROOF_HEADER, proof.to_hex());
+        }
+        let req = req.body(()).context("building the HTTP/2 request")?;
         let mut requests = conn
             .requests
             .clone()

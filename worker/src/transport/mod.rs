@@ -20,6 +20,7 @@
 //! [`quic`], WebSocket (type 2) in [`ws`], HTTP/2 (type 3) in [`h2`]. The README's
 //! "Pool transports" table lists every constant each one takes from the reference.
 
+pub mod admission;
 pub mod h2;
 pub mod quic;
 pub mod tcp;
@@ -34,82 +35,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use nodepass_proto::tunables::Tunables;
 use nodepass_proto::url::{HostPort, PoolType, TlsMode};
-use nodepass_proto::wire::PoolId;
+use nodepass_proto::wire::{EntryProof, PoolId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::Pool;
 pub use crate::pool::{Entry, PoolStream};
-
-/// Who may hold a place on a pool port that carries more than one step before an entry
-/// exists (TLS, an HTTP upgrade, an HTTP/2 connection): the client's own address has
-/// `client_places` of its own; every other address is only answered (a refusal on the
-/// transport's own wire) from a small fair table ([`crate::admission`]) and never takes
-/// the client's places. One rule for the WebSocket and HTTP/2 pools.
-pub(crate) struct PoolPortAdmission {
-    clients: Arc<tokio::sync::Semaphore>,
-    client_places: usize,
-    strangers: crate::admission::PendingTable,
-    /// How long a stranger's connection may live at most (None: its own deadlines).
-    stranger_lifetime: Option<Duration>,
-}
-
-impl PoolPortAdmission {
-    pub(crate) fn new(
-        client_places: usize,
-        per_stranger: usize,
-        strangers: usize,
-        stranger_lifetime: Option<Duration>,
-    ) -> Self {
-        PoolPortAdmission {
-            clients: Arc::new(tokio::sync::Semaphore::new(client_places)),
-            client_places,
-            strangers: crate::admission::PendingTable::new(per_stranger, strangers),
-            stranger_lifetime,
-        }
-    }
-
-    /// The task for one accepted connection from `peer` (running `conn`), or None when it
-    /// is closed at once (the client's places are all taken). The cheapest check comes
-    /// first: the source address decides whose places it takes.
-    pub(crate) fn admit<F>(
-        &self,
-        peer: SocketAddr,
-        client_ip: IpAddr,
-        session_end: &CancellationToken,
-        what: &str,
-        conn: F,
-    ) -> Option<BoxFuture<'static, ()>>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let source = canonical_ip(peer.ip());
-        if source != client_ip {
-            let (slot, made) = self.strangers.admit(source, session_end);
-            if made != crate::admission::Made::Room {
-                tracing::debug!("{what}: connections from other addresses pending: {made:?}");
-            }
-            let lifetime = self.stranger_lifetime.unwrap_or(Duration::MAX);
-            return Some(Box::pin(async move {
-                tokio::select! {
-                    _ = slot.cancel.cancelled() => {}
-                    _ = tokio::time::timeout(lifetime, conn) => {}
-                }
-            }));
-        }
-        let Ok(permit) = self.clients.clone().try_acquire_owned() else {
-            tracing::debug!(
-                "{what}: connection from {peer} closed: {} of the client's places in use",
-                self.client_places
-            );
-            return None;
-        };
-        Some(Box::pin(async move {
-            let _permit = permit;
-            conn.await
-        }))
-    }
-}
+pub(crate) use admission::PoolPortAdmission;
+pub use admission::{Refused, SessionEdge};
 
 /// Pause after a failed accept (out of file descriptors and the like) before retrying.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -132,14 +64,18 @@ pub struct Context {
     pub server_tls: Option<Arc<tls::ServerTls>>,
     /// Idle entries allowed at once (the server's `max`).
     pub max: usize,
+    /// Client side: the session's entry proof, when the server answered the handshake with
+    /// a nonce (a server of ours). Every entry carries it before it reads its id.
+    pub proof: Option<EntryProof>,
 }
 
 /// The server side of a pool transport. One value per process; each session calls
 /// [`serve`](Self::serve) again (per-session state, the pool, with its first-id rule, comes with each call).
 pub trait PoolServer: Send + Sync {
-    /// Accepts pool entries until `cancel` fires: refuses them while the pool holds `max`
-    /// idle entries or when they come from an address other than `client_ip`, gives each an
-    /// id (the first one `00000000`) and puts it in `pool`.
+    /// Accepts pool entries until the session (`edge.cancel`) ends, by the rule in
+    /// [`admission`]: refuses them from an address other than the client's, while the pool
+    /// holds `max` idle entries, or without the session's entry proof; gives each an id
+    /// (the first one `00000000`) and puts it in the session's pool.
     ///
     /// `tunnel` is the tunnel TCP listener the handshake ran on, handed over once the
     /// handshake is done (the reference re-listens on that address; handing it over avoids
@@ -148,9 +84,7 @@ pub trait PoolServer: Send + Sync {
     fn serve(
         self: Arc<Self>,
         tunnel: TcpListener,
-        pool: Arc<Pool>,
-        client_ip: IpAddr,
-        cancel: CancellationToken,
+        edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()>;
 }
 
@@ -228,6 +162,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::Pool;
     use nodepass_proto::url::DnsSetting;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -245,6 +180,7 @@ mod tests {
             sni: String::new(),
             server_tls,
             max: 4,
+            proof: None,
         }
     }
 
@@ -253,6 +189,24 @@ mod tests {
     /// and it reads as closed once the other side drops it. A new transport adds a test
     /// calling this with its type.
     async fn contract(t: PoolType, tls: TlsMode) {
+        contract_with(t, tls, None).await;
+        // Between two of our peers: every entry proves the key.
+        let proof = EntryProof::new(&nodepass_proto::url::TunnelKey::new("k"), &[9; 16]);
+        contract_with(t, tls, Some(proof)).await;
+    }
+
+    /// A server of `t` on a loopback port for the client 127.0.0.1, with its pool and the
+    /// session's end.
+    async fn serving(
+        t: PoolType,
+        tls: TlsMode,
+        proof: Option<EntryProof>,
+    ) -> (
+        u16,
+        Arc<Pool>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server_tls =
@@ -260,13 +214,21 @@ mod tests {
         let server = server_for(t, ctx(port, tls, server_tls)).expect("server");
         let pool = Arc::new(Pool::new(4));
         let cancel = CancellationToken::new();
-        let serving = tokio::spawn(server.serve(
-            listener,
+        let edge = SessionEdge::new(
             pool.clone(),
             "127.0.0.1".parse().expect("ip"),
+            proof,
             cancel.clone(),
-        ));
-        let client = client_for(t, ctx(port, tls, None)).expect("client");
+        );
+        let task = tokio::spawn(server.serve(listener, edge));
+        (port, pool, cancel, task)
+    }
+
+    async fn contract_with(t: PoolType, tls: TlsMode, proof: Option<EntryProof>) {
+        let (port, pool, cancel, serving) = serving(t, tls, proof.clone()).await;
+        let mut client_ctx = ctx(port, tls, None);
+        client_ctx.proof = proof;
+        let client = client_for(t, client_ctx).expect("client");
         let (id1, mut c1) = client.open().await.expect("first entry");
         assert_eq!(
             id1,
@@ -309,6 +271,52 @@ mod tests {
         serving.await.expect("serve ends on cancel");
     }
 
+    /// A session with entry proofs gives no id, on any transport, to a connection from the
+    /// client's own address that does not prove the key (a stranger behind the same NAT or
+    /// proxy), while the real client's entries still get in.
+    #[tokio::test]
+    async fn without_the_entry_proof_no_transport_gives_an_id() {
+        let key = nodepass_proto::url::TunnelKey::new("k");
+        let proof = EntryProof::new(&key, &[3; 16]);
+        let forged = EntryProof::new(&key, &[4; 16]);
+        for (t, tls) in [
+            (PoolType::Tcp, TlsMode::Off),
+            (PoolType::Tcp, TlsMode::SelfSigned),
+            (PoolType::Quic, TlsMode::SelfSigned),
+            (PoolType::WebSocket, TlsMode::Off),
+            (PoolType::Http2, TlsMode::SelfSigned),
+        ] {
+            let (port, pool, cancel, serving) = serving(t, tls, Some(proof.clone())).await;
+            let mut wrong = ctx(port, tls, None);
+            wrong.proof = Some(forged.clone());
+            let stranger = client_for(t, wrong).expect("client");
+            assert!(
+                stranger.open().await.is_err(),
+                "{t:?}/{tls:?}: an entry with a wrong proof got an id"
+            );
+            if matches!(t, PoolType::WebSocket | PoolType::Http2) {
+                // The proof rides in a header: without one the refusal is immediate.
+                let none = client_for(t, ctx(port, tls, None)).expect("client");
+                assert!(
+                    none.open().await.is_err(),
+                    "{t:?}/{tls:?}: an entry without a proof got an id"
+                );
+            }
+            assert_eq!(pool.active(), 0, "{t:?}/{tls:?}: nothing entered the pool");
+            let mut right = ctx(port, tls, None);
+            right.proof = Some(proof.clone());
+            let client = client_for(t, right).expect("client");
+            let (id, _entry) = client.open().await.expect("the real client's entry");
+            assert_eq!(
+                id,
+                PoolId::CONTROL,
+                "{t:?}/{tls:?}: the refused ones did not use up the control id"
+            );
+            cancel.cancel();
+            serving.await.expect("serve ends on cancel");
+        }
+    }
+
     #[tokio::test]
     async fn tcp_meets_the_contract() {
         contract(PoolType::Tcp, TlsMode::Off).await;
@@ -340,12 +348,13 @@ mod tests {
         let server = server_for(PoolType::Tcp, ctx(port, TlsMode::Off, None)).expect("server");
         let pool = Arc::new(Pool::new(4));
         let cancel = CancellationToken::new();
-        let serving = tokio::spawn(server.serve(
-            listener,
+        let edge = SessionEdge::new(
             pool.clone(),
             "127.0.0.1".parse().expect("ip"),
+            None,
             cancel.clone(),
-        ));
+        );
+        let serving = tokio::spawn(server.serve(listener, edge));
         let client = client_for(PoolType::Tcp, ctx(port, TlsMode::Off, None)).expect("client");
         let (id, _control) = client.open().await.expect("first entry");
         assert_eq!(id, PoolId::CONTROL);

@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -38,7 +38,7 @@ use anyhow::{anyhow, Context as _};
 use bytes::{Buf as _, Bytes};
 use futures::future::BoxFuture;
 use nodepass_proto::url::TlsMode;
-use nodepass_proto::wire::PoolId;
+use nodepass_proto::wire::{EntryProof, PoolId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -47,8 +47,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
-use super::{canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, RETRY_PAUSE};
-use crate::pool::Pool;
+use super::{
+    canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, SessionEdge, RETRY_PAUSE,
+};
 
 /// The ALPN protocol both sides must agree on (quic v1.0.14 `defaultALPN`).
 pub const ALPN: &[u8] = b"np-quic";
@@ -284,7 +285,7 @@ impl QuicServer {
 
 /// Per-session state shared by the server's tasks.
 struct Session {
-    pool: Arc<Pool>,
+    edge: Arc<SessionEdge>,
     cancel: CancellationToken,
     /// Accepted connections, oldest first (bounded by [`MAX_CONNECTIONS`]).
     conns: Mutex<VecDeque<Connection>>,
@@ -360,7 +361,7 @@ impl Session {
         let peer = conn.remote_address();
         // Dropping the streams here finishes ours (the client reads a short id) and stops
         // the client's, as the reference's close does.
-        if self.pool.active() >= self.pool.max() {
+        if self.edge.pool.active() >= self.edge.pool.max() {
             tracing::debug!("Pool full: refusing a stream from {peer}");
             return;
         }
@@ -377,22 +378,25 @@ impl Session {
                 return;
             }
         }
+        if let Err(why) = self.edge.read_proof(&mut entry.recv).await {
+            tracing::debug!("QUIC pool: stream from {peer} refused: {why}");
+            return;
+        }
         // A stream that comes before the control channel is taken waits for it: the
         // reference's client drops its whole connection (control stream included) when
         // one stream gets no id.
-        let Some(id) = self.pool.assign_id_waiting(FIRST_BYTE_TIMEOUT).await else {
-            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
-            return;
+        let id = match self.edge.assign_waiting(FIRST_BYTE_TIMEOUT).await {
+            Ok(id) => id,
+            Err(why) => {
+                tracing::debug!("QUIC pool: stream from {peer} refused: {why}");
+                return;
+            }
         };
-        if self.pool.contains(id) {
-            return;
-        }
         if entry.send.write_all(&id.0).await.is_err() {
             return;
         }
-        if let Err((why, _entry)) = self.pool.put(id, Entry::Stream(Box::new(entry))) {
-            tracing::debug!("Pool entry {id} from {peer} dropped: {why:?}");
-        }
+        self.edge
+            .enroll(id, Entry::Stream(Box::new(entry)), peer, "QUIC pool");
     }
 }
 
@@ -402,11 +406,9 @@ impl PoolServer for QuicServer {
     fn serve(
         self: Arc<Self>,
         tunnel: TcpListener,
-        pool: Arc<Pool>,
-        client_ip: IpAddr,
-        cancel: CancellationToken,
+        edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()> {
-        let client_ip = canonical_ip(client_ip);
+        let (client_ip, cancel) = (edge.client_ip, edge.cancel.clone());
         Box::pin(async move {
             let addr = match tunnel.local_addr() {
                 Ok(a) => a,
@@ -420,7 +422,7 @@ impl PoolServer for QuicServer {
             };
             let _close = CloseOnDrop(endpoint.clone());
             let session = Arc::new(Session {
-                pool,
+                edge,
                 cancel: cancel.clone(),
                 conns: Mutex::new(VecDeque::new()),
             });
@@ -601,7 +603,7 @@ impl QuicClient {
 
     async fn open_entry(&self) -> anyhow::Result<(PoolId, Entry)> {
         let conn = self.connection().await?;
-        match exchange(&conn).await {
+        match exchange(&conn, self.ctx.proof.as_ref()).await {
             Ok(found) => Ok(found),
             Err(Failed { error, suspect }) => {
                 // A stream the server closed without an id (its pool was full) says nothing
@@ -637,8 +639,12 @@ impl Failed {
     }
 }
 
-/// Opens one stream on `conn`, sends the `00` byte and reads the id.
-async fn exchange(conn: &Connection) -> Result<(PoolId, Entry), Failed> {
+/// Opens one stream on `conn`, sends the `00` byte (and the entry proof, with a server of
+/// ours) and reads the id.
+async fn exchange(
+    conn: &Connection,
+    proof: Option<&EntryProof>,
+) -> Result<(PoolId, Entry), Failed> {
     let peer = conn.remote_address();
     let (mut send, mut recv) = match tokio::time::timeout(ID_READ_TIMEOUT, conn.open_bi()).await {
         Ok(Ok(s)) => s,
@@ -653,7 +659,11 @@ async fn exchange(conn: &Connection) -> Result<(PoolId, Entry), Failed> {
             )))
         }
     };
-    if let Err(e) = send.write_all(&[0]).await {
+    let mut opening = vec![0u8];
+    if let Some(p) = proof {
+        opening.extend_from_slice(&p.bytes());
+    }
+    if let Err(e) = send.write_all(&opening).await {
         return Err(Failed::stream(
             anyhow!(e).context(format!("writing to a stream to {peer}")),
         ));

@@ -1,15 +1,17 @@
 //! The TCP pool, type 0 (REFERENCE.md 4.2): every pool entry is its own TCP connection
 //! from the client to the server's tunnel port, optionally wrapped in TLS 1.3.
 //!
-//! Server, per accepted connection: refuse while the pool holds `max` idle entries; drop
-//! silently when it comes from another IP than the handshaking client, or when it would
-//! not become the control channel and no control channel is up; TLS handshake when
-//! tls is 1/2; then write the 4 raw id bytes (the first entry gets `00000000`, the control
-//! channel). Client: dial, TLS, read the 4 id bytes (1-minute deadline).
+//! Server, per accepted connection, by the shared admission rule ([`super::admission`]):
+//! closed silently when it comes from another IP than the handshaking client, while the pool
+//! holds `max` idle entries, or when it would not become the control channel and no control
+//! channel is up; TLS handshake when tls is 1/2 (30 s); with entry proofs (both ends ours)
+//! the 16 proof bytes (10 s); then the 4 raw id bytes (the first entry gets `00000000`,
+//! the control channel). Client: dial, TLS, the proof when negotiated, read the 4 id bytes
+//! (1-minute deadline).
 //! Both sides turn on TCP keep-alive with the NP_REPORT_INTERVAL period.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +21,12 @@ use nodepass_proto::wire::PoolId;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsStream;
-use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls, TlsSocket};
-use super::{accept_each, canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream};
-use crate::pool::{tcp_peer_closed, Pool};
+use super::{
+    accept_each, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
+};
+use crate::pool::tcp_peer_closed;
 
 /// How long the client waits for the server to send an entry's id.
 const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -82,38 +85,35 @@ impl PoolStream for TlsStream<TcpStream> {
 pub struct TcpServer {
     tls: Option<Arc<ServerTls>>,
     keepalive: Duration,
+    /// The client's places (TLS handshake and proof in progress) and everybody else's
+    /// (closed at once).
+    places: PoolPortAdmission,
 }
+
+/// Pool connections of the client's address between accept and enrolment at once (TLS
+/// handshake, entry proof). Past this the newcomer is closed; the client opens at most
+/// `max` per round.
+const MAX_PENDING_CLIENT: usize = 1024;
 
 impl TcpServer {
     pub fn new(ctx: Context) -> Self {
         TcpServer {
             tls: ctx.server_tls,
             keepalive: ctx.tunables.report_interval,
+            // Strangers are closed at once, so their table only bounds the moment between
+            // accept and close.
+            places: PoolPortAdmission::new(MAX_PENDING_CLIENT, 4, 32, Some(Duration::ZERO)),
         }
     }
 
-    async fn admit(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        pool: Arc<Pool>,
-        client_ip: IpAddr,
-    ) {
-        if pool.active() >= pool.max() {
-            tracing::debug!("Pool full: refusing {peer}");
+    /// One connection through the admission steps ([`super::admission`]); the reference
+    /// closes every refusal silently, and so does this.
+    async fn admit(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, edge: Arc<SessionEdge>) {
+        if let Err(why) = edge.check(peer) {
+            tracing::debug!("Pool connection from {peer} refused: {why}");
             return;
         }
         keepalive(&tcp, self.keepalive);
-        if canonical_ip(peer.ip()) != client_ip {
-            tracing::debug!(
-                "Pool connection from {peer} refused: not the handshaking client {client_ip}"
-            );
-            return;
-        }
-        if !pool.admits() {
-            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
-            return;
-        }
         let mut entry = match &self.tls {
             None => Entry::Tcp(tcp),
             Some(tls) => {
@@ -135,20 +135,22 @@ impl TcpServer {
                 }
             }
         };
-        // The first entry of a session (after the checks) is the control channel.
-        let Some(id) = pool.assign_id() else {
-            tracing::debug!("Pool connection from {peer} refused: no control channel is up");
-            return;
-        };
-        if pool.contains(id) {
+        if let Err(why) = edge.read_proof(&mut entry).await {
+            tracing::debug!("Pool connection from {peer} refused: {why}");
             return;
         }
+        // The first entry of a session (after the checks) is the control channel.
+        let id = match edge.assign() {
+            Ok(id) => id,
+            Err(why) => {
+                tracing::debug!("Pool connection from {peer} refused: {why}");
+                return;
+            }
+        };
         if entry.write_all(&id.0).await.is_err() || entry.flush().await.is_err() {
             return;
         }
-        if let Err((why, _entry)) = pool.put(id, entry) {
-            tracing::debug!("Pool entry {id} from {peer} dropped: {why:?}");
-        }
+        edge.enroll(id, entry, peer, "TCP pool");
     }
 }
 
@@ -156,13 +158,13 @@ impl PoolServer for TcpServer {
     fn serve(
         self: Arc<Self>,
         tunnel: TcpListener,
-        pool: Arc<Pool>,
-        client_ip: IpAddr,
-        cancel: CancellationToken,
+        edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()> {
-        let client_ip = canonical_ip(client_ip);
+        let cancel = edge.cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
-            Some(self.clone().admit(tcp, peer, pool.clone(), client_ip))
+            let conn = self.clone().admit(tcp, peer, edge.clone());
+            self.places
+                .admit(peer, edge.client_ip, &edge.cancel, "TCP pool", conn)
         }))
     }
 }
@@ -204,6 +206,14 @@ impl TcpClient {
                 Entry::Stream(Box::new(TlsStream::Client(s)))
             }
         };
+        if let Some(proof) = &self.ctx.proof {
+            // Our server: the entry proves the key before it gets an id.
+            entry
+                .write_all(&proof.bytes())
+                .await
+                .with_context(|| format!("sending the entry proof to {addr}"))?;
+            entry.flush().await.ok();
+        }
         let mut id = [0u8; 4];
         tokio::time::timeout(ID_READ_TIMEOUT, entry.read_exact(&mut id))
             .await

@@ -23,7 +23,7 @@
 //! peer never sees the difference; with it we close with a close frame.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll, Waker};
@@ -34,7 +34,7 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{Sink, Stream};
 use nodepass_proto::url::TlsMode;
-use nodepass_proto::wire::PoolId;
+use nodepass_proto::wire::{PoolId, ENTRY_PROOF_HEADER};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsStream;
@@ -49,14 +49,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
 use super::{
-    accept_each, canonical_ip, Context, Entry, PoolClient, PoolPortAdmission, PoolServer,
-    PoolStream,
+    accept_each, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, Refused,
+    SessionEdge,
 };
-use crate::pool::Pool;
 
 /// The only path that upgrades (the reference's client always asks for it).
 const WS_PATH: &str = "/";
@@ -399,19 +397,9 @@ impl WsServer {
         }
     }
 
-    async fn admit(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        pool: Arc<Pool>,
-        client_ip: IpAddr,
-    ) {
+    async fn admit(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, edge: Arc<SessionEdge>) {
         keepalive(&tcp, self.keepalive);
-        let session = Session {
-            pool,
-            peer,
-            client_ip,
-        };
+        let session = Session { edge, peer };
         let refused = match &self.tls {
             None => session.upgrade(tcp).await,
             Some(tls) => {
@@ -430,9 +418,8 @@ impl WsServer {
 
 /// What one accepted connection needs to become a pool entry.
 struct Session {
-    pool: Arc<Pool>,
+    edge: Arc<SessionEdge>,
     peer: SocketAddr,
-    client_ip: IpAddr,
 }
 
 impl Session {
@@ -445,12 +432,7 @@ impl Session {
             .await
             .map_err(|_| anyhow!("no complete request head within {HEADER_TIMEOUT:?}"))?;
         let checked = parsed.and_then(|(len, request)| {
-            let response = check_request(
-                &request,
-                &self.pool,
-                canonical_ip(peer.ip()),
-                self.client_ip,
-            )?;
+            let response = check_request(&request, &self.edge, peer)?;
             Ok((len, request, response))
         });
         let (len, request, mut response) = match checked {
@@ -482,20 +464,20 @@ impl Session {
         let mut ws = WsStream::new(ws, half_close);
 
         // The first entry of a session (after the checks) is the control channel.
-        let Some(id) = self.pool.assign_id() else {
-            anyhow::bail!("refused: no control channel is up");
+        let id = match self.edge.assign() {
+            Ok(id) => id,
+            Err(Refused::Duplicate) => {
+                // Like the reference: an internal-error close; the client tries again.
+                ws.close_now(CloseCode::Error, "duplicate id");
+                anyhow::bail!("refused: {}", Refused::Duplicate);
+            }
+            Err(why) => anyhow::bail!("refused: {why}"),
         };
-        if self.pool.contains(id) {
-            // Like the reference: an internal-error close; the client tries again.
-            ws.close_now(CloseCode::Error, "duplicate id");
-            anyhow::bail!("id {id} is idle already");
-        }
         ws.write_all(&id.0).await.context("sending the id")?;
         ws.flush().await.context("sending the id")?;
         tracing::trace!("Pool WebSocket {id} from {peer} (half-close: {half_close})");
-        if let Err((why, _entry)) = self.pool.put(id, Entry::Stream(Box::new(ws))) {
-            tracing::debug!("Pool entry {id} from {peer} dropped: {why:?}");
-        }
+        self.edge
+            .enroll(id, Entry::Stream(Box::new(ws)), peer, "WebSocket pool");
         Ok(())
     }
 }
@@ -531,22 +513,29 @@ async fn read_head<S: Carrier>(s: &mut S, buf: &mut Vec<u8>) -> Result<(usize, R
     }
 }
 
-/// The server's checks, in the reference's order where it has them: path, pool room,
-/// client IP, then the upgrade headers. Ok is the 101 response to send.
+/// The server's checks: the path, then the shared admission steps ([`super::admission`]:
+/// address, pool room, control channel, entry proof), then the upgrade headers. The
+/// reference's answers where it has them (404, 503 `pool full`, 403 `unauthorized`). Ok is
+/// the 101 response to send.
 fn check_request(
     request: &Request,
-    pool: &Pool,
-    peer_ip: IpAddr,
-    client_ip: IpAddr,
+    edge: &SessionEdge,
+    peer: SocketAddr,
 ) -> Result<Response, Refusal> {
     if request.uri().path() != WS_PATH {
         return Err(Refusal(404, "Not Found", "404 page not found"));
     }
-    if pool.active() >= pool.max() {
-        return Err(Refusal(503, "Service Unavailable", "pool full"));
-    }
-    if peer_ip != client_ip {
-        return Err(Refusal(403, "Forbidden", "unauthorized"));
+    let proof = request
+        .headers()
+        .get(ENTRY_PROOF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    match edge.check(peer).and_then(|()| edge.check_proof(proof)) {
+        Ok(()) => {}
+        Err(Refused::PoolFull) => return Err(Refusal(503, "Service Unavailable", "pool full")),
+        Err(Refused::NoControl) => {
+            return Err(Refusal(503, "Service Unavailable", "no control channel"))
+        }
+        Err(_) => return Err(Refusal(403, "Forbidden", "unauthorized")),
     }
     create_response(request).map_err(|e| match e {
         WsError::Protocol(
@@ -579,16 +568,13 @@ impl PoolServer for WsServer {
     fn serve(
         self: Arc<Self>,
         tunnel: TcpListener,
-        pool: Arc<Pool>,
-        client_ip: IpAddr,
-        cancel: CancellationToken,
+        edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()> {
-        let client_ip = canonical_ip(client_ip);
-        let session_end = cancel.clone();
+        let cancel = edge.cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
-            let conn = self.clone().admit(tcp, peer, pool.clone(), client_ip);
+            let conn = self.clone().admit(tcp, peer, edge.clone());
             self.places
-                .admit(peer, client_ip, &session_end, "WebSocket pool", conn)
+                .admit(peer, edge.client_ip, &edge.cancel, "WebSocket pool", conn)
         }))
     }
 }
@@ -644,7 +630,7 @@ impl WsClient {
         } else {
             (self.url.clone(), self.host.clone())
         };
-        http::Request::builder()
+        let mut request = http::Request::builder()
             .method("GET")
             .uri(&url)
             .header("Host", host)
@@ -652,7 +638,12 @@ impl WsClient {
             .header("Upgrade", "websocket")
             .header("Sec-WebSocket-Version", "13")
             .header("Sec-WebSocket-Key", generate_key())
-            .header(HALF_CLOSE_HEADER, "1")
+            .header(HALF_CLOSE_HEADER, "1");
+        if let Some(proof) = &self.ctx.proof {
+            // Our server: the upgrade proves the key.
+            request = request.header(ENTRY_PROOF_HEADER, proof.to_hex());
+        }
+        request
             .body(())
             .with_context(|| format!("cannot build the WebSocket request for {url}"))
     }
@@ -730,10 +721,12 @@ impl PoolClient for WsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::Pool;
     use futures::{SinkExt as _, StreamExt as _};
     use nodepass_proto::tunables::Tunables;
     use nodepass_proto::url::{DnsSetting, HostPort};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_util::sync::CancellationToken;
 
     fn ctx(port: u16, tls: TlsMode) -> Context {
         Context {
@@ -749,6 +742,7 @@ mod tests {
             sni: String::new(),
             server_tls: None,
             max: 8,
+            proof: None,
         }
     }
 
@@ -759,12 +753,13 @@ mod tests {
         let pool = Arc::new(Pool::new(8));
         let cancel = CancellationToken::new();
         let server = Arc::new(WsServer::new(ctx(port, TlsMode::Off)));
-        tokio::spawn(server.serve(
-            listener,
+        let edge = SessionEdge::new(
             pool.clone(),
             "127.0.0.1".parse().expect("ip"),
+            None,
             cancel.clone(),
-        ));
+        );
+        tokio::spawn(server.serve(listener, edge));
         (port, pool, cancel)
     }
 

@@ -29,7 +29,7 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     tracing::info!("Pending tunnel handshake...");
     let began = Instant::now();
     let sni = url.effective_sni();
-    let config = tokio::select! {
+    let (config, proof) = tokio::select! {
         _ = cancel.cancelled() => anyhow::bail!("tunnelHandshake: context canceled"),
         c = handshake::request(
             &inst.dns,
@@ -43,6 +43,8 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     tracing::info!("Loading tunnel config: {}", config.log_form());
     let mut ctx = super::transport_context(inst, config.tls, None);
     ctx.max = config.max as usize;
+    // Set when the server is one of ours: every pool entry then proves the key.
+    ctx.proof = proof;
     let opener = transport::client_for(config.pool_type, ctx)?;
     let verifier = match config.tls {
         TlsMode::Off => Verifier::None,

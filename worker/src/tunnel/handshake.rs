@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _};
 use nodepass_proto::url::{HostPort, TunnelKey};
 use nodepass_proto::wire::{
-    handshake_request, handshake_response, judge_handshake_request, parse_handshake_response,
-    HandshakeVerdict, TunnelConfig, MAX_HANDSHAKE_HEAD,
+    handshake_request_with_proof, handshake_response_with_proof, judge_handshake_request,
+    parse_handshake_answer, request_wants_entry_proof, EntryProof, HandshakeVerdict, TunnelConfig,
+    ENTRY_PROOF_NONCE_LEN, MAX_HANDSHAKE_HEAD,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -137,26 +138,38 @@ fn failure_delay(n: u32) -> Duration {
     (Duration::from_millis(100) * (1u32 << doublings)).min(MAX_FAILURE_DELAY)
 }
 
-/// Waits for one accepted handshake on `listener`; returns the client's IP. Each
-/// connection gets `timeout` (NP_HANDSHAKE_TIMEOUT) to send its request.
+/// The accepted handshake: who may open pool connections, and how they prove it.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The client's IP: pool connections from any other address are refused.
+    pub client_ip: IpAddr,
+    /// Set when the client asked for entry proofs (one of ours): every pool connection of
+    /// the session must carry this proof before it gets an id. None for a Go client.
+    pub proof: Option<EntryProof>,
+}
+
+/// Waits for one accepted handshake on `listener`. Each connection gets `timeout`
+/// (NP_HANDSHAKE_TIMEOUT) to send its request.
 pub async fn serve(
     listener: &TcpListener,
     key: &TunnelKey,
     config: TunnelConfig,
     timeout: Duration,
     cancel: &CancellationToken,
-) -> anyhow::Result<IpAddr> {
+) -> anyhow::Result<Accepted> {
+    // A new nonce per handshake: proofs of an earlier session are worth nothing.
+    let nonce: [u8; ENTRY_PROOF_NONCE_LEN] = rand::random();
     // Handshake tasks end with this token, whoever wins.
     let done = cancel.child_token();
     let _stop_tasks = done.clone().drop_guard();
-    let (won_tx, mut won_rx) = mpsc::channel::<IpAddr>(1);
+    let (won_tx, mut won_rx) = mpsc::channel::<Accepted>(1);
     let pending = PendingTable::new(MAX_PENDING_PER_SOURCE, MAX_PENDING);
     let refusals = Arc::new(Mutex::new(RefusalLog::default()));
     let failures = Arc::new(Mutex::new(Failures::default()));
     let winner = loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => anyhow::bail!("tunnelHandshake: context canceled"),
-            Some(ip) = won_rx.recv() => break ip,
+            Some(won) = won_rx.recv() => break won,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
@@ -189,14 +202,18 @@ pub async fn serve(
             failures.clone(),
         );
         tokio::spawn(async move {
-            let talk = answer(stream, peer, &key, config, &refusals, &failures);
+            let talk = answer(stream, peer, &key, config, &nonce, &refusals, &failures);
             tokio::select! {
                 _ = slot.cancel.cancelled() => {}
                 r = tokio::time::timeout(timeout, talk) => match r {
-                    Ok(Ok(true)) => {
-                        let _ = won_tx.send(crate::transport::canonical_ip(peer.ip())).await;
+                    Ok(Ok(Some(wants_proof))) => {
+                        let won = Accepted {
+                            client_ip: crate::transport::canonical_ip(peer.ip()),
+                            proof: wants_proof.then(|| EntryProof::new(&key, &nonce)),
+                        };
+                        let _ = won_tx.send(won).await;
                     }
-                    Ok(Ok(false)) => {}
+                    Ok(Ok(None)) => {}
                     Ok(Err(e)) => tracing::debug!("tunnelHandshake: {peer}: {e:#}"),
                     Err(_) => tracing::debug!("tunnelHandshake: {peer} sent no request in time"),
                 },
@@ -207,32 +224,34 @@ pub async fn serve(
     Ok(winner)
 }
 
-/// Reads one request and answers it; true when it was the accepted handshake.
+/// Reads one request and answers it. `Some(wants_proof)` when it was the accepted
+/// handshake (`wants_proof`: the client asked for entry proofs and got the nonce).
 async fn answer(
     mut stream: TcpStream,
     peer: SocketAddr,
     key: &TunnelKey,
     config: TunnelConfig,
+    nonce: &[u8; ENTRY_PROOF_NONCE_LEN],
     refusals: &Mutex<RefusalLog>,
     failures: &Mutex<Failures>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<bool>> {
     let mut buf = Vec::with_capacity(512);
     let mut head = HeadScan::default();
-    let verdict = loop {
+    let (verdict, head_len) = loop {
         let mut chunk = [0u8; 1024];
         let n = stream
             .read(&mut chunk)
             .await
             .context("reading the request")?;
         if n == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
         if !head.worth_parsing(&buf) && buf.len() <= MAX_HANDSHAKE_HEAD {
             continue;
         }
         match judge_handshake_request(&buf, key) {
-            Ok(Some((v, _))) => break v,
+            Ok(Some(judged)) => break judged,
             Ok(None) if buf.len() <= MAX_HANDSHAKE_HEAD => continue,
             Ok(None) | Err(_) => {
                 let _ = stream.write_all(BAD_REQUEST).await;
@@ -247,8 +266,10 @@ async fn answer(
             tokio::time::sleep(wait).await;
         }
     }
+    let wants_proof = request_wants_entry_proof(&buf[..head_len]);
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let response = handshake_response(&verdict, &config, &date);
+    let response =
+        handshake_response_with_proof(&verdict, &config, &date, wants_proof.then_some(nonce));
     stream
         .write_all(&response)
         .await
@@ -257,14 +278,17 @@ async fn answer(
     match verdict {
         HandshakeVerdict::Accept => {
             tracing::info!("Sending tunnel config: {}", config.log_form());
-            Ok(true)
+            if wants_proof {
+                tracing::debug!("Pool connections of this session prove the key (entry proofs)");
+            }
+            Ok(Some(wants_proof))
         }
         other => {
             RefusalLog::refused(
                 refusals,
                 format_args!("refused a request from {peer}: {other:?}"),
             );
-            Ok(false)
+            Ok(None)
         }
     }
 }
@@ -304,13 +328,13 @@ pub async fn request(
     key: &TunnelKey,
     dial_timeout: Duration,
     timeout: Duration,
-) -> anyhow::Result<TunnelConfig> {
+) -> anyhow::Result<(TunnelConfig, Option<EntryProof>)> {
     let addr = dns.resolve(server).await?;
     let tcp = tokio::time::timeout(dial_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow!("tunnelHandshake: dial tcp {addr}: i/o timeout"))?
         .with_context(|| format!("tunnelHandshake: dial tcp {addr}"))?;
-    let req = handshake_request(host_header, key);
+    let req = handshake_request_with_proof(host_header, key);
     let talk = async {
         if server.port == 443 {
             let tls = ClientTls::verified(&server.host)?;
@@ -324,22 +348,24 @@ pub async fn request(
             exchange(tcp, &req).await
         }
     };
-    tokio::time::timeout(timeout, talk).await.map_err(|_| {
+    let (config, nonce) = tokio::time::timeout(timeout, talk).await.map_err(|_| {
         anyhow!("tunnelHandshake: no answer from {addr} within {timeout:?} (NP_HANDSHAKE_TIMEOUT)")
-    })?
+    })??;
+    // A server that answered the nonce is one of ours: prove the key on every entry.
+    Ok((config, nonce.map(|n| EntryProof::new(key, &n))))
 }
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     req: &[u8],
-) -> anyhow::Result<TunnelConfig> {
+) -> anyhow::Result<(TunnelConfig, Option<[u8; ENTRY_PROOF_NONCE_LEN]>)> {
     s.write_all(req).await.context("tunnelHandshake: write")?;
     let mut buf = Vec::with_capacity(512);
     loop {
         let mut chunk = [0u8; 1024];
         let n = s.read(&mut chunk).await.context("tunnelHandshake: read")?;
         buf.extend_from_slice(&chunk[..n]);
-        match parse_handshake_response(&buf) {
+        match parse_handshake_answer(&buf) {
             Ok(Some(cfg)) => return Ok(cfg),
             Ok(None) if n > 0 => continue,
             Ok(None) => anyhow::bail!("tunnelHandshake: unexpected EOF"),

@@ -17,7 +17,7 @@ use super::{bind_tcp, handshake, listen_addr, set_control, Fatal};
 use crate::instance::Instance;
 use crate::pool::Pool;
 use crate::transport::tls::ServerTls;
-use crate::transport::PoolServer;
+use crate::transport::{PoolServer, SessionEdge};
 
 /// Binds the user-facing listeners on the first target (TCP unless notcp, UDP unless
 /// noudp). Used by the incoming side: the server in mode 1, the client in flow `+`.
@@ -112,7 +112,7 @@ pub async fn start(
         pool_type: url.effective_pool_type(),
     };
     tracing::info!("Pending tunnel handshake...");
-    let client_ip = handshake::serve(
+    let accepted = handshake::serve(
         &listener,
         &url.key,
         config,
@@ -122,7 +122,13 @@ pub async fn start(
     .await?;
     let began = Instant::now();
     let pool = Arc::new(Pool::new(url.effective_max() as usize));
-    let accept = tokio::spawn(pool_server.serve(listener, pool.clone(), client_ip, cancel.clone()));
+    let edge = SessionEdge::new(
+        pool.clone(),
+        accepted.client_ip,
+        accepted.proof,
+        cancel.clone(),
+    );
+    let accept = tokio::spawn(pool_server.serve(listener, edge));
     let _stop_accept = AbortOnDrop(accept);
     tracing::info!("Getting tunnel pool ready...");
     let control_conn = set_control(inst, &pool, cancel).await?;
