@@ -203,7 +203,7 @@ impl Pool {
     }
 
     /// Whether the session's control channel is up: `00000000` has been taken and the
-    /// session has not ended. Pool connections are authenticated only by the client's IP,
+    /// session has not ended. Pool connections of a Go client are authenticated only by its IP,
     /// so a transport admits none but the one that becomes the control channel while this
     /// is false (before the control channel, and once the session is over).
     pub fn control_up(&self) -> bool {
@@ -220,7 +220,7 @@ impl Pool {
     /// The id for a pool connection a transport has accepted (REFERENCE.md 4.1), the one
     /// place the rule lives for every transport: `00000000` for the session's first (it
     /// becomes the control channel), a random one after that while the control channel is
-    /// up, and None otherwise: pool connections are authenticated only by the client's IP,
+    /// up, and None otherwise: a Go client's pool connections are authenticated only by its IP,
     /// so none but the control channel is admitted while no control channel is up.
     pub fn assign_id(&self) -> Option<PoolId> {
         if !self.first_given.swap(true, Ordering::AcqRel) {

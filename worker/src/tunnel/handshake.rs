@@ -14,10 +14,14 @@
 //! that keeps sending wrong keys gets its 401s later and later ([`Failures`]), while a right
 //! key is answered at once. The request head is parsed once its end (or its first line) has
 //! arrived, so a byte-by-byte trickle costs linear work. The winner's IP is the only one
-//! allowed to open pool connections.
+//! allowed to open pool connections; when the winner asked for entry proofs (our client
+//! does, with [`nodepass_proto::wire::ENTRY_PROOF_HEADER`]) the answer carries a fresh
+//! nonce and every pool connection of the session must also prove the key
+//! ([`crate::transport::admission`]).
 //!
-//! Client: one `GET /` with the bearer token (over verified TLS when the tunnel port is
-//! 443, for a TLS-terminating proxy in front), then the JSON config from the 200 answer,
+//! Client: one `GET /` with the bearer token and the entry-proof request (over verified TLS
+//! when the tunnel port is 443, for a TLS-terminating proxy in front), then the JSON config
+//! (and, from a server of ours, the nonce) from the 200 answer,
 //! all within NP_HANDSHAKE_TIMEOUT: a server that accepts and stays silent is an error,
 //! and the role's restart loop tries again.
 
