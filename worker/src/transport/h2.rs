@@ -49,7 +49,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
 use super::{
-    accept_each, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
+    accept_each, dial_tunnel, tune_pool_socket, Context, Entry, PoolClient, PoolPortAdmission,
+    PoolServer, PoolStream, SessionEdge, ID_READ_TIMEOUT,
 };
 
 /// The ALPN protocol both sides must agree on.
@@ -59,8 +60,6 @@ const STREAM_PATH: &str = "/stream";
 /// Response header by which our server says "END_STREAM from you is a half-close; I keep
 /// sending until I am done". The reference ignores unknown headers.
 pub const HALF_CLOSE_HEADER: &str = "x-nodepass-half-close";
-/// How long the client waits for an entry's response and id (the reference's idReadTimeout).
-const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server waits for a connection's TLS handshake and HTTP/2 preface together
 /// (the reference waits forever; a connection that never completes them would hold a task
 /// and a descriptor for nothing).
@@ -342,14 +341,6 @@ impl PoolStream for H2Entry {
     }
 }
 
-fn tcp_tuning(s: &TcpStream, period: Duration) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(period)
-        .with_interval(period);
-    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
-    let _ = s.set_nodelay(true);
-}
-
 // ---------------------------------------------------------------------------------------
 // Server
 
@@ -387,7 +378,7 @@ impl H2Server {
     /// One TLS connection: handshake, ALPN check, then its streams until it ends, goes
     /// idle for 2 x NP_REPORT_INTERVAL, or the session is cancelled.
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, session: Session) {
-        tcp_tuning(&tcp, self.keepalive);
+        tune_pool_socket(&tcp, self.keepalive);
         let handshake = async {
             let tls = self
                 .acceptor
@@ -713,14 +704,7 @@ impl H2Client {
     }
 
     async fn dial(&self) -> anyhow::Result<Arc<Conn>> {
-        let t = &self.ctx.tunables;
-        // Re-resolved per dial, like the reference, so a moved server is followed.
-        let addr = self.ctx.dns.resolve(&self.ctx.tunnel).await?;
-        let tcp = tokio::time::timeout(t.tcp_dial_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow!("dial tcp {addr}: i/o timeout"))?
-            .with_context(|| format!("dial tcp {addr}"))?;
-        tcp_tuning(&tcp, t.report_interval);
+        let (addr, tcp) = dial_tunnel(&self.ctx).await?;
         let tls = tokio::time::timeout(
             ID_READ_TIMEOUT,
             self.tls

@@ -43,6 +43,42 @@ pub use crate::pool::{Entry, PoolStream};
 pub(crate) use admission::PoolPortAdmission;
 pub use admission::{Refused, SessionEdge};
 
+/// How long a client waits for the server to send an entry's id (the reference's 1-minute
+/// `idReadTimeout`, the same on every transport).
+pub const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pool socket, either side, on every transport carried by TCP: keep-alive with the
+/// NP_REPORT_INTERVAL period (REFERENCE.md 4.1) and no Nagle delay.
+pub(crate) fn tune_pool_socket(s: &TcpStream, period: Duration) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(period)
+        .with_interval(period);
+    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+    let _ = s.set_nodelay(true);
+}
+
+/// The client's TCP dial to the server's tunnel port, for every transport carried by TCP:
+/// the host re-resolved per dial (like the reference, so a moved server is followed), the
+/// connect bounded by NP_TCP_DIAL_TIMEOUT, the socket tuned.
+pub(crate) async fn dial_tunnel(ctx: &Context) -> anyhow::Result<(SocketAddr, TcpStream)> {
+    use anyhow::Context as _;
+    let t = &ctx.tunables;
+    let addr = ctx.dns.resolve(&ctx.tunnel).await?;
+    let tcp = tokio::time::timeout(t.tcp_dial_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("dial tcp {addr}: i/o timeout"))?
+        .with_context(|| format!("dial tcp {addr}"))?;
+    tune_pool_socket(&tcp, t.report_interval);
+    Ok((addr, tcp))
+}
+
+/// The peer's leaf certificate (DER) of a TLS connection, for the fingerprint check.
+pub(crate) fn leaf_cert_der(
+    certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Option<Vec<u8>> {
+    certs.and_then(|c| c.first()).map(|c| c.as_ref().to_vec())
+}
+
 /// Pause after a failed accept (out of file descriptors and the like) before retrying.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 

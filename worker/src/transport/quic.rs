@@ -48,14 +48,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
 use super::{
-    canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, SessionEdge, RETRY_PAUSE,
+    canonical_ip, Context, Entry, PoolClient, PoolServer, PoolStream, SessionEdge, ID_READ_TIMEOUT,
+    RETRY_PAUSE,
 };
 
 /// The ALPN protocol both sides must agree on (quic v1.0.14 `defaultALPN`).
 pub const ALPN: &[u8] = b"np-quic";
-/// How long the client waits for an opened stream and for the server to send its id
-/// (quic `idReadTimeout`).
-const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server waits for a stream's first byte. The reference waits forever; a
 /// stream that never sends it would hold a task (and a stream credit) for nothing.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);

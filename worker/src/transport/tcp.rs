@@ -24,23 +24,14 @@ use tokio_rustls::TlsStream;
 
 use super::tls::{ClientTls, ServerTls, TlsSocket};
 use super::{
-    accept_each, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
+    accept_each, dial_tunnel, leaf_cert_der, tune_pool_socket, Context, Entry, PoolClient,
+    PoolPortAdmission, PoolServer, PoolStream, SessionEdge, ID_READ_TIMEOUT,
 };
 use crate::pool::tcp_peer_closed;
 
-/// How long the client waits for the server to send an entry's id.
-const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server waits for a pool connection's TLS handshake. The reference waits
 /// forever; a connection that never completes it would hold a task for nothing.
 const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn keepalive(s: &TcpStream, period: Duration) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(period)
-        .with_interval(period);
-    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
-    let _ = s.set_nodelay(true);
-}
 
 /// A tls 1/2 entry: TLS 1.3 over its own TCP socket (read ahead, see [`TlsSocket`]).
 impl PoolStream for TlsStream<TlsSocket> {
@@ -54,11 +45,7 @@ impl PoolStream for TlsStream<TlsSocket> {
     }
 
     fn peer_cert_der(&self) -> Option<Vec<u8>> {
-        self.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.as_ref().to_vec())
+        leaf_cert_der(self.get_ref().1.peer_certificates())
     }
 }
 
@@ -73,11 +60,7 @@ impl PoolStream for TlsStream<TcpStream> {
     }
 
     fn peer_cert_der(&self) -> Option<Vec<u8>> {
-        self.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.as_ref().to_vec())
+        leaf_cert_der(self.get_ref().1.peer_certificates())
     }
 }
 
@@ -113,7 +96,7 @@ impl TcpServer {
             tracing::debug!("Pool connection from {peer} refused: {why}");
             return;
         }
-        keepalive(&tcp, self.keepalive);
+        tune_pool_socket(&tcp, self.keepalive);
         let mut entry = match &self.tls {
             None => Entry::Tcp(tcp),
             Some(tls) => {
@@ -182,14 +165,7 @@ impl TcpClient {
     }
 
     async fn open_entry(&self) -> anyhow::Result<(PoolId, Entry)> {
-        let t = &self.ctx.tunables;
-        // Re-resolved per dial, like the reference, so a moved server is followed.
-        let addr = self.ctx.dns.resolve(&self.ctx.tunnel).await?;
-        let tcp = tokio::time::timeout(t.tcp_dial_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow!("dial tcp {addr}: i/o timeout"))?
-            .with_context(|| format!("dial tcp {addr}"))?;
-        keepalive(&tcp, t.report_interval);
+        let (addr, tcp) = dial_tunnel(&self.ctx).await?;
         let mut entry = match &self.tls {
             None => Entry::Tcp(tcp),
             Some(tls) => {

@@ -52,8 +52,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::tls::{ClientTls, ServerTls};
 use super::{
-    accept_each, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, Refused,
-    SessionEdge,
+    accept_each, dial_tunnel, leaf_cert_der, tune_pool_socket, Context, Entry, PoolClient,
+    PoolPortAdmission, PoolServer, PoolStream, Refused, SessionEdge, ID_READ_TIMEOUT,
 };
 
 /// The only path that upgrades (the reference's client always asks for it).
@@ -75,8 +75,6 @@ const MAX_PENDING_STRANGERS: usize = 32;
 /// How long the client waits for TLS and the upgrade together (the reference's dial
 /// context).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the client waits for the server to send an entry's id.
-const ID_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Our own upgrade header: both ends speak the empty-message half-close (module doc).
 pub const HALF_CLOSE_HEADER: &str = "x-nodepass-half-close";
 /// Largest frame or message accepted from a peer. The reference sets no limit, but it
@@ -94,14 +92,6 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
-}
-
-fn keepalive(s: &TcpStream, period: Duration) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(period)
-        .with_interval(period);
-    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
-    let _ = s.set_nodelay(true);
 }
 
 /// What a WebSocket connection runs over: a TCP socket, or TLS on one.
@@ -124,11 +114,7 @@ impl Carrier for TlsStream<TcpStream> {
     }
 
     fn peer_cert_der(&self) -> Option<Vec<u8>> {
-        self.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.as_ref().to_vec())
+        leaf_cert_der(self.get_ref().1.peer_certificates())
     }
 }
 
@@ -398,7 +384,7 @@ impl WsServer {
     }
 
     async fn admit(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, edge: Arc<SessionEdge>) {
-        keepalive(&tcp, self.keepalive);
+        tune_pool_socket(&tcp, self.keepalive);
         let session = Session { edge, peer };
         let refused = match &self.tls {
             None => session.upgrade(tcp).await,
@@ -649,14 +635,7 @@ impl WsClient {
     }
 
     async fn open_entry(&self) -> anyhow::Result<(PoolId, Entry)> {
-        let t = &self.ctx.tunables;
-        // Re-resolved per dial, like the reference, so a moved server is followed.
-        let addr = self.ctx.dns.resolve(&self.ctx.tunnel).await?;
-        let tcp = tokio::time::timeout(t.tcp_dial_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow!("dial tcp {addr}: i/o timeout"))?
-            .with_context(|| format!("dial tcp {addr}"))?;
-        keepalive(&tcp, t.report_interval);
+        let (addr, tcp) = dial_tunnel(&self.ctx).await?;
         let request = self.request(addr)?;
         let dial = async {
             match &self.tls {
