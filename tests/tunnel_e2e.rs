@@ -174,6 +174,41 @@ fn reverse_tls0_200_concurrent_connections() {
     });
 }
 
+/// `max` bounds the idle pool, not the connections a tunnel can hold: a server with
+/// `max=16` holds 60 user connections open at once (each after a round trip), then all of
+/// them still echo. The reference's QUIC and HTTP/2 pools allow only `max` concurrent
+/// streams (idle plus in use), so about `max` held connections leave none for the pool.
+#[test]
+fn more_held_connections_than_max() {
+    each_type(|ty| {
+        let echo = Echo::start();
+        let pair = reverse_pair(&echo.addr(), &format!("{ty}&max=16"), "&min=4", &[]);
+        let mut held = Vec::new();
+        for i in 0..60u64 {
+            let mut s = TcpStream::connect(&pair.user).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let payload = pattern(512, i);
+            let mut back = vec![0u8; payload.len()];
+            let done = s.write_all(&payload).and_then(|()| s.read_exact(&mut back));
+            assert!(
+                done.is_ok() && back == payload,
+                "held connection {i} failed ({done:?})\n{}\n{}",
+                pair.server.dump(),
+                pair.client.dump()
+            );
+            held.push((s, payload));
+        }
+        for (i, (s, payload)) in held.iter_mut().enumerate() {
+            let mut back = vec![0u8; payload.len()];
+            s.write_all(payload)
+                .and_then(|()| s.read_exact(&mut back))
+                .unwrap_or_else(|e| panic!("held connection {i} stopped working: {e}"));
+            assert_eq!(&back, payload);
+        }
+    });
+}
+
 /// The user half-closes; the answer must still arrive in full afterwards.
 fn half_close_roundtrip(user: &str) {
     let mut s = TcpStream::connect(user).expect("connect");

@@ -9,7 +9,9 @@
 //! the first body bytes. The server is always TLS (tls 0 becomes 1, as in the reference)
 //! and drops a connection that did not agree on `h2`.
 //!
-//! Keeping the one connection healthy: the server allows `max` concurrent streams and
+//! Keeping the one connection healthy: the server allows `max` + `slot` concurrent streams
+//! (idle entries plus those in use; the reference allows `max`, too few once about `max`
+//! user connections are held) and
 //! closes a connection that has had no stream for 2 x NP_REPORT_INTERVAL; the client
 //! PINGs every NP_REPORT_INTERVAL and before a round of new entries, and dials a new
 //! connection when a PING fails.
@@ -348,7 +350,8 @@ impl PoolStream for H2Entry {
 pub struct H2Server {
     acceptor: tokio_rustls::TlsAcceptor,
     keepalive: Duration,
-    max: usize,
+    /// Concurrent streams per connection ([`Context::stream_limit`]).
+    streams: u64,
     /// The client's places and everybody else's (refused per stream, 403).
     places: PoolPortAdmission,
 }
@@ -357,7 +360,7 @@ impl H2Server {
     pub fn new(ctx: Context) -> anyhow::Result<Self> {
         // The role makes tls 0 into tls 1 for this type (TunnelUrl::effective_tls); a
         // caller that did not still gets the reference's behaviour.
-        let tls = match ctx.server_tls {
+        let tls = match ctx.server_tls.clone() {
             Some(t) => t,
             None => ServerTls::new(TlsMode::SelfSigned, None, None, Duration::MAX)?
                 .ok_or_else(|| anyhow!("HTTP/2 pool: no TLS certificate could be made"))?,
@@ -365,7 +368,7 @@ impl H2Server {
         Ok(H2Server {
             acceptor: tls.acceptor_with_alpn(&[ALPN_H2]),
             keepalive: ctx.tunables.report_interval,
-            max: ctx.max.max(1),
+            streams: ctx.stream_limit(),
             places: PoolPortAdmission::new(
                 MAX_CLIENT_CONNECTIONS,
                 MAX_PER_STRANGER,
@@ -394,7 +397,7 @@ impl H2Server {
                 .max_frame_size(MAX_FRAME)
                 .max_send_buffer_size(SEND_BUFFER)
                 .max_header_list_size(MAX_HEADER_LIST)
-                .max_concurrent_streams(u32::try_from(self.max).unwrap_or(u32::MAX))
+                .max_concurrent_streams(u32::try_from(self.streams).unwrap_or(u32::MAX))
                 .handshake::<_, Bytes>(tls)
                 .await
                 .map_err(|e| anyhow!("HTTP/2 preface failed: {e}"))

@@ -100,9 +100,23 @@ pub struct Context {
     pub server_tls: Option<Arc<tls::ServerTls>>,
     /// Idle entries allowed at once (the server's `max`).
     pub max: usize,
+    /// User connections allowed at once (`slot`): with `max`, the most entries that can be
+    /// open at once (idle + in use), which is what a multiplexed transport's stream limit
+    /// must allow (see [`Context::stream_limit`]).
+    pub slot: usize,
     /// Client side: the session's entry proof, when the server answered the handshake with
     /// a nonce (a server of ours). Every entry carries it before it reads its id.
     pub proof: Option<EntryProof>,
+}
+
+impl Context {
+    /// Concurrent streams a multiplexed transport (QUIC, HTTP/2) lets its client open:
+    /// idle entries (at most `max`, enforced by the pool-full check) plus those in use by
+    /// user connections (at most `slot`). The reference sets `max` alone, so a tunnel
+    /// holding about `max` user connections runs out of streams for its pool.
+    pub fn stream_limit(&self) -> u64 {
+        (self.max.max(1) as u64).saturating_add(self.slot as u64)
+    }
 }
 
 /// The server side of a pool transport. One value per process; each session calls
@@ -216,6 +230,7 @@ mod tests {
             sni: String::new(),
             server_tls,
             max: 4,
+            slot: 64,
             proof: None,
         }
     }

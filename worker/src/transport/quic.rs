@@ -7,7 +7,9 @@
 //! visible to the peer once it carries data) and reads the 4 raw id bytes; the server reads
 //! that byte, refuses while its pool holds `max` idle entries, and writes the id (the first
 //! one `00000000`). Both sides: keep-alive every NP_REPORT_INTERVAL, idle timeout three times
-//! that, at most `max` concurrent streams opened by the client.
+//! that, at most `max` + `slot` concurrent streams opened by the client (idle entries plus
+//! those in use; the reference allows `max`, so a tunnel holding about `max` user
+//! connections could not open more pool streams).
 //!
 //! Server, per session: the UDP endpoint is bound when the pool starts and closed (with
 //! every connection on it, code 0 `pool closed`) when the session ends, so the next start
@@ -238,7 +240,7 @@ pub struct QuicServer {
 impl QuicServer {
     pub fn new(ctx: Context) -> anyhow::Result<Self> {
         // QUIC always runs TLS: a tls=0 server gets the tls=1 self-signed certificate.
-        let tls = match ctx.server_tls {
+        let tls = match ctx.server_tls.clone() {
             Some(t) => t,
             None => ServerTls::new(TlsMode::SelfSigned, None, None, Duration::from_secs(3600))?
                 .ok_or_else(|| anyhow!("no certificate for the QUIC pool"))?,
@@ -251,7 +253,7 @@ impl QuicServer {
         config
             .transport_config(Arc::new(transport_config(
                 ctx.tunables.report_interval,
-                ctx.max.max(1) as u64,
+                ctx.stream_limit(),
             )))
             .max_incoming(MAX_QUEUED_ATTEMPTS)
             .incoming_buffer_size(64 << 10)

@@ -721,6 +721,7 @@ mod tests {
             sni: String::new(),
             server_tls: None,
             max: 8,
+            slot: 64,
             proof: None,
         }
     }

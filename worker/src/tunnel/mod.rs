@@ -160,6 +160,7 @@ pub fn transport_context(
         sni: inst.url.effective_sni(),
         server_tls,
         max: inst.url.effective_max() as usize,
+        slot: inst.url.effective_slot() as usize,
         proof: None,
     }
 }
