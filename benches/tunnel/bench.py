@@ -126,10 +126,12 @@ def setup(target):
     # BENCH_NP_THREADS=1,2: also run tls=0 with NP_WORKER_THREADS set to each value.
     for th in filter(None, os.environ.get("BENCH_NP_THREADS", "").split(",")):
         np_variants.append((NODEPASS, "np", "0", th, "0"))
-    # NODEPASS_EXTRA=base=/path/a,v1=/path/b: other builds' tls=0/1 as base-tls0, ...,
+    # NODEPASS_EXTRA=base=/path/a,v1=/path/b: other builds' tls=0/1 as base-tls0, ... (and
+    # their BENCH_TYPES variants as base-ws, ...),
     # to see what a change moved within one run.
-    for item in filter(None, os.environ.get("NODEPASS_EXTRA", "").split(",")):
-        label, path = item.split("=", 1)
+    extras = [item.split("=", 1)
+              for item in filter(None, os.environ.get("NODEPASS_EXTRA", "").split(","))]
+    for label, path in extras:
         np_variants += [(path, label, "0", None, "0"), (path, label, "1", None, "0")]
     if GO_NODEPASS:
         np_variants += [(GO_NODEPASS, "go", "0", None, "0"), (GO_NODEPASS, "go", "1", None, "0")]
@@ -137,6 +139,8 @@ def setup(target):
     # are always encrypted), ours and the Go program's, as np-quic, go-quic, np-ws, ...
     for ptype in filter(None, os.environ.get("BENCH_TYPES", "1,2,3").split(",")):
         np_variants.append((NODEPASS, "np", "1", None, ptype))
+        # The other builds of NODEPASS_EXTRA on this type too (as base-ws, ...).
+        np_variants += [(path, label, "1", None, ptype) for label, path in extras]
         if GO_NODEPASS:
             np_variants.append((GO_NODEPASS, "go", "1", None, ptype))
     type_names = {"1": "quic", "2": "ws", "3": "h2"}

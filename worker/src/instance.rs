@@ -38,14 +38,14 @@ pub struct Instance {
 impl Instance {
     pub fn new(url: TunnelUrl, tunables: Tunables) -> Arc<Self> {
         let figures = Arc::new(Figures::default());
-        let slots = Slots::new(url.effective_slot(), figures.clone());
-        let policy = RelayPolicy::new(url.effective_read(), url.effective_rate_bytes());
-        let dns = Arc::new(Dns::new(&url.effective_dns()));
+        let slots = Slots::new(url.params.slot(), figures.clone());
+        let policy = RelayPolicy::new(url.params.read(), url.effective_rate_bytes());
+        let dns = Arc::new(Dns::new(&url.params.dns()));
         let targets = Targets::new(
             url.targets.clone(),
-            url.effective_lbs(),
+            url.params.lbs(),
             dns.clone(),
-            url.effective_dial(),
+            url.params.dial(),
             tunables.tcp_dial_timeout,
             tunables.udp_dial_timeout,
         );

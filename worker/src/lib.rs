@@ -37,7 +37,7 @@ use crate::instance::Instance;
 /// JSON report lines on stdout instead of human logs.
 pub fn run(url: TunnelUrl, report_mode: bool) -> anyhow::Result<()> {
     output::start(report_mode);
-    logging::init(url.effective_log());
+    logging::init(url.params.log());
     let (tunables, warnings) = Tunables::from_env();
     for w in warnings {
         tracing::warn!("{w}");

@@ -34,7 +34,6 @@ pub use values::{
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 
 use gourl::{encode_query, go_escape, percent_decode, valid_encoded, Enc, RawUrl};
 
@@ -239,25 +238,18 @@ pub struct Inherited {
     pub key: Option<String>,
 }
 impl TunnelUrl {
-    // The values in effect. Defaults live in the parameter table (params.rs); these add
-    // only what depends on more than one parameter or on the addresses.
-
-    pub fn effective_log(&self) -> LogLevel {
-        self.params.log()
-    }
+    // Values that depend on more than one parameter or on the addresses. A single
+    // parameter's value in effect (its default applied) is `self.params.<name>()`, from
+    // the parameter table (params.rs).
 
     /// TLS as the server runs it: QUIC/HTTP2 pools force at least mode 1.
     pub fn effective_tls(&self) -> TlsMode {
         let tls = self.params.tls();
-        if tls == TlsMode::Off && self.effective_pool_type().requires_tls() {
+        if tls == TlsMode::Off && self.params.pool_type().requires_tls() {
             TlsMode::SelfSigned
         } else {
             tls
         }
-    }
-
-    pub fn effective_dns(&self) -> DnsSetting {
-        self.params.dns()
     }
 
     /// The TLS server name: `sni`, else the tunnel hostname, else `none` (the default)
@@ -269,59 +261,9 @@ impl TunnelUrl {
         self.params.sni()
     }
 
-    pub fn effective_lbs(&self) -> LbStrategy {
-        self.params.lbs()
-    }
-
-    pub fn effective_min(&self) -> u32 {
-        self.params.min()
-    }
-
-    pub fn effective_max(&self) -> u32 {
-        self.params.max()
-    }
-
-    pub fn effective_mode(&self) -> RunMode {
-        self.params.mode()
-    }
-
-    pub fn effective_pool_type(&self) -> PoolType {
-        self.params.pool_type()
-    }
-
-    pub fn effective_dial(&self) -> DialSource {
-        self.params.dial()
-    }
-
-    /// Per-read idle timeout of TCP relays; zero means none.
-    pub fn effective_read(&self) -> Duration {
-        self.params.read()
-    }
-
     /// Rate limit in bytes per second (Mbps x 125000); zero means unlimited.
     pub fn effective_rate_bytes(&self) -> u64 {
         u64::from(self.params.rate()) * 125_000
-    }
-
-    /// Concurrent TCP connections + UDP sessions; zero means unlimited.
-    pub fn effective_slot(&self) -> u32 {
-        self.params.slot()
-    }
-
-    pub fn effective_proxy(&self) -> bool {
-        self.params.proxy()
-    }
-
-    pub fn effective_block(&self) -> BlockSet {
-        self.params.block()
-    }
-
-    pub fn effective_notcp(&self) -> bool {
-        self.params.notcp()
-    }
-
-    pub fn effective_noudp(&self) -> bool {
-        self.params.noudp()
     }
 
     /// Adds what a master hands down: `log` when absent; for servers when the master runs

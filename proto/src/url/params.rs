@@ -29,12 +29,29 @@ pub const DEFAULT_MAX_POOL: u32 = 1024;
 pub const DEFAULT_SLOT: u32 = 65536;
 /// Default DNS cache TTL (`dns`).
 pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(300);
-/// Largest accepted `min`/`max` (a pool beyond this is a configuration mistake).
-pub const MAX_POOL_LIMIT: u32 = 1 << 20;
-/// Largest accepted `slot`.
-pub const MAX_SLOT_LIMIT: u32 = 1 << 24;
+// The limits below are written once, as literals in these macros, so that the checks and
+// the "expected ..." texts of the parameter table (built with `concat!`) cannot disagree.
+macro_rules! max_pool_limit {
+    () => {
+        1048576
+    };
+}
+macro_rules! max_slot_limit {
+    () => {
+        16777216
+    };
+}
+macro_rules! max_rate_mbps {
+    () => {
+        1000000
+    };
+}
+/// Largest accepted `min`/`max` (2^20; a pool beyond this is a configuration mistake).
+pub const MAX_POOL_LIMIT: u32 = max_pool_limit!();
+/// Largest accepted `slot` (2^24).
+pub const MAX_SLOT_LIMIT: u32 = max_slot_limit!();
 /// Largest accepted `rate` in Mbps (1 Tbit/s).
-pub const MAX_RATE_MBPS: u32 = 1_000_000;
+pub const MAX_RATE_MBPS: u32 = max_rate_mbps!();
 
 /// Where a parameter means something: the README's Roles column. Tunnel URLs of either
 /// role still accept every parameter (a client's `max` is parsed and kept, then ignored);
@@ -291,7 +308,7 @@ parameters! {
     /// `min`: client pool minimum.
     min: u32 = "min" {
         roles: Roles::CLIENT,
-        expected: "a whole number from 1 to 1048576",
+        expected: concat!("a whole number from 1 to ", max_pool_limit!()),
         parse: |v| whole_number(v, 1..=MAX_POOL_LIMIT),
         render: u32::to_string,
         default: DEFAULT_MIN_POOL,
@@ -300,7 +317,7 @@ parameters! {
     /// `max`: server pool cap (sent to the client in the handshake).
     max: u32 = "max" {
         roles: Roles::SERVER,
-        expected: "a whole number from 1 to 1048576",
+        expected: concat!("a whole number from 1 to ", max_pool_limit!()),
         parse: |v| whole_number(v, 1..=MAX_POOL_LIMIT),
         render: u32::to_string,
         default: DEFAULT_MAX_POOL,
@@ -345,7 +362,11 @@ parameters! {
     /// `rate`: bandwidth limit in Mbps per direction; zero means unlimited.
     rate: u32 = "rate" {
         roles: Roles::TUNNEL,
-        expected: "a whole number of Mbps from 0 to 1000000 (0 = unlimited)",
+        expected: concat!(
+            "a whole number of Mbps from 0 to ",
+            max_rate_mbps!(),
+            " (0 = unlimited)"
+        ),
         parse: |v| whole_number(v, 0..=MAX_RATE_MBPS),
         render: u32::to_string,
         default: 0,
@@ -354,7 +375,11 @@ parameters! {
     /// `slot`: most TCP connections + UDP sessions at once; zero means unlimited.
     slot: u32 = "slot" {
         roles: Roles::TUNNEL,
-        expected: "a whole number from 0 to 16777216 (0 = unlimited)",
+        expected: concat!(
+            "a whole number from 0 to ",
+            max_slot_limit!(),
+            " (0 = unlimited)"
+        ),
         parse: |v| whole_number(v, 0..=MAX_SLOT_LIMIT),
         render: u32::to_string,
         default: DEFAULT_SLOT,

@@ -3,6 +3,7 @@
 //! Vectors from the real Go master are in proto/tests/go_master_vectors.rs.
 
 use super::*;
+use std::time::Duration;
 
 fn tunnel(s: &str) -> TunnelUrl {
     parse_tunnel_url(s).unwrap_or_else(|e| panic!("{s} should parse: {e}"))
@@ -507,22 +508,22 @@ fn an_empty_value_means_absent_and_is_kept_in_the_url() {
 fn defaults_when_absent() {
     let s = tunnel("server://:10101/127.0.0.1:80");
     assert_eq!(s.params, TunnelParams::default());
-    assert_eq!(s.effective_log(), LogLevel::Info);
+    assert_eq!(s.params.log(), LogLevel::Info);
     assert_eq!(s.effective_tls(), TlsMode::Off);
-    assert_eq!(s.effective_dns(), DnsSetting::Ttl(Duration::from_secs(300)));
-    assert_eq!(s.effective_lbs(), LbStrategy::RoundRobin);
-    assert_eq!(s.effective_min(), 64);
-    assert_eq!(s.effective_max(), 1024);
-    assert_eq!(s.effective_mode(), RunMode::Auto);
-    assert_eq!(s.effective_pool_type(), PoolType::Tcp);
-    assert_eq!(s.effective_dial(), DialSource::Auto);
-    assert_eq!(s.effective_read(), Duration::ZERO);
+    assert_eq!(s.params.dns(), DnsSetting::Ttl(Duration::from_secs(300)));
+    assert_eq!(s.params.lbs(), LbStrategy::RoundRobin);
+    assert_eq!(s.params.min(), 64);
+    assert_eq!(s.params.max(), 1024);
+    assert_eq!(s.params.mode(), RunMode::Auto);
+    assert_eq!(s.params.pool_type(), PoolType::Tcp);
+    assert_eq!(s.params.dial(), DialSource::Auto);
+    assert_eq!(s.params.read(), Duration::ZERO);
     assert_eq!(s.effective_rate_bytes(), 0);
-    assert_eq!(s.effective_slot(), 65536);
-    assert!(!s.effective_proxy());
-    assert!(s.effective_block().is_empty());
-    assert!(!s.effective_notcp());
-    assert!(!s.effective_noudp());
+    assert_eq!(s.params.slot(), 65536);
+    assert!(!s.params.proxy());
+    assert!(s.params.block().is_empty());
+    assert!(!s.params.notcp());
+    assert!(!s.params.noudp());
     assert_eq!(s.effective_sni(), "none");
     assert_eq!(
         s.to_config(),
@@ -541,28 +542,25 @@ fn effective_values_of_given_parameters() {
         "log=event&dns=1.1.1.1,[::1]:5353&lbs=2&min=8&max=16&mode=2&type=2&dial=10.0.0.1&read=1m&rate=100&slot=7&proxy=1&block=31&notcp=1&noudp=1",
     )
     .unwrap();
-    assert_eq!(t.effective_log(), LogLevel::Event);
+    assert_eq!(t.params.log(), LogLevel::Event);
     assert_eq!(
-        t.effective_dns(),
+        t.params.dns(),
         DnsSetting::Servers(vec![
             "1.1.1.1:53".parse().unwrap(),
             "[::1]:5353".parse().unwrap()
         ])
     );
-    assert_eq!(t.effective_lbs(), LbStrategy::Failover);
-    assert_eq!((t.effective_min(), t.effective_max()), (8, 16));
-    assert_eq!(t.effective_mode(), RunMode::Two);
-    assert_eq!(t.effective_pool_type(), PoolType::WebSocket);
-    assert_eq!(
-        t.effective_dial(),
-        DialSource::Ip("10.0.0.1".parse().unwrap())
-    );
-    assert_eq!(t.effective_read(), Duration::from_secs(60));
+    assert_eq!(t.params.lbs(), LbStrategy::Failover);
+    assert_eq!((t.params.min(), t.params.max()), (8, 16));
+    assert_eq!(t.params.mode(), RunMode::Two);
+    assert_eq!(t.params.pool_type(), PoolType::WebSocket);
+    assert_eq!(t.params.dial(), DialSource::Ip("10.0.0.1".parse().unwrap()));
+    assert_eq!(t.params.read(), Duration::from_secs(60));
     assert_eq!(t.effective_rate_bytes(), 12_500_000);
-    assert_eq!(t.effective_slot(), 7);
-    assert!(t.effective_proxy() && t.effective_notcp() && t.effective_noudp());
+    assert_eq!(t.params.slot(), 7);
+    assert!(t.params.proxy() && t.params.notcp() && t.params.noudp());
     assert_eq!(
-        t.effective_block(),
+        t.params.block(),
         BlockSet {
             socks: true,
             http: false,

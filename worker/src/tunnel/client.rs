@@ -54,7 +54,7 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     let manager = tokio::spawn(manage(
         pool.clone(),
         opener,
-        url.effective_min() as usize,
+        url.params.min() as usize,
         config.max as usize,
         inst.tunables.min_pool_interval,
         inst.tunables.max_pool_interval,

@@ -307,12 +307,12 @@ impl Session {
         let url = &self.inst.url;
         match sig {
             Signal::Tcp { remote, id } => {
-                if !url.effective_notcp() {
+                if !url.params.notcp() {
                     tokio::spawn(outgoing::tcp(self.clone(), remote, id));
                 }
             }
             Signal::Udp { remote, id } => {
-                if !url.effective_noudp() {
+                if !url.params.noudp() {
                     tokio::spawn(outgoing::udp(self.clone(), remote, id));
                 }
             }
@@ -343,11 +343,11 @@ impl Session {
     fn unknown_pool_id(&self, action: PoolSignal, id: &str) {
         let url = &self.inst.url;
         match action {
-            PoolSignal::Tcp if !url.effective_notcp() => {
+            PoolSignal::Tcp if !url.params.notcp() => {
                 tracing::error!("commonTCPOnce: invalid pool id {id:?} in signal");
                 self.pool.add_error();
             }
-            PoolSignal::Udp if !url.effective_noudp() => {
+            PoolSignal::Udp if !url.params.noudp() => {
                 tracing::error!("commonUDPOnce: invalid pool id {id:?} in signal");
                 self.pool.add_error();
             }

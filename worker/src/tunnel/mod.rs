@@ -102,7 +102,7 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
             )
             .context(Fatal)?;
             let pool_server = crate::transport::server_for(
-                inst.url.effective_pool_type(),
+                inst.url.params.pool_type(),
                 transport_context(&inst, inst.url.effective_tls(), tls.clone()),
             )
             .context(Fatal)?;
@@ -159,8 +159,8 @@ pub fn transport_context(
         tls,
         sni: inst.url.effective_sni(),
         server_tls,
-        max: inst.url.effective_max() as usize,
-        slot: inst.url.effective_slot() as usize,
+        max: inst.url.params.max() as usize,
+        slot: inst.url.params.slot() as usize,
         proof: None,
     }
 }
@@ -170,7 +170,7 @@ async fn client_start(
     cancel: &CancellationToken,
     first: bool,
 ) -> anyhow::Result<()> {
-    let mode = inst.url.effective_mode();
+    let mode = inst.url.params.mode();
     if mode != RunMode::Two {
         match single::bind(inst).await {
             Ok(listeners) => return single::run(inst.clone(), listeners, cancel.clone()).await,

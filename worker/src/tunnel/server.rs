@@ -26,12 +26,12 @@ pub async fn bind_users(inst: &Instance) -> anyhow::Result<UserListeners> {
         anyhow::bail!("initTargetListener: no target address");
     };
     let addr = listen_addr(first).await?;
-    let tcp = if inst.url.effective_notcp() {
+    let tcp = if inst.url.params.notcp() {
         None
     } else {
         Some(bind_tcp(addr).with_context(|| format!("initTargetListener: listen tcp {addr}"))?)
     };
-    let udp = if inst.url.effective_noudp() {
+    let udp = if inst.url.params.noudp() {
         None
     } else {
         Some(Arc::new(
@@ -83,7 +83,7 @@ pub async fn start(
             .with_context(|| format!("initTunnelListener: listen udp {addr}"))
             .map_err(fatal_if_first)?,
     );
-    let (mode, flow, users) = match url.effective_mode() {
+    let (mode, flow, users) = match url.params.mode() {
         RunMode::One => (
             1,
             Flow::Reverse,
@@ -107,9 +107,9 @@ pub async fn start(
     };
     let config = TunnelConfig {
         flow,
-        max: url.effective_max(),
+        max: url.params.max(),
         tls: tls_mode,
-        pool_type: url.effective_pool_type(),
+        pool_type: url.params.pool_type(),
     };
     tracing::info!("Pending tunnel handshake...");
     let accepted = handshake::serve(
@@ -121,7 +121,7 @@ pub async fn start(
     )
     .await?;
     let began = Instant::now();
-    let pool = Arc::new(Pool::new(url.effective_max() as usize));
+    let pool = Arc::new(Pool::new(url.params.max() as usize));
     let edge = SessionEdge::new(
         pool.clone(),
         accepted.client_ip,

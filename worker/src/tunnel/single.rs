@@ -42,7 +42,7 @@ impl Listeners {
 /// Binds the tunnel address (TCP unless notcp, UDP unless noudp).
 pub async fn bind(inst: &Instance) -> anyhow::Result<Listeners> {
     let addr = tunnel::listen_addr(&inst.url.tunnel).await?;
-    let tcp = if inst.url.effective_notcp() {
+    let tcp = if inst.url.params.notcp() {
         None
     } else {
         Some(
@@ -50,7 +50,7 @@ pub async fn bind(inst: &Instance) -> anyhow::Result<Listeners> {
                 .with_context(|| format!("initTunnelListener: listen tcp {addr}"))?,
         )
     };
-    let udp = if inst.url.effective_noudp() {
+    let udp = if inst.url.params.noudp() {
         None
     } else {
         Some(Arc::new(UdpSocket::bind(addr).await.with_context(

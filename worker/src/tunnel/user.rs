@@ -66,7 +66,7 @@ where
                         return;
                     };
                     let _ = user.set_nodelay(true);
-                    let prefix = match block::sniff(inst.url.effective_block(), &mut user).await {
+                    let prefix = match block::sniff(inst.url.params.block(), &mut user).await {
                         block::Verdict::Allow(prefix) => prefix,
                         block::Verdict::Block(p) => {
                             tracing::warn!("{what}: blocked {p} protocol from {peer}");
@@ -101,7 +101,7 @@ pub async fn dial_target(
         }
     };
     let target_addr = target.peer_addr().ok();
-    if inst.url.effective_proxy() {
+    if inst.url.params.proxy() {
         let Some(dst) = target_addr else {
             tracing::error!("{what}: sendProxyV1Header failed: the target connection is gone");
             return None;
