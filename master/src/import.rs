@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use gobwire::Gob;
 use nodepass_proto::url::{self, Role};
 
-use crate::model::{Instance, InstanceKind, InstanceStatus, Meta, Peer, API_KEY_ID};
+use crate::model::{Instance, InstanceKind, InstanceStatus, Meta, Peer, Target};
 use crate::store::{MasterRecord, Snapshot, Store, StoredInstance};
 
 /// Largest state file read (the Go master's file holds about 500 bytes per instance; this
@@ -139,7 +139,7 @@ pub fn to_snapshot(go: BTreeMap<String, GoInstance>) -> Result<Snapshot> {
                 g.id
             );
         }
-        if key == API_KEY_ID {
+        if Target::parse(&key) == Target::ApiKey {
             if !is_hex(&g.url, 32) {
                 bail!(
                     "the API key record holds {:?}, not a 32-character hex key",
@@ -303,7 +303,7 @@ pub fn import_into(gob: &Path, state_dir: &Path, replace: bool) -> Result<Import
     let existing = current
         .instances
         .iter()
-        .filter(|r| r.instance.id != API_KEY_ID)
+        .filter(|r| Target::parse(&r.instance.id) != Target::ApiKey)
         .count();
     if existing > 0 && !replace {
         bail!(

@@ -95,8 +95,8 @@ const SERVERS_FIRST_WAIT: Duration = Duration::from_secs(3);
 /// started before its server on the same host would take the server's port (the Go master
 /// starts them in random map order and loses that race at times).
 async fn autostart_in_order(m: Arc<Master>, ids: Vec<String>) {
-    use crate::model::{InstanceKind, InstanceStatus};
-    let kind = |id: &String| m.get(id).map(|i| i.kind).ok();
+    use crate::model::{InstanceKind, InstanceStatus, Target};
+    let kind = |id: &String| m.get(Target::Instance(id)).map(|i| i.kind).ok();
     let (servers, clients): (Vec<String>, Vec<String>) = ids
         .into_iter()
         .partition(|id| kind(id) == Some(InstanceKind::Server));
@@ -107,9 +107,10 @@ async fn autostart_in_order(m: Arc<Master>, ids: Vec<String>) {
     if !servers.is_empty() && !clients.is_empty() {
         let deadline = tokio::time::Instant::now() + SERVERS_FIRST_WAIT;
         while tokio::time::Instant::now() < deadline
-            && servers
-                .iter()
-                .any(|id| m.get(id).is_ok_and(|i| i.status == InstanceStatus::Stopped))
+            && servers.iter().any(|id| {
+                m.get(Target::Instance(id))
+                    .is_ok_and(|i| i.status == InstanceStatus::Stopped)
+            })
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -14,6 +14,27 @@ use utoipa::ToSchema;
 /// the master alias (`alias`).
 pub const API_KEY_ID: &str = "********";
 
+/// What an `{id}` in a path (or a stored record's id) names, decided once at the edge:
+/// the key record `********` or an instance. Handlers match on it, so the key record's
+/// rules (read-only but for `restart`, which regenerates the key) live in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The record carrying the API key, the master id and the master alias.
+    ApiKey,
+    /// An instance id (8 hex characters; not checked here: an unknown one is a 404).
+    Instance(&'a str),
+}
+
+impl<'a> Target<'a> {
+    pub fn parse(id: &'a str) -> Self {
+        if id == API_KEY_ID {
+            Target::ApiKey
+        } else {
+            Target::Instance(id)
+        }
+    }
+}
+
 /// Longest alias, peer field, tag key or tag value accepted, in bytes (as the reference).
 pub const MAX_VALUE_LEN: usize = 256;
 

@@ -217,7 +217,7 @@ impl Master {
             let mut reg = master.lock();
             for rec in snapshot.instances {
                 let mut inst = rec.instance;
-                if inst.id == API_KEY_ID {
+                if Target::parse(&inst.id) == Target::ApiKey {
                     continue;
                 }
                 inst.status = InstanceStatus::Stopped;
@@ -330,11 +330,12 @@ impl Master {
         v
     }
 
-    pub fn get(&self, id: &str) -> Result<Instance, StateError> {
+    pub fn get(&self, target: Target<'_>) -> Result<Instance, StateError> {
         let reg = self.lock();
-        if id == API_KEY_ID {
-            return Ok(key_instance(&reg.master));
-        }
+        let id = match target {
+            Target::ApiKey => return Ok(key_instance(&reg.master)),
+            Target::Instance(id) => id,
+        };
         reg.instances
             .get(id)
             .map(|e| e.inst.clone())
@@ -466,11 +467,9 @@ impl Master {
         Ok(inst)
     }
 
-    /// PUT: replaces the URL and restarts the instance on it.
+    /// PUT: replaces the URL and restarts the instance on it (an instance id: the API
+    /// refuses the key record before it gets here).
     pub async fn put(&self, id: &str, url: InstanceUrl) -> Result<Instance, StateError> {
-        if id == API_KEY_ID {
-            return Err(StateError::KeyRecordFixed);
-        }
         let ctl = {
             let reg = self.lock();
             let e = reg.instances.get(id).ok_or(StateError::NotFound)?;
@@ -503,11 +502,9 @@ impl Master {
         Ok(inst)
     }
 
-    /// Stops and removes an instance.
+    /// Stops and removes an instance (an instance id: the API refuses the key record
+    /// before it gets here).
     pub async fn delete(&self, id: &str) -> Result<(), StateError> {
-        if id == API_KEY_ID {
-            return Err(StateError::KeyRecordFixed);
-        }
         let ctl = self
             .lock()
             .instances

@@ -198,7 +198,7 @@ impl Pool {
     }
 
     /// Idle entries now (the `pool` figure).
-    pub fn active(&self) -> usize {
+    pub fn idle_count(&self) -> usize {
         self.lock().idle.len()
     }
 
@@ -488,7 +488,7 @@ mod tests {
             .outgoing_get(PoolId([7; 4]), Duration::from_millis(10))
             .await
             .is_none());
-        assert_eq!(pool.active(), 1);
+        assert_eq!(pool.idle_count(), 1);
     }
 
     #[tokio::test]
@@ -505,7 +505,7 @@ mod tests {
         drop(far1);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(pool.incoming_get(Duration::from_millis(10)).await.is_none());
-        assert_eq!(pool.active(), 0);
+        assert_eq!(pool.idle_count(), 0);
         let (c3, _far3) = conn().await;
         let (c4, _far4) = conn().await;
         assert!(pool.put(PoolId([3; 4]), c3).is_ok());

@@ -38,7 +38,7 @@ pub async fn item(State(m): State<Arc<Master>>, method: Method, uri: Uri, body: 
     if id.is_empty() || id == "/" {
         return ApiError::bad("Instance ID is required").into_response();
     }
-    if let Err(e) = m.get(&id) {
+    if let Err(e) = m.get(Target::parse(&id)) {
         return ApiError::from(e).into_response();
     }
     let answer = match method {
@@ -90,7 +90,7 @@ pub async fn create_instance(m: Arc<Master>, body: Bytes) -> Result<Response, Ap
         (status = 404, description = "Instance not found", body = ErrorBody),
     ))]
 pub async fn get_instance(m: Arc<Master>, id: String) -> Result<Response, ApiError> {
-    Ok(json(StatusCode::OK, &m.get(&id)?))
+    Ok(json(StatusCode::OK, &m.get(Target::parse(&id))?))
 }
 
 /// Change alias, run state (`action`), restart policy or metadata. On `********`, the
@@ -106,18 +106,21 @@ pub async fn get_instance(m: Arc<Master>, id: String) -> Result<Response, ApiErr
         (status = 500, description = "The state could not be saved", body = ErrorBody),
     ))]
 pub async fn patch_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<Response, ApiError> {
-    let inst = match requests::patch_body(&body)? {
+    let target = Target::parse(&id);
+    let inst = match (requests::patch_body(&body)?, target) {
         // An undecodable body changes nothing and answers the instance (as the reference).
-        PatchRequest::Nothing => m.get(&id)?,
+        (PatchRequest::Nothing, _) => m.get(target)?,
         // On the key record only `restart` acts; nothing else is even checked.
-        PatchRequest::Body(req) if id == API_KEY_ID => {
-            if req.action == "restart" {
+        (PatchRequest::Body(req), Target::ApiKey) => {
+            if Action::parse(&req.action) == Some(Action::Restart) {
                 m.regenerate_key().await?
             } else {
-                m.get(&id)?
+                m.get(target)?
             }
         }
-        PatchRequest::Body(req) => m.patch(&id, requests::validate_patch(req)?).await?,
+        (PatchRequest::Body(req), Target::Instance(id)) => {
+            m.patch(id, requests::validate_patch(req)?).await?
+        }
     };
     Ok(json(StatusCode::OK, &inst))
 }
@@ -137,11 +140,11 @@ pub async fn patch_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<R
         (status = 500, description = "The state could not be saved", body = ErrorBody),
     ))]
 pub async fn put_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<Response, ApiError> {
-    if id == API_KEY_ID {
+    let Target::Instance(id) = Target::parse(&id) else {
         return Err(StateError::KeyRecordFixed.into());
-    }
+    };
     let url = requests::put(&body, &m.settings.inherited)?;
-    Ok(json(StatusCode::OK, &m.put(&id, url).await?))
+    Ok(json(StatusCode::OK, &m.put(id, url).await?))
 }
 
 /// Stop and remove an instance.
@@ -155,7 +158,10 @@ pub async fn put_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<Res
         (status = 500, description = "The state could not be saved", body = ErrorBody),
     ))]
 pub async fn delete_instance(m: Arc<Master>, id: String) -> Result<Response, ApiError> {
-    m.delete(&id).await?;
+    let Target::Instance(id) = Target::parse(&id) else {
+        return Err(StateError::KeyRecordFixed.into());
+    };
+    m.delete(id).await?;
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)

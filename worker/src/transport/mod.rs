@@ -353,7 +353,11 @@ mod tests {
                     "{t:?}/{tls:?}: an entry without a proof got an id"
                 );
             }
-            assert_eq!(pool.active(), 0, "{t:?}/{tls:?}: nothing entered the pool");
+            assert_eq!(
+                pool.idle_count(),
+                0,
+                "{t:?}/{tls:?}: nothing entered the pool"
+            );
             let mut right = ctx(port, tls, None);
             right.proof = Some(proof.clone());
             let client = client_for(t, right).expect("client");

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::control::{self, Verifier};
 use super::server::{bind_users, AbortOnDrop};
-use super::{handshake, set_control};
+use super::{handshake, take_control};
 use crate::instance::Instance;
 use crate::pool::Pool;
 use crate::transport::{self, PoolClient};
@@ -62,7 +62,7 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     ));
     let _stop_manager = AbortOnDrop(manager);
     tracing::info!("Getting tunnel pool ready...");
-    let control_conn = set_control(inst, &pool, cancel).await?;
+    let control_conn = take_control(inst, &pool, cancel).await?;
     tracing::info!(
         "Marking tunnel handshake as complete in {}ms",
         began.elapsed().as_millis()
@@ -128,7 +128,7 @@ async fn manage(
     // early, because users took entries.
     let mut timed = true;
     loop {
-        let idle = pool.active();
+        let idle = pool.idle_count();
         if timed {
             if idle < (capacity as f64 * 0.2) as usize && interval > ilo {
                 interval = interval.saturating_sub(INTERVAL_STEP).max(ilo);

@@ -286,14 +286,14 @@ async fn health(sess: Arc<Session>) -> anyhow::Result<()> {
     loop {
         tick.tick().await;
         let errors = sess.pool.error_count() as usize;
-        if errors > sess.pool.active() / 2 {
+        if errors > sess.pool.idle_count() / 2 {
             sess.send(Signal::Flush);
             sess.pool.flush();
             sess.pool.reset_errors();
             tick.tick().await;
             tracing::debug!(
                 "Tunnel pool flushed: {} active connections",
-                sess.pool.active()
+                sess.pool.idle_count()
             );
         }
         sess.checkpoint_ms
@@ -320,7 +320,7 @@ impl Session {
             Signal::Pong => {
                 let now = self.started.elapsed().as_millis() as u64;
                 let ping = now.saturating_sub(self.checkpoint_ms.load(Ordering::Relaxed));
-                self.inst.publish_stats(ping, self.pool.active() as u64);
+                self.inst.publish_stats(ping, self.pool.idle_count() as u64);
             }
             Signal::Flush => {
                 self.pool.flush();

@@ -44,7 +44,7 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr, pre
     };
     tracing::debug!(
         "Tunnel connection: get {id} <- pool active {}",
-        sess.pool.active()
+        sess.pool.idle_count()
     );
     sess.send_now(Signal::Tcp {
         remote: peer.into(),

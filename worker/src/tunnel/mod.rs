@@ -62,7 +62,7 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Waits for the control channel: the pool entry `00000000`, which is always the server's
 /// first accepted entry (REFERENCE.md 4.1), within NP_HANDSHAKE_TIMEOUT (+ the pool get
 /// timeout, as the reference waits for the first entry and then looks it up).
-pub async fn set_control(
+pub async fn take_control(
     inst: &Instance,
     pool: &crate::pool::Pool,
     cancel: &CancellationToken,

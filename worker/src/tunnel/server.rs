@@ -13,7 +13,7 @@ use nodepass_proto::wire::{Flow, TunnelConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::control::{self, UserListeners, Verifier};
-use super::{bind_tcp, handshake, listen_addr, set_control, Fatal};
+use super::{bind_tcp, handshake, listen_addr, take_control, Fatal};
 use crate::instance::Instance;
 use crate::pool::Pool;
 use crate::transport::tls::ServerTls;
@@ -131,7 +131,7 @@ pub async fn start(
     let accept = tokio::spawn(pool_server.serve(listener, edge));
     let _stop_accept = AbortOnDrop(accept);
     tracing::info!("Getting tunnel pool ready...");
-    let control_conn = set_control(inst, &pool, cancel).await?;
+    let control_conn = take_control(inst, &pool, cancel).await?;
     tracing::info!(
         "Marking tunnel handshake as complete in {}ms",
         began.elapsed().as_millis()
