@@ -80,9 +80,13 @@ pub const HALF_CLOSE_HEADER: &str = "x-nodepass-half-close";
 /// Largest frame or message accepted from a peer. The reference sets no limit, but it
 /// writes one frame per relay read (NP_TCP_DATA_BUF_SIZE, 16 KiB by default).
 const MAX_MESSAGE: usize = 16 << 20;
-/// Read buffer per entry (it is allocated when the entry is made, so it also is the
-/// idle cost of an entry).
-const READ_BUFFER: usize = 64 * 1024;
+/// Read buffer per entry, and the most tungstenite reads at once. It is allocated (and
+/// zero-filled) when the entry is made and never shrinks, so it is most of what an idle or
+/// held entry costs: at 64 KiB a held connection cost 74 KiB per side; at 4 KiB it costs
+/// 14 KiB, at the same throughput within the noise of one run (a larger frame still
+/// arrives whole: tungstenite grows the buffer to the frame's length; it only reads it in
+/// 4 KiB steps, copies from TLS's own buffer at tls 1/2). benches/RESULTS.md has the run.
+const READ_BUFFER: usize = 4 * 1024;
 
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
