@@ -219,17 +219,19 @@ fn wrong_path_method_foreign_address_and_ids() {
     }
 }
 
-/// The pool's `max` is the connection's stream limit (the reference's
-/// MaxConcurrentStreams): a client cannot hold more entries than the server allows.
+/// The connection's stream limit is the pool's `max` (idle entries) plus `slot` (entries in
+/// use by user connections): the reference's MaxConcurrentStreams of `max` alone leaves no
+/// stream for the pool once about `max` user connections are held
+/// (tests/tunnel_e2e.rs `more_held_connections_than_max`).
 #[test]
-fn the_stream_limit_is_the_pool_max() {
-    let (srv, tunnel) = server_after_handshake("&max=2");
+fn the_stream_limit_is_the_pool_max_plus_the_slots() {
+    let (srv, tunnel) = server_after_handshake("&max=2&slot=3");
     runtime().block_on(async {
         let mut h2c = h2_from("127.0.0.1", tunnel).await;
         // The first answer means the server's SETTINGS have arrived.
         let (status, _, _s, _r) = request(&mut h2c, http::Method::POST, "/stream", 4).await;
         assert_eq!(status, 200);
-        assert_eq!(h2c.current_max_send_streams(), 2, "{}", srv.dump());
+        assert_eq!(h2c.current_max_send_streams(), 5, "{}", srv.dump());
     });
 }
 

@@ -12,9 +12,9 @@ use nodepass_proto::url::TlsMode;
 use nodepass_proto::wire::Flow;
 use tokio_util::sync::CancellationToken;
 
-use super::control::{self, Verifier};
-use super::server::{bind_users, AbortOnDrop};
-use super::{handshake, take_control};
+use super::control;
+use super::session::Verifier;
+use super::{bind_users, handshake, take_control, AbortOnDrop};
 use crate::instance::Instance;
 use crate::pool::Pool;
 use crate::transport::{self, PoolClient};
@@ -77,7 +77,7 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
     // cannot reach its server as `running`.
     let listen = users
         .as_ref()
-        .map(super::server::listen_list_users)
+        .map(super::listen_list_users)
         .unwrap_or_default();
     inst.announce_ready(listen);
     control::run(

@@ -13,7 +13,6 @@
 //! Against a Go client our early pick is taken before its first tick, and the id it names
 //! is excluded if it arrives first, so the two picks cannot collide there either.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,116 +20,18 @@ use std::time::Instant;
 use anyhow::anyhow;
 use nodepass_proto::url::TlsMode;
 use nodepass_proto::wire::{
-    cert_fingerprint, Flow, PoolId, PoolSignal, RemoteAddr, Signal, SignalError, MAX_SIGNAL_LINE,
+    cert_fingerprint, Flow, PoolId, PoolSignal, Signal, SignalError, MAX_SIGNAL_LINE,
 };
-use tokio::io::{
-    AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, WriteHalf,
-};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::instance::Instance;
 use crate::pool::Entry;
 use crate::pool::Pool;
-use crate::transport::tls::ServerTls;
 
+use super::session::{Session, UserListeners, Verifier};
 use super::{incoming, outgoing};
-
-/// How this side proves the certificate in the `verify` exchange.
-pub enum Verifier {
-    /// tls=0: no exchange.
-    None,
-    /// The server: compares against its own certificate.
-    Server(Arc<ServerTls>),
-    /// The client: compares against the certificate it saw on the named entry.
-    Client(TlsMode),
-}
-
-/// The incoming side's user-facing sockets (the target address of its side).
-#[derive(Default)]
-pub struct UserListeners {
-    pub tcp: Option<TcpListener>,
-    pub udp: Option<Arc<UdpSocket>>,
-}
-
-pub struct Session {
-    pub inst: Arc<Instance>,
-    pub pool: Arc<Pool>,
-    pub flow: Flow,
-    pub is_server: bool,
-    pub cancel: CancellationToken,
-    signals: mpsc::Sender<Signal>,
-    /// The control channel's write side, shared by the writer task (queued signals) and
-    /// [`Session::send_now`] (a `tcp` signal written by the task that accepted the user).
-    /// Taken out when the session ends, so the channel closes even while relays that hold
-    /// the session go on.
-    control_wr: tokio::sync::Mutex<Option<WriteHalf<Entry>>>,
-    verifier: Verifier,
-    started: Instant,
-    /// ms since `started` when the last ping was sent.
-    checkpoint_ms: AtomicU64,
-    /// Ids the peer has named in its `verify` (never pick one of those for ours).
-    peer_verify_ids: Mutex<Vec<PoolId>>,
-    own_verify_sent: AtomicBool,
-    /// Flips to true once the peer's certificate fingerprint has been verified.
-    verified: watch::Sender<bool>,
-    /// Outgoing-side UDP sessions by user address, so a new one replaces an old one.
-    pub(super) udp_sessions: Mutex<HashMap<RemoteAddr, (u64, CancellationToken)>>,
-    pub(super) udp_generation: AtomicU64,
-}
-
-impl Session {
-    /// True when this side accepts the user traffic.
-    pub fn is_incoming(&self) -> bool {
-        match self.flow {
-            Flow::Reverse => self.is_server,
-            Flow::Forward => !self.is_server,
-        }
-    }
-
-    /// Queues a signal for the writer; a full queue drops it with a log line, as the
-    /// reference does.
-    pub fn send(&self, s: Signal) {
-        if let Err(e) = self.signals.try_send(s) {
-            match e {
-                mpsc::error::TrySendError::Full(_) => tracing::error!(
-                    "signal queue limit reached: {}",
-                    self.inst.tunables.semaphore_limit
-                ),
-                mpsc::error::TrySendError::Closed(_) => {}
-            }
-        }
-    }
-
-    /// Writes `s` on the control channel from the calling task, without the hop through
-    /// the writer task: on a loaded machine each task hand-off can wait for a runtime
-    /// thread, and this one is on every fresh connection's path. A write error ends the
-    /// session, as it does in the writer.
-    pub async fn send_now(&self, s: Signal) {
-        let line = s.encode(&self.inst.url.key);
-        let mut wr = self.control_wr.lock().await;
-        let Some(wr) = wr.as_mut() else {
-            return; // the session is over
-        };
-        let written = async {
-            wr.write_all(&line).await?;
-            wr.flush().await
-        };
-        let result = tokio::select! {
-            _ = self.cancel.cancelled() => return,
-            r = written => r,
-        };
-        if let Err(e) = result {
-            tracing::error!("startWriter: write failed: {e}");
-            self.cancel.cancel();
-        }
-    }
-
-    fn tls_on(&self) -> bool {
-        !matches!(self.verifier, Verifier::None)
-    }
-}
 
 /// What a role hands to [`run`].
 pub struct SessionSpec {
@@ -178,15 +79,15 @@ pub async fn run(
         peer_verify_ids: Mutex::new(Vec::new()),
         own_verify_sent: AtomicBool::new(false),
         verified,
-        udp_sessions: Mutex::new(HashMap::new()),
-        udp_generation: AtomicU64::new(0),
     });
     if sess.tls_on() {
         tracing::info!("TLS certificate fingerprint verifying...");
     }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(writer(sess.clone(), rx));
-    tasks.spawn(reader(sess.clone(), rd));
+    // The outgoing side's per-session state.
+    let udp = Arc::new(outgoing::UdpSessions::default());
+    tasks.spawn(reader(sess.clone(), rd, udp));
     tasks.spawn(health(sess.clone()));
     if sess.tls_on() && sess.is_server {
         // The server picks first (see the module comment).
@@ -257,7 +158,11 @@ async fn writer(sess: Arc<Session>, mut rx: mpsc::Receiver<Signal>) -> anyhow::R
     Ok(())
 }
 
-async fn reader(sess: Arc<Session>, rd: tokio::io::ReadHalf<Entry>) -> anyhow::Result<()> {
+async fn reader(
+    sess: Arc<Session>,
+    rd: tokio::io::ReadHalf<Entry>,
+    udp: Arc<outgoing::UdpSessions>,
+) -> anyhow::Result<()> {
     let key = sess.inst.url.key.clone();
     let deadline = sess.inst.tunables.report_interval * 3;
     let mut rd = BufReader::new(rd);
@@ -274,7 +179,7 @@ async fn reader(sess: Arc<Session>, rd: tokio::io::ReadHalf<Entry>) -> anyhow::R
             return Err(anyhow!("commonQueue: readBytes failed: EOF"));
         }
         match Signal::decode(&line, &key) {
-            Ok(sig) => sess.dispatch(sig),
+            Ok(sig) => sess.dispatch(sig, &udp),
             Err(SignalError::PoolId { action, id }) => sess.unknown_pool_id(action, &id),
             Err(e) => tracing::error!("commonQueue: decode signal failed: {e}"),
         }
@@ -303,7 +208,7 @@ async fn health(sess: Arc<Session>) -> anyhow::Result<()> {
 }
 
 impl Session {
-    fn dispatch(self: &Arc<Self>, sig: Signal) {
+    fn dispatch(self: &Arc<Self>, sig: Signal, udp: &Arc<outgoing::UdpSessions>) {
         let url = &self.inst.url;
         match sig {
             Signal::Tcp { remote, id } => {
@@ -313,7 +218,7 @@ impl Session {
             }
             Signal::Udp { remote, id } => {
                 if !url.params.noudp() {
-                    tokio::spawn(outgoing::udp(self.clone(), remote, id));
+                    tokio::spawn(outgoing::udp(self.clone(), udp.clone(), remote, id));
                 }
             }
             Signal::Ping => self.send(Signal::Pong),

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::activity::Activity;
-use super::control::Session;
+use super::session::Session;
 use crate::policy::{block, SlotKind};
 use crate::pool::Entry;
 

@@ -12,6 +12,7 @@ pub mod handshake;
 pub mod incoming;
 pub mod outgoing;
 pub mod server;
+pub mod session;
 pub mod single;
 pub mod user;
 
@@ -184,4 +185,51 @@ async fn client_start(
         tracing::warn!("{NO_KEY_WARNING}");
     }
     client::start(inst, cancel).await
+}
+
+// What both roles' sessions use (the server's target listeners, the client's in flow `+`).
+
+/// Binds the user-facing listeners on the first target (TCP unless notcp, UDP unless
+/// noudp). Used by the incoming side: the server in mode 1, the client in flow `+`.
+pub async fn bind_users(inst: &Instance) -> anyhow::Result<session::UserListeners> {
+    let Some(first) = inst.targets.first() else {
+        anyhow::bail!("initTargetListener: no target address");
+    };
+    let addr = listen_addr(first).await?;
+    let tcp = if inst.url.params.notcp() {
+        None
+    } else {
+        Some(bind_tcp(addr).with_context(|| format!("initTargetListener: listen tcp {addr}"))?)
+    };
+    let udp = if inst.url.params.noudp() {
+        None
+    } else {
+        Some(Arc::new(
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("initTargetListener: listen udp {addr}"))?,
+        ))
+    };
+    Ok(session::UserListeners { tcp, udp })
+}
+
+/// The `listen` entries of the user listeners, for the `ready` report.
+pub fn listen_list_users(u: &session::UserListeners) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(Ok(a)) = u.tcp.as_ref().map(|l| l.local_addr()) {
+        v.push(format!("tcp://{a}"));
+    }
+    if let Some(Ok(a)) = u.udp.as_ref().map(|s| s.local_addr()) {
+        v.push(format!("udp://{a}"));
+    }
+    v
+}
+
+/// Aborts a task when the session ends, whichever way it ends.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -6,15 +6,16 @@
 //! share an old one's socket, so two sessions could steal each other's answers. Here a new
 //! session for the same user address ends the old one and gets its own socket.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nodepass_proto::wire::{PoolId, RemoteAddr};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::activity::Activity;
-use super::control::Session;
+use super::session::Session;
 use super::user;
 use crate::policy::SlotKind;
 use crate::pool::Entry;
@@ -49,16 +50,24 @@ pub async fn tcp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
         .await;
 }
 
-pub async fn udp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
+/// The outgoing side's UDP sessions by user address, so a new one replaces an old one. One
+/// per tunnel session, made by the control loops.
+#[derive(Default)]
+pub struct UdpSessions {
+    by_remote: Mutex<HashMap<RemoteAddr, (u64, CancellationToken)>>,
+    generation: AtomicU64,
+}
+
+pub async fn udp(sess: Arc<Session>, table: Arc<UdpSessions>, remote: RemoteAddr, id: PoolId) {
     let Some(entry) = take_entry(&sess, id, "commonUDPOnce").await else {
         return;
     };
     let inst = sess.inst.clone();
     // Replace an older session of the same user address.
     let token = CancellationToken::new();
-    let generation = sess.udp_generation.fetch_add(1, Ordering::Relaxed);
-    if let Some((_, old)) = sess
-        .udp_sessions
+    let generation = table.generation.fetch_add(1, Ordering::Relaxed);
+    if let Some((_, old)) = table
+        .by_remote
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(remote.clone(), (generation, token.clone()))
@@ -66,7 +75,7 @@ pub async fn udp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
         old.cancel();
     }
     let _cleanup = SessionCleanup {
-        sess: &sess,
+        table: &table,
         remote: &remote,
         generation,
     };
@@ -148,7 +157,7 @@ pub async fn udp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
 
 /// Removes this session from the map when it ends, unless a newer one replaced it.
 struct SessionCleanup<'a> {
-    sess: &'a Session,
+    table: &'a UdpSessions,
     remote: &'a RemoteAddr,
     generation: u64,
 }
@@ -156,8 +165,8 @@ struct SessionCleanup<'a> {
 impl Drop for SessionCleanup<'_> {
     fn drop(&mut self) {
         let mut map = self
-            .sess
-            .udp_sessions
+            .table
+            .by_remote
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if map

@@ -12,53 +12,21 @@ use nodepass_proto::url::{RunMode, TlsMode};
 use nodepass_proto::wire::{Flow, TunnelConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::control::{self, UserListeners, Verifier};
-use super::{bind_tcp, handshake, listen_addr, take_control, Fatal};
+use super::control;
+use super::session::{UserListeners, Verifier};
+use super::{
+    bind_tcp, bind_users, handshake, listen_addr, listen_list_users, take_control, AbortOnDrop,
+    Fatal,
+};
 use crate::instance::Instance;
 use crate::pool::Pool;
 use crate::transport::tls::ServerTls;
 use crate::transport::{PoolServer, SessionEdge};
 
-/// Binds the user-facing listeners on the first target (TCP unless notcp, UDP unless
-/// noudp). Used by the incoming side: the server in mode 1, the client in flow `+`.
-pub async fn bind_users(inst: &Instance) -> anyhow::Result<UserListeners> {
-    let Some(first) = inst.targets.first() else {
-        anyhow::bail!("initTargetListener: no target address");
-    };
-    let addr = listen_addr(first).await?;
-    let tcp = if inst.url.params.notcp() {
-        None
-    } else {
-        Some(bind_tcp(addr).with_context(|| format!("initTargetListener: listen tcp {addr}"))?)
-    };
-    let udp = if inst.url.params.noudp() {
-        None
-    } else {
-        Some(Arc::new(
-            tokio::net::UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("initTargetListener: listen udp {addr}"))?,
-        ))
-    };
-    Ok(UserListeners { tcp, udp })
-}
-
 fn listen_list(tunnel: SocketAddr, users: Option<&UserListeners>) -> Vec<String> {
     let mut v = vec![format!("tcp://{tunnel}")];
     if let Some(u) = users {
         v.extend(listen_list_users(u));
-    }
-    v
-}
-
-/// The `listen` entries of the user listeners, for the `ready` report.
-pub fn listen_list_users(u: &UserListeners) -> Vec<String> {
-    let mut v = Vec::new();
-    if let Some(Ok(a)) = u.tcp.as_ref().map(|l| l.local_addr()) {
-        v.push(format!("tcp://{a}"));
-    }
-    if let Some(Ok(a)) = u.udp.as_ref().map(|s| s.local_addr()) {
-        v.push(format!("udp://{a}"));
     }
     v
 }
@@ -153,13 +121,4 @@ pub async fn start(
         cancel.clone(),
     )
     .await
-}
-
-/// Aborts a task when the session ends, whichever way it ends.
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

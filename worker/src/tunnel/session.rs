@@ -1,0 +1,116 @@
+//! One dual-end tunnel session's shared state (a leaf: it names no other part of the
+//! tunnel): the instance, the pool, the flow and role, the control channel's writer and
+//! signal queue, and the certificate-verification state the control loops keep. The
+//! control loops (control.rs), the incoming side (incoming.rs) and the outgoing side
+//! (outgoing.rs) all use it; none of them is imported by this module, so the three only
+//! meet here and in control.rs, which starts the other two.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use nodepass_proto::url::TlsMode;
+use nodepass_proto::wire::{Flow, PoolId, Signal};
+use tokio::io::{AsyncWriteExt as _, WriteHalf};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::instance::Instance;
+use crate::pool::{Entry, Pool};
+use crate::transport::tls::ServerTls;
+
+/// How this side proves the certificate in the `verify` exchange.
+pub enum Verifier {
+    /// tls=0: no exchange.
+    None,
+    /// The server: compares against its own certificate.
+    Server(Arc<ServerTls>),
+    /// The client: compares against the certificate it saw on the named entry.
+    Client(TlsMode),
+}
+
+/// The incoming side's user-facing sockets (the target address of its side).
+#[derive(Default)]
+pub struct UserListeners {
+    pub tcp: Option<TcpListener>,
+    pub udp: Option<Arc<UdpSocket>>,
+}
+
+/// One session's shared state: what the control loops, the incoming side and the
+/// outgoing side all use. Each side keeps its own per-session state (the outgoing side's
+/// UDP table lives in [`super::outgoing::UdpSessions`]).
+pub struct Session {
+    pub inst: Arc<Instance>,
+    pub pool: Arc<Pool>,
+    pub flow: Flow,
+    pub is_server: bool,
+    pub cancel: CancellationToken,
+    pub(super) signals: mpsc::Sender<Signal>,
+    /// The control channel's write side, shared by the writer task (queued signals) and
+    /// [`Session::send_now`] (a `tcp` signal written by the task that accepted the user).
+    /// Taken out when the session ends, so the channel closes even while relays that hold
+    /// the session go on.
+    pub(super) control_wr: tokio::sync::Mutex<Option<WriteHalf<Entry>>>,
+    pub(super) verifier: Verifier,
+    pub(super) started: Instant,
+    /// ms since `started` when the last ping was sent.
+    pub(super) checkpoint_ms: AtomicU64,
+    /// Ids the peer has named in its `verify` (never pick one of those for ours).
+    pub(super) peer_verify_ids: Mutex<Vec<PoolId>>,
+    pub(super) own_verify_sent: AtomicBool,
+    /// Flips to true once the peer's certificate fingerprint has been verified.
+    pub(super) verified: watch::Sender<bool>,
+}
+
+impl Session {
+    /// True when this side accepts the user traffic.
+    pub fn is_incoming(&self) -> bool {
+        match self.flow {
+            Flow::Reverse => self.is_server,
+            Flow::Forward => !self.is_server,
+        }
+    }
+
+    /// Queues a signal for the writer; a full queue drops it with a log line, as the
+    /// reference does.
+    pub fn send(&self, s: Signal) {
+        if let Err(e) = self.signals.try_send(s) {
+            match e {
+                mpsc::error::TrySendError::Full(_) => tracing::error!(
+                    "signal queue limit reached: {}",
+                    self.inst.tunables.semaphore_limit
+                ),
+                mpsc::error::TrySendError::Closed(_) => {}
+            }
+        }
+    }
+
+    /// Writes `s` on the control channel from the calling task, without the hop through
+    /// the writer task: on a loaded machine each task hand-off can wait for a runtime
+    /// thread, and this one is on every fresh connection's path. A write error ends the
+    /// session, as it does in the writer.
+    pub async fn send_now(&self, s: Signal) {
+        let line = s.encode(&self.inst.url.key);
+        let mut wr = self.control_wr.lock().await;
+        let Some(wr) = wr.as_mut() else {
+            return; // the session is over
+        };
+        let written = async {
+            wr.write_all(&line).await?;
+            wr.flush().await
+        };
+        let result = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            r = written => r,
+        };
+        if let Err(e) = result {
+            tracing::error!("startWriter: write failed: {e}");
+            self.cancel.cancel();
+        }
+    }
+
+    pub(super) fn tls_on(&self) -> bool {
+        !matches!(self.verifier, Verifier::None)
+    }
+}
