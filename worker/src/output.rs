@@ -8,8 +8,8 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use nodepass_proto::report::{Report, Stats};
@@ -22,7 +22,53 @@ enum Msg {
     Flush(SyncSender<()>),
 }
 
-static QUEUE: OnceLock<SyncSender<Msg>> = OnceLock::new();
+/// The writer's queue: a channel that allocates as lines arrive, bounded by a count of the
+/// lines in it. (A `sync_channel(QUEUE_LINES)` allocates and writes all its slots at once:
+/// 256 KiB in every worker process, a quarter of an idle worker's private memory.)
+struct Queue {
+    tx: Mutex<Sender<Msg>>,
+    /// Lines queued and not yet written.
+    pending: Mutex<usize>,
+    /// Signalled by the writer when a line has been written.
+    room: Condvar,
+}
+
+impl Queue {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `msg` if there is room (or always, with `wait`, after waiting for room).
+    /// Gives the message back when it was not queued.
+    fn push(&self, msg: Msg, wait: bool) -> Result<(), Msg> {
+        let mut pending = self.lock_pending();
+        while *pending >= QUEUE_LINES {
+            if !wait {
+                return Err(msg);
+            }
+            pending = self.room.wait(pending).unwrap_or_else(|p| p.into_inner());
+        }
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(msg)
+            .map_err(|e| e.0);
+        if sent.is_ok() {
+            *pending += 1;
+        }
+        sent
+    }
+
+    /// The writer took one message off the queue.
+    fn done(&self) {
+        let mut pending = self.lock_pending();
+        *pending = pending.saturating_sub(1);
+        self.room.notify_all();
+    }
+}
+
+static QUEUE: OnceLock<Queue> = OnceLock::new();
 static REPORT_MODE: AtomicBool = AtomicBool::new(false);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -30,7 +76,7 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 pub fn start(report_mode: bool) {
     REPORT_MODE.store(report_mode, Ordering::Relaxed);
     QUEUE.get_or_init(|| {
-        let (tx, rx) = sync_channel(QUEUE_LINES);
+        let (tx, rx) = channel();
         // If the thread cannot start we fall back to writing inline (see `send`).
         let spawned = std::thread::Builder::new()
             .name("np-output".into())
@@ -38,7 +84,11 @@ pub fn start(report_mode: bool) {
         if spawned.is_err() {
             eprintln!("nodepass: could not start the output thread; writing inline");
         }
-        tx
+        Queue {
+            tx: Mutex::new(tx),
+            pending: Mutex::new(0),
+            room: Condvar::new(),
+        }
     });
 }
 
@@ -50,6 +100,9 @@ pub fn report_mode() -> bool {
 fn writer(rx: Receiver<Msg>) {
     let stdout = std::io::stdout();
     for msg in rx {
+        if let Some(q) = QUEUE.get() {
+            q.done();
+        }
         match msg {
             Msg::Line(mut line) => {
                 line.push('\n');
@@ -69,9 +122,9 @@ fn writer(rx: Receiver<Msg>) {
 /// Queues a log line; never blocks. Returns false when the line was dropped.
 pub fn log_line(line: String) -> bool {
     match QUEUE.get() {
-        Some(q) => match q.try_send(Msg::Line(line)) {
+        Some(q) => match q.push(Msg::Line(line), false) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -87,10 +140,8 @@ pub fn log_line(line: String) -> bool {
 pub fn important_line(line: String) {
     match QUEUE.get() {
         Some(q) => {
-            if let Err(e) = q.send(Msg::Line(line)) {
-                if let Msg::Line(l) = e.0 {
-                    println!("{l}");
-                }
+            if let Err(Msg::Line(l)) = q.push(Msg::Line(line), true) {
+                println!("{l}");
             }
         }
         None => println!("{line}"),
@@ -108,7 +159,7 @@ pub fn report(r: &Report) {
 pub fn flush(timeout: Duration) {
     if let Some(q) = QUEUE.get() {
         let (tx, rx) = sync_channel(1);
-        if q.send(Msg::Flush(tx)).is_ok() {
+        if q.push(Msg::Flush(tx), true).is_ok() {
             let _ = rx.recv_timeout(timeout);
         }
     }
