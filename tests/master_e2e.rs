@@ -343,3 +343,58 @@ fn stale_worker_and_forced_stop() {
     master.wait_line(5, |l| l.contains(&format!("Instance force killed [{id}]")));
     wait_dead(pid, 5);
 }
+
+/// The restart policy travels with the supervisor's commands: after `PATCH {"restart":
+/// false}` a crashed worker is not started again (the log says so and the instance stays
+/// `error`); after `{"restart": true}` the next crash is restarted.
+#[test]
+fn a_crash_follows_the_restart_policy_set_by_patch() {
+    let state = tempfile::tempdir().unwrap();
+    let echo = echo_server();
+    let mut master = spawn_master(state.path(), free_port());
+    let api = master.api.clone();
+    let mut sse = Sse::open(api.addr, "/api/v1/events", &api.key);
+    let listen = free_port();
+    let id = create(&api, &format!("client://127.0.0.1:{listen}/{echo}?mode=1"));
+    api.wait_instance(&id, 15, "running", |v| v["status"] == "running");
+    let r = api.call(
+        "PATCH",
+        &format!("/instances/{id}"),
+        Some(r#"{"restart":false}"#),
+    );
+    assert_eq!(r.status, 200);
+    let pid1 = master.wait_worker_pid(&id, 1);
+    send_signal(pid1, "KILL");
+    let log = sse.wait_for(Duration::from_secs(10), |e| {
+        e.kind() == "log"
+            && e.id() == id
+            && e.data["logs"]
+                .as_str()
+                .is_some_and(|t| t.contains("Instance failed"))
+    });
+    let text = log.data["logs"].as_str().unwrap().to_string();
+    assert!(text.contains("restart is off"), "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(api.instance(&id)["status"], "error", "not restarted");
+
+    // Policy back on, started by hand, crashed again: restarted this time.
+    let on = api.call(
+        "PATCH",
+        &format!("/instances/{id}"),
+        Some(r#"{"restart":true,"action":"start"}"#),
+    );
+    assert_eq!(on.status, 200);
+    let pid2 = master.wait_worker_pid(&id, 2);
+    api.wait_instance(&id, 15, "running again", |v| v["status"] == "running");
+    send_signal(pid2, "KILL");
+    let log = sse.wait_for(Duration::from_secs(10), |e| {
+        e.kind() == "log"
+            && e.id() == id
+            && e.data["logs"]
+                .as_str()
+                .is_some_and(|t| t.contains("Instance failed"))
+    });
+    let text = log.data["logs"].as_str().unwrap().to_string();
+    assert!(text.contains("restarting in"), "{text}");
+    master.wait_worker_pid(&id, 3);
+}

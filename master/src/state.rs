@@ -376,6 +376,7 @@ impl Master {
             self.events.publish(EventKind::Create, Some(&inst), "");
             let _ = ctl.send(Command::Start {
                 url: inst.url.clone(),
+                restart: inst.restart,
             });
             (inst, staged)
         };
@@ -402,6 +403,7 @@ impl Master {
                 Some(Action::Start) => {
                     let _ = e.ctl.send(Command::Start {
                         url: e.inst.url.clone(),
+                        restart: e.inst.restart,
                     });
                 }
                 Some(Action::Stop) => {
@@ -410,6 +412,7 @@ impl Master {
                 Some(Action::Restart) => {
                     let _ = e.ctl.send(Command::Restart {
                         url: e.inst.url.clone(),
+                        restart: e.inst.restart,
                     });
                 }
                 Some(Action::Reset) => {
@@ -422,6 +425,7 @@ impl Master {
             }
             if let Some(restart) = patch.restart.filter(|r| *r != e.inst.restart) {
                 e.inst.restart = restart;
+                let _ = e.ctl.send(Command::RestartPolicy(restart));
                 changed = true;
                 tracing::info!("Restart policy updated: {} [{}]", restart, id);
                 self.events.publish(EventKind::Update, Some(&e.inst), "");
@@ -493,6 +497,7 @@ impl Master {
             let staged = self.stage_entry(e);
             let _ = e.ctl.send(Command::Start {
                 url: e.inst.url.clone(),
+                restart: e.inst.restart,
             });
             (e.inst.clone(), staged)
         };
@@ -547,6 +552,7 @@ impl Master {
         if let Some(e) = reg.instances.get(id) {
             let _ = e.ctl.send(Command::Start {
                 url: e.inst.url.clone(),
+                restart: e.inst.restart,
             });
         }
     }
@@ -679,16 +685,13 @@ impl InstanceSink for Master {
         });
     }
 
-    fn worker_failed(&self, id: &str) -> bool {
-        let mut restart = false;
+    fn worker_failed(&self, id: &str) {
         self.update(id, |e| {
             e.inst.status = InstanceStatus::Error;
             zero_gauges(&mut e.inst);
             e.dirty = true;
-            restart = e.inst.restart;
             true
         });
-        restart
     }
 
     fn worker_log(&self, id: &str, line: &str) {

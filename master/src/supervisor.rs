@@ -34,11 +34,13 @@ use crate::gojson::log_line;
 pub enum Command {
     /// Start `url` unless running (also from `error`, cancelling a pending backoff). The
     /// task keeps the URL for restarts after a crash.
-    Start { url: String },
+    Start { url: String, restart: bool },
     /// Stop if running; the sender (if any) is told when the worker is gone.
     Stop(Option<oneshot::Sender<()>>),
     /// Stop, wait 100 ms, start `url`.
-    Restart { url: String },
+    Restart { url: String, restart: bool },
+    /// The instance's restart policy changed: whether a failed worker is started again.
+    RestartPolicy(bool),
     /// Stop and end the task (instance deleted).
     Delete(oneshot::Sender<()>),
     /// Stop and end the task (master shutting down).
@@ -58,8 +60,9 @@ pub trait InstanceSink: Send + Sync + 'static {
     /// The worker is gone as asked, or ended cleanly: status `stopped`, gauges zeroed.
     fn worker_stopped(&self, id: &str);
     /// The worker failed (crash, failed spawn, silence): status `error`, gauges zeroed.
-    /// Returns whether the instance wants to be restarted (its restart policy).
-    fn worker_failed(&self, id: &str) -> bool;
+    /// (Whether it is started again is the supervisor's decision, by the restart policy
+    /// its commands carry.)
+    fn worker_failed(&self, id: &str);
     /// A log line of the instance, already rendered, for its `log` event.
     fn worker_log(&self, id: &str, line: &str);
     /// The worker program could not be started at all (reported before `worker_failed`).
@@ -137,6 +140,8 @@ struct Worker {
 struct Plan {
     /// The URL of the last Start or Restart (used again after a crash).
     url: Option<String>,
+    /// The instance's restart policy, from the last Start, Restart or RestartPolicy.
+    restart: bool,
     retry_at: Option<tokio::time::Instant>,
     attempts: u32,
 }
@@ -164,9 +169,10 @@ async fn run(
                     return;
                 };
                 match cmd {
-                    Command::Start { url } => {
+                    Command::Start { url, restart } => {
                         plan.retry_at = None;
                         plan.url = Some(url);
+                        plan.restart = restart;
                         if worker.is_none() {
                             plan.attempts = 0;
                             worker = start(&cx, &mut plan);
@@ -180,9 +186,17 @@ async fn run(
                         }
                         if let Some(done) = done { let _ = done.send(()); }
                     }
-                    Command::Restart { url } => {
+                    Command::RestartPolicy(restart) => {
+                        plan.restart = restart;
+                        if !restart {
+                            // A retry already scheduled is called off with the policy.
+                            plan.retry_at = None;
+                        }
+                    }
+                    Command::Restart { url, restart } => {
                         plan.retry_at = None;
                         plan.url = Some(url);
+                        plan.restart = restart;
                         if let Some(w) = worker.take() { stop(&cx, w).await; }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         plan.attempts = 0;
@@ -343,7 +357,8 @@ fn start(cx: &Ctx, plan: &mut Plan) -> Option<Worker> {
 
 /// Marks an instance `error` after a crash or failed spawn, and schedules the retry.
 fn failed(cx: &Ctx, reason: &str, plan: &mut Plan) {
-    let restart = cx.sink.worker_failed(cx.id);
+    cx.sink.worker_failed(cx.id);
+    let restart = plan.restart;
     let text = if restart {
         let delay = BACKOFF_BASE
             .saturating_mul(1u32 << plan.attempts.min(16))
