@@ -351,7 +351,7 @@ fn stale_worker_and_forced_stop() {
 fn a_crash_follows_the_restart_policy_set_by_patch() {
     let state = tempfile::tempdir().unwrap();
     let echo = echo_server();
-    let mut master = spawn_master(state.path(), free_port());
+    let master = spawn_master(state.path(), free_port());
     let api = master.api.clone();
     let mut sse = Sse::open(api.addr, "/api/v1/events", &api.key);
     let listen = free_port();
