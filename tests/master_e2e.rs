@@ -363,16 +363,20 @@ fn a_crash_follows_the_restart_policy_set_by_patch() {
         Some(r#"{"restart":false}"#),
     );
     assert_eq!(r.status, 200);
+    // The supervisor's line about a crash of this instance.
+    let failure_line = |sse: &mut Sse| {
+        let log = sse.wait_for(Duration::from_secs(10), |e| {
+            e.kind() == "log"
+                && e.id() == id
+                && e.data["logs"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("Instance failed"))
+        });
+        log.data["logs"].as_str().unwrap_or_default().to_string()
+    };
     let pid1 = master.wait_worker_pid(&id, 1);
     send_signal(pid1, "KILL");
-    let log = sse.wait_for(Duration::from_secs(10), |e| {
-        e.kind() == "log"
-            && e.id() == id
-            && e.data["logs"]
-                .as_str()
-                .is_some_and(|t| t.contains("Instance failed"))
-    });
-    let text = log.data["logs"].as_str().unwrap().to_string();
+    let text = failure_line(&mut sse);
     assert!(text.contains("restart is off"), "{text}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(api.instance(&id)["status"], "error", "not restarted");
@@ -387,14 +391,7 @@ fn a_crash_follows_the_restart_policy_set_by_patch() {
     let pid2 = master.wait_worker_pid(&id, 2);
     api.wait_instance(&id, 15, "running again", |v| v["status"] == "running");
     send_signal(pid2, "KILL");
-    let log = sse.wait_for(Duration::from_secs(10), |e| {
-        e.kind() == "log"
-            && e.id() == id
-            && e.data["logs"]
-                .as_str()
-                .is_some_and(|t| t.contains("Instance failed"))
-    });
-    let text = log.data["logs"].as_str().unwrap().to_string();
+    let text = failure_line(&mut sse);
     assert!(text.contains("restarting in"), "{text}");
     master.wait_worker_pid(&id, 3);
 }

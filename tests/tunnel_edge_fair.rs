@@ -157,28 +157,15 @@ fn wrong_keys_from_an_address_do_not_lock_out_the_right_key_from_it() {
 /// pool is refilled many times over during the attack) and the server's descriptors stay
 /// bounded.
 fn pool_survives_a_stranger(pool_type: u8, n: usize) {
-    let echo = Echo::start();
-    let (tport, uport) = (free_port(), free_port());
-    let server = Proc::worker(
-        "server",
-        &format!("server://k@127.0.0.1:{tport}/127.0.0.1:{uport}?mode=1&type={pool_type}"),
-        &[],
-    );
-    server.wait_line("ready", UP, |l| l.contains(READY));
-    let client = Proc::worker(
-        "client",
-        &format!("client://k@127.0.0.1:{tport}/{}?min=8", echo.addr()),
-        &[],
-    );
-    let user = format!("127.0.0.1:{uport}");
-    wait_tunnel(&user, UP, &[&server, &client]);
-    let tunnel: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
+    let pair = reverse_pair(pool_type, "&min=8");
+    let (server, client, user) = (&pair.server, &pair.client, &pair.users);
+    let tunnel: SocketAddr = format!("127.0.0.1:{}", pair.tunnel).parse().expect("addr");
     let (stop, attacker) = hold_idle_connections(tunnel, n);
     std::thread::sleep(Duration::from_secs(3));
     let mut failed = 0;
     for i in 0..200u64 {
         let payload = pattern(256, i);
-        match echo_once(&user, &payload, Duration::from_secs(5)) {
+        match echo_once(user, &payload, Duration::from_secs(5)) {
             Ok(back) if back == payload => {}
             _ => failed += 1,
         }
@@ -286,21 +273,8 @@ fn one_host_cannot_fill_a_single_end_forwarders_slots_with_udp_sessions() {
 #[test]
 fn a_stranger_from_the_clients_address_gets_no_pool_entry() {
     for pool_type in [0, 2] {
-        let echo = Echo::start();
-        let (tport, uport) = (free_port(), free_port());
-        let server = Proc::worker(
-            "server",
-            &format!("server://k@127.0.0.1:{tport}/127.0.0.1:{uport}?mode=1&type={pool_type}"),
-            &[],
-        );
-        server.wait_line("ready", UP, |l| l.contains(READY));
-        let client = Proc::worker(
-            "client",
-            &format!("client://k@127.0.0.1:{tport}/{}?min=4", echo.addr()),
-            &[],
-        );
-        let users = format!("127.0.0.1:{uport}");
-        wait_tunnel(&users, UP, &[&server, &client]);
+        let pair = reverse_pair(pool_type, "&min=4");
+        let (users, tport) = (&pair.users, pair.tunnel);
         let tunnel: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
         let mut strangers = Vec::new();
         for _ in 0..8 {
@@ -320,7 +294,7 @@ fn a_stranger_from_the_clients_address_gets_no_pool_entry() {
         // Users keep coming while the stranger's connections wait.
         for i in 0..30u64 {
             let payload = pattern(2048, i);
-            let got = echo_once(&users, &payload, Duration::from_secs(10))
+            let got = echo_once(users, &payload, Duration::from_secs(10))
                 .unwrap_or_else(|e| panic!("type {pool_type}: user {i} failed: {e}"));
             assert_eq!(got, payload, "type {pool_type}: user {i} got other bytes");
         }

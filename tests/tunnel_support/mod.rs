@@ -315,3 +315,46 @@ pub fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream>
     s.connect_timeout(&to.into(), Duration::from_secs(2))?;
     Ok(s.into())
 }
+
+/// A started reverse-mode pair on loopback (users connect to the server's `users` port; the
+/// client dials an echo server), waited for until it carries traffic.
+pub struct Pair {
+    pub echo: Echo,
+    pub server: Proc,
+    pub client: Proc,
+    /// The server's tunnel port.
+    pub tunnel: u16,
+    /// Where users connect (`127.0.0.1:PORT`).
+    pub users: String,
+}
+
+/// Starts a pair with key `k`, pool `type`, and `client_query` appended to the client's
+/// URL (e.g. `&min=4`).
+pub fn reverse_pair(pool_type: u8, client_query: &str) -> Pair {
+    const UP: Duration = Duration::from_secs(20);
+    let echo = Echo::start();
+    let (tunnel, uport) = (free_port(), free_port());
+    let server = Proc::worker(
+        "server",
+        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1&type={pool_type}"),
+        &[],
+    );
+    server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+    let client = Proc::worker(
+        "client",
+        &format!(
+            "client://k@127.0.0.1:{tunnel}/{}?mode=2{client_query}",
+            echo.addr()
+        ),
+        &[],
+    );
+    let users = format!("127.0.0.1:{uport}");
+    wait_tunnel(&users, UP, &[&server, &client]);
+    Pair {
+        echo,
+        server,
+        client,
+        tunnel,
+        users,
+    }
+}
