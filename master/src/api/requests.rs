@@ -170,6 +170,11 @@ pub enum PatchRequest {
 
 /// Decodes a PATCH body: a type error is a 400, other undecodable bodies change nothing.
 pub fn patch_body(body: &[u8]) -> Result<PatchRequest, ApiError> {
+    // JSON `null` decodes into an empty request in the reference (Go's decoder leaves the
+    // struct as it is): nothing changes and the instance is answered.
+    if body.trim_ascii() == b"null" {
+        return Ok(PatchRequest::Nothing);
+    }
     match decode::<PatchInstanceRequest>(body, &["", "meta", "meta.peer", "meta.tags"]) {
         Ok(req) => Ok(PatchRequest::Body(req)),
         Err(BodyError::Unreadable) => Ok(PatchRequest::Nothing),
@@ -335,6 +340,8 @@ mod tests {
         assert!(matches!(patch_body(b"[]"), Ok(PatchRequest::Nothing)));
         // null is an absent field (Go's decoder), not a type error.
         assert!(patch(r#"{"restart":null,"alias":null,"meta":{"tags":null}}"#).is_ok());
+        // A body of JSON `null` changes nothing, as in the Go master (which answers 200).
+        assert!(matches!(patch_body(b" null "), Ok(PatchRequest::Nothing)));
         // Syntax errors keep the reference's plain answers.
         assert!(matches!(
             patch_body(br#"{"alias":"#),
