@@ -323,3 +323,121 @@ fn server_with_fake_client(entries: usize) -> (Proc, u16, FakeClient) {
         },
     )
 }
+
+/// A dual-end client that cannot get a working tunnel says why, in the `Client error:` line
+/// (the reference's text, then ours in brackets): nothing at the tunnel address, a key the
+/// server refuses, a certificate that does not verify (tls=2), or a handshake that works
+/// while no pool connection gets through.
+#[test]
+fn a_client_that_cannot_connect_says_why() {
+    let fast = [
+        ("NP_HANDSHAKE_TIMEOUT", "1s"),
+        ("NP_POOL_GET_TIMEOUT", "1s"),
+    ];
+    let reason = |p: &Proc, what: &str| {
+        p.wait_line(what, UP, |l| l.contains("Client error") && l.contains(what))
+    };
+
+    // Nothing listens.
+    let nothing = free_port();
+    let c = Proc::worker(
+        "client-unreachable",
+        &format!(
+            "client://k@127.0.0.1:{nothing}/127.0.0.1:{}?mode=2",
+            free_port()
+        ),
+        &fast,
+    );
+    reason(&c, "server unreachable");
+    drop(c);
+
+    // A server with another key.
+    let (tport, uport) = (free_port(), free_port());
+    let server = Proc::worker(
+        "server",
+        &format!("server://right@127.0.0.1:{tport}/127.0.0.1:{uport}?mode=1"),
+        &[],
+    );
+    server.wait_line("ready", UP, |l| l.contains(READY));
+    let c = Proc::worker(
+        "client-wrong-key",
+        &format!(
+            "client://wrong@127.0.0.1:{tport}/127.0.0.1:{}?mode=2",
+            free_port()
+        ),
+        &fast,
+    );
+    reason(&c, "key refused");
+    drop((c, server));
+
+    // The handshake is answered (the reference's bytes), then every pool connection is
+    // closed at once.
+    let fake = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let fake_addr = fake.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for (n, conn) in fake.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            if n == 0 {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let config = nodepass_proto::wire::TunnelConfig {
+                    flow: nodepass_proto::wire::Flow::Reverse,
+                    max: 8,
+                    tls: nodepass_proto::url::TlsMode::Off,
+                    pool_type: nodepass_proto::url::PoolType::Tcp,
+                };
+                let answer = nodepass_proto::wire::handshake_response(
+                    &nodepass_proto::wire::HandshakeVerdict::Accept,
+                    &config,
+                    "Wed, 25 Nov 2026 07:31:23 GMT",
+                );
+                let _ = conn.write_all(&answer);
+            }
+            // Later connections (pool entries and further handshakes) are dropped here.
+        }
+    });
+    let c = Proc::worker(
+        "client-no-pool",
+        &format!("client://k@{fake_addr}/127.0.0.1:{}?mode=2", free_port()),
+        &fast,
+    );
+    reason(&c, "pool cannot be filled");
+    drop(c);
+
+    // tls=2 with a certificate nobody vouches for: the pool's TLS handshakes fail.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["tunnel.test".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let (crt_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&crt_path, cert.pem()).expect("write crt");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let (tport, uport) = (free_port(), free_port());
+    let server = Proc::worker(
+        "server-tls2",
+        &format!(
+            "server://k@127.0.0.1:{tport}/127.0.0.1:{uport}?mode=1&tls=2&crt={}&key={}",
+            crt_path.display(),
+            key_path.display()
+        ),
+        &[],
+    );
+    server.wait_line("ready", UP, |l| l.contains(READY));
+    let c = Proc::worker(
+        "client-untrusted",
+        &format!(
+            "client://k@127.0.0.1:{tport}/127.0.0.1:{}?mode=2&sni=tunnel.test",
+            free_port()
+        ),
+        &fast,
+    );
+    reason(&c, "certificate refused");
+}

@@ -51,18 +51,28 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
         m => Verifier::Client(m),
     };
     let pool = Arc::new(Pool::new(config.max as usize));
+    // The last failed pool open, to say why the pool could not be filled.
+    let last_error = Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
     let manager = tokio::spawn(manage(
         pool.clone(),
         opener,
-        url.params.min() as usize,
-        config.max as usize,
-        inst.tunables.min_pool_interval,
-        inst.tunables.max_pool_interval,
+        last_error.clone(),
+        (url.params.min() as usize, config.max as usize),
+        (
+            inst.tunables.min_pool_interval,
+            inst.tunables.max_pool_interval,
+        ),
         cancel.clone(),
     ));
     let _stop_manager = AbortOnDrop(manager);
     tracing::info!("Getting tunnel pool ready...");
-    let control_conn = take_control(inst, &pool, cancel).await?;
+    let control_conn = take_control(inst, &pool, cancel).await.map_err(|e| {
+        let last = last_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (e.downcast_ref::<super::ControlTimeout>(), last) {
+            (Some(_), Some(cause)) => cause.context(super::ControlTimeout),
+            _ => e,
+        }
+    })?;
     tracing::info!(
         "Marking tunnel handshake as complete in {}ms",
         began.elapsed().as_millis()
@@ -101,10 +111,9 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
 async fn manage(
     pool: Arc<Pool>,
     opener: Arc<dyn PoolClient>,
-    min: usize,
-    max: usize,
-    min_interval: Duration,
-    max_interval: Duration,
+    last_error: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
+    (min, max): (usize, usize),
+    (min_interval, max_interval): (Duration, Duration),
     cancel: CancellationToken,
 ) {
     let (mut lo, mut hi) = (min.max(1), max.max(1));
@@ -141,12 +150,13 @@ async fn manage(
         let mut created = 0usize;
         if need > 0 {
             let opens = (0..need).map(|_| {
-                let (pool, opener) = (pool.clone(), opener.clone());
+                let (pool, opener, last_error) = (pool.clone(), opener.clone(), last_error.clone());
                 async move {
                     match opener.open().await {
                         Ok((id, conn)) => pool.put(id, conn).is_ok(),
                         Err(e) => {
                             tracing::debug!("Pool connection failed: {e:#}");
+                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                             false
                         }
                     }

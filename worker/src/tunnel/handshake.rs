@@ -336,7 +336,12 @@ pub async fn request(
     let addr = dns.resolve(server).await?;
     let tcp = tokio::time::timeout(dial_timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| anyhow!("tunnelHandshake: dial tcp {addr}: i/o timeout"))?
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("tunnelHandshake: dial tcp {addr}: i/o timeout"),
+            )
+        })?
         .with_context(|| format!("tunnelHandshake: dial tcp {addr}"))?;
     let req = handshake_request_with_proof(host_header, key);
     let talk = async {

@@ -60,6 +60,64 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(4096)
 }
 
+/// No control channel within the wait: the handshake worked but no pool entry got through.
+#[derive(Debug, thiserror::Error)]
+#[error("setControlConn: handshake timeout")]
+pub struct ControlTimeout;
+
+/// Why a dual-end start failed, in words an operator can act on, when the error says it:
+/// the server cannot be reached, it refused the key, the certificate was refused, or the
+/// handshake worked but the pool could not be filled. Appended to the `... error:` line.
+pub fn failure_reason(e: &anyhow::Error) -> Option<&'static str> {
+    use nodepass_proto::wire::HandshakeError;
+    use std::io::ErrorKind;
+    // The most specific cause wins: a pool that could not be filled because of a refused
+    // certificate is reported as the certificate.
+    // (anyhow finds a context value too, which the chain's items do not show as its type).
+    let mut no_pool = e.downcast_ref::<ControlTimeout>().is_some();
+    let (mut status, mut cert, mut unreachable) = (None, false, false);
+    for cause in e.chain() {
+        if let Some(HandshakeError::Status(s)) = cause.downcast_ref::<HandshakeError>() {
+            status = Some(*s);
+        }
+        no_pool |= cause.downcast_ref::<ControlTimeout>().is_some();
+        let io = cause.downcast_ref::<std::io::Error>();
+        let tls = io
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .or_else(|| cause.downcast_ref::<rustls::Error>());
+        cert |= matches!(tls, Some(rustls::Error::InvalidCertificate(_)));
+        unreachable |= io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::TimedOut
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            )
+        });
+    }
+    Some(match (status, cert, unreachable, no_pool) {
+        (Some(401), ..) => {
+            "key refused: the server does not accept this tunnel key; give both URLs the same key"
+        }
+        (Some(_), ..) => {
+            "handshake refused: the tunnel address answers, but not as a nodepass server; check the address and port"
+        }
+        (_, true, ..) => {
+            "certificate refused: the server's certificate does not verify for the sni name (tls=2); check the server's crt and the client's trust store or sni"
+        }
+        (_, _, true, _) => {
+            "server unreachable: nothing answers at the tunnel address; check the address, that the server runs and the firewall"
+        }
+        (_, _, _, true) => {
+            "pool cannot be filled: the handshake worked but no pool connection reached the server; check that the tunnel port is reachable for them too (TCP, or UDP for type=1) and that nothing in between closes them"
+        }
+        _ => return None,
+    })
+}
+
 /// Waits for the control channel: the pool entry `00000000`, which is always the server's
 /// first accepted entry (REFERENCE.md 4.1), within NP_HANDSHAKE_TIMEOUT (+ the pool get
 /// timeout, as the reference waits for the first entry and then looks it up).
@@ -72,7 +130,7 @@ pub async fn take_control(
     tokio::select! {
         _ = cancel.cancelled() => anyhow::bail!("setControlConn: context canceled"),
         c = pool.outgoing_get(nodepass_proto::wire::PoolId::CONTROL, wait) => {
-            c.ok_or_else(|| anyhow::anyhow!("setControlConn: handshake timeout"))
+            c.ok_or_else(|| ControlTimeout.into())
         }
     }
 }
@@ -134,7 +192,10 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
         }
         match result {
             Err(e) if first && is_fatal(&e) => return Err(e),
-            Err(e) => tracing::error!("{name} error: {e:#}"),
+            Err(e) => match failure_reason(&e) {
+                Some(why) => tracing::error!("{name} error: {e:#} ({why})"),
+                None => tracing::error!("{name} error: {e:#}"),
+            },
             Ok(()) => tracing::error!("{name} error: the session ended"),
         }
         first = false;
