@@ -48,14 +48,17 @@ impl Queue {
             }
             pending = self.room.wait(pending).unwrap_or_else(|p| p.into_inner());
         }
+        // Counted before it is sent: the writer may take it (and count it out) before
+        // `send` returns.
+        *pending += 1;
         let sent = self
             .tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(msg)
             .map_err(|e| e.0);
-        if sent.is_ok() {
-            *pending += 1;
+        if sent.is_err() {
+            *pending -= 1;
         }
         sent
     }
