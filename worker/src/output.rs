@@ -193,3 +193,51 @@ pub fn publish_stats(stats: Stats) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> (Queue, Receiver<Msg>) {
+        let (tx, rx) = channel();
+        let q = Queue {
+            tx: Mutex::new(tx),
+            pending: Mutex::new(0),
+            room: Condvar::new(),
+        };
+        (q, rx)
+    }
+
+    /// The queue takes QUEUE_LINES lines that nobody writes out, refuses the next log line
+    /// (never blocks), and takes one again once the writer has taken one off.
+    #[test]
+    fn log_lines_are_bounded_without_blocking() {
+        let (q, rx) = queue();
+        for i in 0..QUEUE_LINES {
+            assert!(q.push(Msg::Line(format!("{i}")), false).is_ok(), "line {i}");
+        }
+        assert!(q.push(Msg::Line("one too many".into()), false).is_err());
+        assert!(rx.recv().is_ok());
+        q.done();
+        assert!(q.push(Msg::Line("room again".into()), false).is_ok());
+    }
+
+    /// An important line waits for room rather than being dropped.
+    #[test]
+    fn important_lines_wait_for_room() {
+        let (q, rx) = queue();
+        let q = std::sync::Arc::new(q);
+        for i in 0..QUEUE_LINES {
+            assert!(q.push(Msg::Line(format!("{i}")), false).is_ok());
+        }
+        let waiter = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(Msg::Line("ready".into()), true).is_ok())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "it waited for room");
+        assert!(rx.recv().is_ok());
+        q.done();
+        assert!(waiter.join().expect("waiter"), "queued once there was room");
+    }
+}

@@ -202,6 +202,12 @@ impl Pool {
         self.lock().idle.len()
     }
 
+    /// Whether the pool holds `max` idle entries: a new entry is refused (REFERENCE.md 4.1;
+    /// entries in use do not count).
+    pub fn is_full(&self) -> bool {
+        self.idle_count() >= self.max
+    }
+
     /// Whether the session's control channel is up: `00000000` has been taken and the
     /// session has not ended. Pool connections of a Go client are authenticated only by its IP,
     /// so a transport admits none but the one that becomes the control channel while this

@@ -178,7 +178,7 @@ impl SessionEdge {
     /// The pool-room and control-channel part of [`check`](Self::check), for a transport
     /// that checked the address earlier (a stream on an admitted connection).
     pub fn check_room(&self) -> Result<(), Refused> {
-        if self.pool.idle_count() >= self.pool.max() {
+        if self.pool.is_full() {
             return Err(Refused::PoolFull);
         }
         if !self.pool.admits() {

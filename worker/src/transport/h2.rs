@@ -499,7 +499,7 @@ async fn stream(
             refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized");
             return;
         }
-        if edge.pool.idle_count() >= edge.pool.max() {
+        if edge.pool.is_full() {
             tracing::debug!("HTTP/2 pool: stream from {peer} refused (404): pool full");
             refuse(&mut respond, StatusCode::NOT_FOUND, "not found");
             return;

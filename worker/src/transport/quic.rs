@@ -361,7 +361,7 @@ impl Session {
         let peer = conn.remote_address();
         // Dropping the streams here finishes ours (the client reads a short id) and stops
         // the client's, as the reference's close does.
-        if self.edge.pool.idle_count() >= self.edge.pool.max() {
+        if self.edge.pool.is_full() {
             tracing::debug!("Pool full: refusing a stream from {peer}");
             return;
         }
