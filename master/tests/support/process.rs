@@ -202,13 +202,24 @@ impl GoMaster {
         let exe = dir.path().join("nodepass");
         std::fs::copy(bin, &exe).expect("copy the Go binary");
         let port = super::free_port();
-        let mut child = Command::new(&exe)
-            .arg(format!("master://127.0.0.1:{port}/api?log=info"))
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the Go master");
+        // A test thread that forks while the copy's write descriptor is still open hands
+        // it to its child until that child's exec: ETXTBSY for a moment. Retry briefly.
+        let mut tries = 0;
+        let mut child = loop {
+            match Command::new(&exe)
+                .arg(format!("master://127.0.0.1:{port}/api?log=info"))
+                .current_dir(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.expect("start the Go master"),
+            }
+        };
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
