@@ -8,6 +8,7 @@
 //! [`crate::state::Master`], and render bare JSON plus `\n` exactly as Go's `json.Encoder`
 //! does; errors are [`ApiError`]s, returned with `?`.
 
+pub mod console;
 pub mod docs;
 pub mod error;
 pub mod events;
@@ -59,8 +60,23 @@ pub fn router(master: Arc<Master>) -> Router {
             any(move |req: Request| docs::serve_file(s.clone(), req))
         })
         .route_layer(middleware::from_fn(cors_only));
+    let prefix = master.settings.url.prefix.clone();
+    let console_page = Arc::new(format!("{prefix}/console/"));
+    let console = Router::new()
+        .route(&format!("{prefix}/"), {
+            let to = console_page.clone();
+            any(move || async move { console::redirect(&to) })
+        })
+        .route(&format!("{prefix}/console"), {
+            let to = console_page.clone();
+            any(move || async move { console::redirect(&to) })
+        })
+        .route(&format!("{prefix}/console/"), any(console::serve))
+        .route(&format!("{prefix}/console/{{*file}}"), any(console::serve))
+        .route_layer(middleware::from_fn(get_only));
     protected
         .merge(public)
+        .merge(console)
         .fallback(not_found)
         // Outermost, so refused (401) and unknown (404) requests are counted too.
         .layer(middleware::from_fn_with_state(
@@ -125,6 +141,15 @@ async fn cors_only(req: Request, next: Next) -> Response {
     };
     add_cors(&mut resp);
     resp
+}
+
+/// The console's pages: GET only, no CORS (a page of this origin needs none).
+async fn get_only(req: Request, next: Next) -> Response {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        next.run(req).await
+    } else {
+        method_not_allowed("GET")
+    }
 }
 
 /// Go's `http.NotFound`.

@@ -136,6 +136,12 @@ impl Param {
         (self.text)(&params)
     }
 
+    /// The canonical text of the default in effect when the URL does not give this
+    /// parameter; `None` for a parameter without one (the web console shows it).
+    pub fn default_text(&self) -> Option<String> {
+        (self.default_text)()
+    }
+
     /// The text the reference master fills into the `config` of `role` when the URL does
     /// not give this parameter; `None` when it fills in nothing.
     pub fn config_default(&self, role: Role) -> Option<String> {
