@@ -6,91 +6,19 @@
 //! `chromium` and `chromium-driver` when it can). Set NODEPASS_CONSOLE_SCREENSHOT=<file.png>
 //! to save a screenshot of the console (the README's picture comes from it).
 
+mod browser_support;
 mod master_proc;
 mod tunnel_support;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
 
+use browser_support::{browser, browser_present, js, wait_true};
 use master_proc::{free_port, spawn, try_call, MasterProc};
 use tunnel_support::Echo;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// chromedriver on a free loopback port, killed on drop.
-struct Driver {
-    child: Child,
-    port: u16,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn browser_present() -> bool {
-    for tool in [CHROMIUM, CHROMEDRIVER] {
-        if !Path::new(tool).exists() {
-            eprintln!(
-                "SKIP: {tool} is not installed (apt-get install chromium chromium-driver); \
-                 the console's browser tests need it"
-            );
-            return false;
-        }
-    }
-    true
-}
-
-/// Starts chromedriver and a headless Chromium session of `width` x `height`.
-async fn browser(width: u32, height: u32) -> (Driver, Client) {
-    let port = free_port();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    let profile = tempfile::tempdir().expect("profile dir");
-    let driver = Driver {
-        child,
-        port,
-        _profile: profile,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", driver.port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                format!("--user-data-dir={}", driver._profile.path().display()),
-                format!("--window-size={width},{height}"),
-            ]
-        }),
-    );
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a Chromium session through chromedriver");
-    (driver, client)
-}
 
 /// A master on a free port with a fresh state dir; returns it with its API key.
 fn master(state: &Path) -> (MasterProc, String) {
@@ -101,28 +29,6 @@ fn master(state: &Path) -> (MasterProc, String) {
 
 fn console_url(m: &MasterProc) -> String {
     format!("http://{}/api/", m.addr)
-}
-
-/// Evaluates `expr` (a JavaScript expression) in the page.
-async fn js(c: &Client, expr: &str) -> Value {
-    c.execute(&format!("return ({expr});"), vec![])
-        .await
-        .unwrap_or_else(|e| panic!("script {expr:?} failed: {e}"))
-}
-
-/// Waits until `expr` is true in the page; on timeout fails with the page's text.
-async fn wait_true(c: &Client, what: &str, secs: u64, expr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if js(c, expr).await == Value::Bool(true) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let body = js(c, "document.body.innerText").await;
-            panic!("timed out waiting for {what} ({expr}); the page says:\n{body}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn fill(c: &Client, css: &str, text: &str) {
@@ -539,6 +445,27 @@ async fn hostile_text_is_shown_as_text_and_a_new_key_asks_again() {
         .await,
         json!(true)
     );
+
+    // The host's figures, and a tcping from the browser to the master's own port.
+    click(&c, "#d-close").await;
+    click(&c, "#nav [data-view=host]").await;
+    wait_true(
+        &c,
+        "the host figures",
+        10,
+        "document.querySelectorAll('#h-figures dd').length > 10",
+    )
+    .await;
+    assert!(text_of(&c, "#h-figures").await.contains("Memory"));
+    fill(&c, "#tcping-target", &m.addr.to_string()).await;
+    click(&c, "#tcping-form button").await;
+    wait_true(
+        &c,
+        "the tcping answer",
+        10,
+        "document.getElementById('tcping-result').textContent.includes('connected in')",
+    )
+    .await;
 
     // Regenerating the key ends the session: the console asks again.
     let (status, _) = api(

@@ -18,6 +18,7 @@
   };
   const COLUMNS = ['alias', 'role', 'mode', 'ptype', 'status', 'target', 'pool', 'ping',
     'tcps', 'udps', 'rx', 'tx', 'rate'];
+  const NEW_ROWS_PER_FRAME = 250;
   const NUMERIC = new Set(['pool', 'ping', 'tcps', 'udps', 'rx', 'tx', 'rate']);
 
   let key = sessionStorage.getItem(STORE) || '';
@@ -252,6 +253,12 @@
     const r = record(data.id);
     r.gen = gen;
     r.data = data;
+    if (r.urlSeen !== data.url || r.configSeen !== data.config) { // parsed once per URL
+      r.urlSeen = data.url;
+      r.configSeen = data.config;
+      r.u = parseUrl(data.url);
+      r.ptype = poolType(data, r.u);
+    }
     sample(r, Date.parse(time) || Date.now());
     const tags = (data.meta && data.meta.tags) || {};
     r.tags = Object.keys(tags).sort().map((k) => k + '=' + tags[k]);
@@ -298,14 +305,13 @@
 
   function sortValue(r, k) {
     const d = r.data;
-    const u = parseUrl(d.url);
     switch (k) {
       case 'alias': return (d.alias || d.id).toLowerCase();
-      case 'role': return u.scheme;
+      case 'role': return r.u.scheme;
       case 'mode': return d.mode || 0;
-      case 'ptype': return poolType(d, u);
+      case 'ptype': return r.ptype;
       case 'status': return d.status || '';
-      case 'target': return u.target;
+      case 'target': return r.u.target;
       case 'rx': return (d.tcprx || 0) + (d.udprx || 0);
       case 'tx': return (d.tcptx || 0) + (d.udptx || 0);
       case 'rate': return r.rxRate + r.txRate;
@@ -324,19 +330,21 @@
     return m + ' ' + (names[m] || '');
   }
 
+  let rowTemplate = null;
   function buildRow(r) {
-    const tr = el('tr');
+    if (!rowTemplate) {
+      rowTemplate = el('tr');
+      for (const c of COLUMNS) {
+        const td = el('td', NUMERIC.has(c) ? 'num ' + c : c);
+        td.dataset.label = c === 'ptype' ? 'pool type' : c;
+        if (c === 'alias') td.append(el('span', 'name'), el('span', 'tags'));
+        rowTemplate.append(td);
+      }
+    }
+    const tr = rowTemplate.cloneNode(true);
     tr.dataset.id = r.id;
     const cells = {};
-    for (const c of COLUMNS) {
-      const td = el('td', NUMERIC.has(c) ? 'num ' + c : c);
-      td.dataset.label = c === 'ptype' ? 'pool type' : c;
-      if (c === 'alias') {
-        td.append(el('span', 'name'), el('span', 'tags'));
-      }
-      cells[c] = td;
-      tr.append(td);
-    }
+    COLUMNS.forEach((c, i) => { cells[c] = tr.children[i]; });
     r.row = tr;
     r.cells = cells;
     r.shown = {};
@@ -347,7 +355,7 @@
   function renderRow(r) {
     if (!r.row) buildRow(r);
     const d = r.data;
-    const u = parseUrl(d.url);
+    const u = r.u;
     const name = d.alias || d.id;
     if (r.shown.alias !== name) {
       r.shown.alias = name;
@@ -361,7 +369,7 @@
     }
     put(r, 'role', u.scheme);
     put(r, 'mode', modeText(d, u));
-    put(r, 'ptype', poolType(d, u));
+    put(r, 'ptype', r.ptype);
     const st = d.status || '';
     if (r.shown.status !== st) {
       r.shown.status = st;
@@ -397,27 +405,36 @@
     sel.firstChild.value = '';
     sel.value = list.includes(cur) ? cur : '';
   }
-  function visible(r) {
-    const q = $('filter').value.trim().toLowerCase();
-    const tag = $('tag-filter').value;
-    return (!q || r.search.includes(q)) && (!tag || r.tags.includes(tag));
+  function filterOf() {
+    return { q: $('filter').value.trim().toLowerCase(), tag: $('tag-filter').value };
   }
+  function visible(r, f) {
+    return (!f.q || r.search.includes(f.q)) && (!f.tag || r.tags.includes(f.tag));
+  }
+  // Sorts (each key computed once), filters, and puts the rows in order.
   function reorder() {
-    const list = [...records.values()].filter((r) => r.data && r.row);
-    list.sort((a, b) => {
-      const x = sortValue(a, sortKey);
-      const y = sortValue(b, sortKey);
-      return (x < y ? -1 : x > y ? 1 : a.id < b.id ? -1 : 1) * sortDir;
-    });
+    const f = filterOf();
+    const list = [];
+    for (const r of records.values()) {
+      if (!r.data || !r.row) continue; // rows not built yet come with a later frame
+      r.key = sortValue(r, sortKey);
+      list.push(r);
+    }
+    list.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.id < b.id ? -1 : 1) * sortDir);
     const body = $('rows');
     let shown = 0;
-    const rows = body.children;
-    list.forEach((r, i) => {
-      const v = visible(r);
+    for (const r of list) {
+      const v = visible(r, f);
       if (r.row.hidden === v) r.row.hidden = !v;
       if (v) shown++;
-      if (rows[i] !== r.row) body.insertBefore(r.row, rows[i] || null);
-    });
+    }
+    // One walk along the rows in place: a row already where it belongs stays (most do when
+    // rows are added or one value changed); only the others move.
+    let cur = body.firstChild;
+    for (const r of list) {
+      if (r.row === cur) cur = cur.nextSibling;
+      else body.insertBefore(r.row, cur);
+    }
     setText($('count'), shown === list.length ? list.length + ' instances' : shown + ' of ' + list.length + ' instances');
     $('empty').hidden = list.length !== 0;
     for (const th of document.querySelectorAll('#instances th')) {
@@ -438,20 +455,27 @@
     }
     deleted.clear();
     const body = $('rows');
-    const fresh = document.createDocumentFragment();
+    const f = filterOf();
+    const detailDirty = selected && (dirty.has(selected) || (records.get(selected) || {}).logsNew);
+    // New rows are built NEW_ROWS_PER_FRAME at a time (a thousand at once would hold one
+    // frame for a tenth of a second); the rest stay queued for the next frames.
+    let built = 0;
     for (const id of dirty) {
       const r = records.get(id);
-      if (!r || !r.data) continue;
-      const before = r.row ? sortValue(r, sortKey) : undefined;
-      const isNew = !r.row;
-      renderRow(r);
-      if (isNew) fresh.append(r.row);
-      else if (sortValue(r, sortKey) !== before) resort = true;
-      if (!visible(r) !== r.row.hidden) resort = true;
+      if (!r || !r.data) { dirty.delete(id); continue; }
+      if (!r.row) {
+        if (built >= NEW_ROWS_PER_FRAME) continue;
+        renderRow(r); // placed by reorder()
+        built++;
+        resort = true;
+      } else {
+        const before = r.key;
+        renderRow(r);
+        if (sortValue(r, sortKey) !== before || !visible(r, f) !== r.row.hidden) resort = true;
+      }
+      dirty.delete(id);
     }
-    if (fresh.childNodes.length) body.append(fresh);
-    const detailDirty = selected && (dirty.has(selected) || (records.get(selected) || {}).logsNew);
-    dirty.clear();
+    if (dirty.size) schedule();
     if (membershipChanged) refreshTagFilter();
     membershipChanged = false;
     if (resort) reorder();

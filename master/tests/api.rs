@@ -581,6 +581,122 @@ fn swagger_ui_is_served_from_the_binary() {
 }
 
 #[test]
+fn the_console_is_served_from_the_binary_with_a_strict_policy() {
+    let tm = TestMaster::start();
+    let prefix = tm.api.base.trim_end_matches("/v1").to_string();
+    // {prefix}/ and {prefix}/console lead to the page; no key needed for the page itself.
+    for from in [format!("{prefix}/"), format!("{prefix}/console")] {
+        let r = request(tm.api.addr, "GET", &from, &[], None);
+        assert_eq!(r.status, 308, "{from}");
+        assert_eq!(
+            r.header("location"),
+            Some(format!("{prefix}/console/").as_str())
+        );
+    }
+    let page = request(tm.api.addr, "GET", &format!("{prefix}/console/"), &[], None);
+    assert_eq!(page.status, 200);
+    let csp = page
+        .header("content-security-policy")
+        .expect("a CSP")
+        .to_string();
+    for rule in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(rule), "{csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    let html = page.text();
+    // No inline script or style, nothing from another host.
+    assert!(
+        html.contains("<script src=\"app.js\" defer></script>"),
+        "{html}"
+    );
+    for inline in [
+        "<style",
+        " style=",
+        " onclick=",
+        " onload=",
+        " onerror=",
+        "javascript:",
+    ] {
+        assert!(!html.contains(inline), "{inline} in {html}");
+    }
+    assert!(
+        !html.contains("http:") && !html.contains("https:"),
+        "{html}"
+    );
+    for (file, kind) in [("app.js", "text/javascript"), ("app.css", "text/css")] {
+        let r = request(
+            tm.api.addr,
+            "GET",
+            &format!("{prefix}/console/{file}"),
+            &[],
+            None,
+        );
+        assert_eq!(r.status, 200, "{file}");
+        assert!(
+            r.header("content-type")
+                .unwrap_or_default()
+                .starts_with(kind),
+            "{file}"
+        );
+        assert!(r.header("content-security-policy").is_some(), "{file}");
+        let text = r.text();
+        assert!(
+            !text.contains("innerHTML") && !text.contains("eval("),
+            "{file}"
+        );
+    }
+    // The create form's table is the parser's.
+    let params = request(
+        tm.api.addr,
+        "GET",
+        &format!("{prefix}/console/params.json"),
+        &[],
+        None,
+    );
+    assert_eq!(params.status, 200);
+    let rows: Value = serde_json::from_slice(&params.body).expect("json");
+    let names: Vec<&str> = rows
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, nodepass_proto::url::TUNNEL_PARAMS.to_vec());
+    // Unknown files are 404; the pages are read-only.
+    let r = request(
+        tm.api.addr,
+        "GET",
+        &format!("{prefix}/console/../v1/info"),
+        &[],
+        None,
+    );
+    assert_ne!(r.status, 200);
+    let r = request(
+        tm.api.addr,
+        "GET",
+        &format!("{prefix}/console/secret.txt"),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 404);
+    let r = request(
+        tm.api.addr,
+        "POST",
+        &format!("{prefix}/console/"),
+        &[],
+        Some(b"x"),
+    );
+    assert_eq!(r.status, 405);
+}
+
+#[test]
 fn state_survives_a_restart() {
     let tm = TestMaster::start();
     let key = tm.key();
