@@ -588,7 +588,7 @@ fn refuse(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode, tex
 impl PoolServer for H2Server {
     fn serve(
         self: Arc<Self>,
-        tunnel: TcpListener,
+        tunnel: Arc<TcpListener>,
         edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()> {
         let cancel = edge.cancel.clone();

@@ -133,7 +133,7 @@ pub trait PoolServer: Send + Sync {
     /// that is not (QUIC) drops it and binds its own socket at its `local_addr()`.
     fn serve(
         self: Arc<Self>,
-        tunnel: TcpListener,
+        tunnel: Arc<TcpListener>,
         edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()>;
 }
@@ -150,7 +150,7 @@ pub trait PoolClient: Send + Sync {
 /// `admit` returns None to drop a connection at once. A failed accept (out of descriptors
 /// and the like) pauses instead of spinning.
 pub(crate) async fn accept_each<F, Fut>(
-    tunnel: TcpListener,
+    tunnel: Arc<TcpListener>,
     cancel: CancellationToken,
     mut admit: F,
 ) where
@@ -271,7 +271,7 @@ mod tests {
             proof,
             cancel.clone(),
         );
-        let task = tokio::spawn(server.serve(listener, edge));
+        let task = tokio::spawn(server.serve(Arc::new(listener), edge));
         (port, pool, cancel, task)
     }
 
@@ -409,7 +409,7 @@ mod tests {
             None,
             cancel.clone(),
         );
-        let serving = tokio::spawn(server.serve(listener, edge));
+        let serving = tokio::spawn(server.serve(Arc::new(listener), edge));
         let client = client_for(PoolType::Tcp, ctx(port, TlsMode::Off, None)).expect("client");
         let (id, _control) = client.open().await.expect("first entry");
         assert_eq!(id, PoolId::CONTROL);

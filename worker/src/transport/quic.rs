@@ -405,7 +405,7 @@ type HandshakePermit = tokio::sync::OwnedSemaphorePermit;
 impl PoolServer for QuicServer {
     fn serve(
         self: Arc<Self>,
-        tunnel: TcpListener,
+        tunnel: Arc<TcpListener>,
         edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()> {
         let (client_ip, cancel) = (edge.client_ip, edge.cancel.clone());

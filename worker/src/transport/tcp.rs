@@ -140,7 +140,7 @@ impl TcpServer {
 impl PoolServer for TcpServer {
     fn serve(
         self: Arc<Self>,
-        tunnel: TcpListener,
+        tunnel: Arc<TcpListener>,
         edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()> {
         let cancel = edge.cancel.clone();

@@ -557,7 +557,7 @@ async fn refuse<S: Carrier>(s: &mut S, peer: SocketAddr, Refusal(status, reason,
 impl PoolServer for WsServer {
     fn serve(
         self: Arc<Self>,
-        tunnel: TcpListener,
+        tunnel: Arc<TcpListener>,
         edge: Arc<SessionEdge>,
     ) -> BoxFuture<'static, ()> {
         let cancel = edge.cancel.clone();
@@ -743,7 +743,7 @@ mod tests {
             None,
             cancel.clone(),
         );
-        tokio::spawn(server.serve(listener, edge));
+        tokio::spawn(server.serve(Arc::new(listener), edge));
         (port, pool, cancel)
     }
 

@@ -23,7 +23,13 @@ use crate::transport::{self, PoolClient};
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
 /// One start of the dual-end client; returns when the session ends.
-pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::Result<()> {
+/// One start of the dual-end client; returns when the session ends. The user listeners of
+/// flow `+` are bound on the first session that needs them and kept in `users_kept`.
+pub async fn start(
+    inst: &Arc<Instance>,
+    cancel: &CancellationToken,
+    users_kept: &mut Option<super::session::UserListeners>,
+) -> anyhow::Result<()> {
     let url = &inst.url;
     inst.set_mode(2);
     tracing::info!("Pending tunnel handshake...");
@@ -77,8 +83,15 @@ pub async fn start(inst: &Arc<Instance>, cancel: &CancellationToken) -> anyhow::
         "Marking tunnel handshake as complete in {}ms",
         began.elapsed().as_millis()
     );
+    // Bound once and kept for the next sessions (see server::Bound): users who arrive
+    // while the tunnel is rebuilt wait in the backlog instead of being refused.
     let users = if config.flow == Flow::Forward {
-        Some(bind_users(inst).await.context("commonStart")?)
+        Some(match users_kept {
+            Some(u) => u.clone(),
+            None => users_kept
+                .insert(bind_users(inst).await.context("commonStart")?)
+                .clone(),
+        })
     } else {
         None
     };

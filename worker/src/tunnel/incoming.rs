@@ -21,7 +21,7 @@ use super::session::Session;
 use crate::policy::{block, SlotKind};
 use crate::pool::Entry;
 
-pub async fn tcp_loop(sess: Arc<Session>, listener: TcpListener) -> anyhow::Result<()> {
+pub async fn tcp_loop(sess: Arc<Session>, listener: Arc<TcpListener>) -> anyhow::Result<()> {
     let (inst, cancel) = (sess.inst.clone(), sess.cancel.clone());
     super::user::serve_tcp(
         inst,

@@ -18,6 +18,7 @@ pub mod user;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use nodepass_proto::url::{HostPort, Role, RunMode};
@@ -176,15 +177,28 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
         tracing::warn!("{NO_KEY_WARNING}");
     }
     let mut first = true;
+    // Kept across sessions (see server::Bound).
+    let mut server_bound = None;
+    let mut client_users = None;
+    let mut backoff = RestartBackoff::new(inst.tunables.service_cooldown);
     loop {
         let session = shutdown.child_token();
         // Each start resolves names afresh, like the reference.
         inst.dns.clear();
+        let began = std::time::Instant::now();
         let result = match &server_side {
             Some((pool_server, tls)) => {
-                server::start(&inst, pool_server.clone(), tls.clone(), &session, first).await
+                server::start(
+                    &inst,
+                    pool_server.clone(),
+                    tls.clone(),
+                    &session,
+                    first,
+                    &mut server_bound,
+                )
+                .await
             }
-            None => client_start(&inst, &session, first).await,
+            None => client_start(&inst, &session, first, &mut client_users).await,
         };
         session.cancel();
         if shutdown.is_cancelled() {
@@ -199,11 +213,45 @@ pub async fn run_role(inst: Arc<Instance>, shutdown: CancellationToken) -> anyho
             Ok(()) => tracing::error!("{name} error: the session ended"),
         }
         first = false;
+        let pause = backoff.after(began.elapsed());
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(inst.tunables.service_cooldown) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         tracing::info!("{name} restart");
+    }
+}
+
+/// The pause before a role starts again. The reference always waits NP_SERVICE_COOLDOWN
+/// (3 s). Here a start that lasted at least that long (a session that ran, then lost its
+/// peer) restarts at once, so a peer that comes back finds us ready; starts that keep
+/// failing quickly back off from 100 ms, doubling up to the cooldown, so a dead peer is
+/// retried soon after it returns and never in a busy loop.
+struct RestartBackoff {
+    cooldown: Duration,
+    last: Duration,
+}
+
+impl RestartBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new(cooldown: Duration) -> Self {
+        RestartBackoff {
+            cooldown,
+            last: Duration::ZERO,
+        }
+    }
+
+    /// The pause after a start that ran for `ran`.
+    fn after(&mut self, ran: Duration) -> Duration {
+        self.last = if ran >= self.cooldown {
+            Duration::ZERO
+        } else if self.last.is_zero() {
+            Self::FIRST.min(self.cooldown)
+        } else {
+            self.last.saturating_mul(2).min(self.cooldown)
+        };
+        self.last
     }
 }
 
@@ -231,6 +279,7 @@ async fn client_start(
     inst: &Arc<Instance>,
     cancel: &CancellationToken,
     first: bool,
+    users_kept: &mut Option<session::UserListeners>,
 ) -> anyhow::Result<()> {
     let mode = inst.url.params.mode();
     if mode != RunMode::Two {
@@ -245,7 +294,7 @@ async fn client_start(
     if first && !inst.url.key_in_url {
         tracing::warn!("{NO_KEY_WARNING}");
     }
-    client::start(inst, cancel).await
+    client::start(inst, cancel, users_kept).await
 }
 
 // What both roles' sessions use (the server's target listeners, the client's in flow `+`).
@@ -260,7 +309,9 @@ pub async fn bind_users(inst: &Instance) -> anyhow::Result<session::UserListener
     let tcp = if inst.url.params.notcp() {
         None
     } else {
-        Some(bind_tcp(addr).with_context(|| format!("initTargetListener: listen tcp {addr}"))?)
+        Some(Arc::new(bind_tcp(addr).with_context(|| {
+            format!("initTargetListener: listen tcp {addr}")
+        })?))
     };
     let udp = if inst.url.params.noudp() {
         None
@@ -292,5 +343,31 @@ pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod restart_backoff_tests {
+    use super::RestartBackoff;
+    use std::time::Duration;
+
+    #[test]
+    fn a_session_that_ran_restarts_at_once_and_quick_failures_back_off() {
+        let ms = Duration::from_millis;
+        let mut b = RestartBackoff::new(ms(3000));
+        // A session that ran for minutes, then lost its peer: no pause.
+        assert_eq!(b.after(ms(600_000)), ms(0));
+        // The peer is not back yet: each quick failure doubles the pause up to the cooldown.
+        let pauses: Vec<_> = (0..7).map(|_| b.after(ms(5))).collect();
+        assert_eq!(
+            pauses,
+            [100, 200, 400, 800, 1600, 3000, 3000].map(ms).to_vec()
+        );
+        // Back up and running for a while: the next loss restarts at once again.
+        assert_eq!(b.after(ms(3000)), ms(0));
+        assert_eq!(b.after(ms(1)), ms(100));
+        // A cooldown below the first step is never exceeded.
+        let mut short = RestartBackoff::new(ms(50));
+        assert_eq!(short.after(ms(1)), ms(50));
     }
 }

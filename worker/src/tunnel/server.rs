@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use nodepass_proto::url::{RunMode, TlsMode};
 use nodepass_proto::wire::{Flow, TunnelConfig};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::control;
@@ -31,14 +32,21 @@ fn listen_list(tunnel: SocketAddr, users: Option<&UserListeners>) -> Vec<String>
     v
 }
 
-/// One start of the server role; returns when the session ends.
-pub async fn start(
-    inst: &Arc<Instance>,
-    pool_server: Arc<dyn PoolServer>,
-    tls: Option<Arc<ServerTls>>,
-    cancel: &CancellationToken,
-    first: bool,
-) -> anyhow::Result<()> {
+/// What a server binds once and keeps for all its sessions: the tunnel port, the mode it
+/// decided, and in mode 1 the user listeners. A client's handshake or a user that arrives
+/// between two sessions waits in the listen backlog and is served by the next session,
+/// instead of being refused while nothing listens (the reference closes and re-binds them
+/// at every restart).
+#[derive(Clone)]
+pub struct Bound {
+    addr: SocketAddr,
+    tunnel: Arc<TcpListener>,
+    mode: u8,
+    flow: Flow,
+    users: Option<UserListeners>,
+}
+
+async fn bind(inst: &Arc<Instance>, first: bool) -> anyhow::Result<Bound> {
     let fatal_if_first = |e: anyhow::Error| if first { e.context(Fatal) } else { e };
     let url = &inst.url;
     let addr = listen_addr(&url.tunnel).await.map_err(fatal_if_first)?;
@@ -66,6 +74,37 @@ pub async fn start(
             }
         },
     };
+    Ok(Bound {
+        addr,
+        tunnel: Arc::new(listener),
+        mode,
+        flow,
+        users,
+    })
+}
+
+/// One start of the server role; returns when the session ends. Binds on the first start
+/// and keeps what it bound in `bound` for the next ones.
+pub async fn start(
+    inst: &Arc<Instance>,
+    pool_server: Arc<dyn PoolServer>,
+    tls: Option<Arc<ServerTls>>,
+    cancel: &CancellationToken,
+    first: bool,
+    bound: &mut Option<Bound>,
+) -> anyhow::Result<()> {
+    let b = match bound {
+        Some(b) => b.clone(),
+        None => bound.insert(bind(inst, first).await?).clone(),
+    };
+    let Bound {
+        addr,
+        tunnel: listener,
+        mode,
+        flow,
+        users,
+    } = b;
+    let url = &inst.url;
     inst.set_mode(mode);
     inst.announce_ready(listen_list(addr, users.as_ref()));
     let tls_mode = if tls.is_some() {

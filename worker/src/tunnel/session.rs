@@ -31,9 +31,9 @@ pub enum Verifier {
 }
 
 /// The incoming side's user-facing sockets (the target address of its side).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct UserListeners {
-    pub tcp: Option<TcpListener>,
+    pub tcp: Option<Arc<TcpListener>>,
     pub udp: Option<Arc<UdpSocket>>,
 }
 

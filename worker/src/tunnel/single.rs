@@ -107,7 +107,7 @@ async fn tcp_loop(
     let i2 = inst.clone();
     user::serve_tcp(
         inst,
-        listener,
+        Arc::new(listener),
         "singleTCPLoop",
         cancel,
         move |user, peer, prefix| tcp_once(i2.clone(), user, peer, prefix),

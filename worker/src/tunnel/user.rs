@@ -43,7 +43,7 @@ pub fn slot(inst: &Instance, kind: SlotKind, what: &str) -> Option<SlotGuard> {
 /// once it has the far side.
 pub async fn serve_tcp<F, Fut>(
     inst: Arc<Instance>,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     what: &'static str,
     cancel: CancellationToken,
     handle: F,
