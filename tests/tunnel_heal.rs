@@ -75,7 +75,7 @@ impl Users {
 /// the reference's default 3 s NP_SERVICE_COOLDOWN: the users who arrive at the server
 /// meanwhile must wait and go through, none refused.
 fn client_restart_loses_no_user(pool_type: u8, tls: u8) {
-    let case = format!("type={pool_type} tls={tls}");
+    let case = format!("client restart, type={pool_type} tls={tls}");
     let env = [("NP_SERVICE_COOLDOWN", "3s")];
     let echo = Echo::start();
     let (tunnel, uport) = (free_port(), free_port());
@@ -102,8 +102,46 @@ fn client_restart_loses_no_user(pool_type: u8, tls: u8) {
     std::thread::sleep(Duration::from_secs(6));
     let tries = users.finish();
 
-    // Users that were mid-transfer through the killed client cannot be saved; every user
-    // who arrived after the kill could wait, and must have gone through.
+    check(&case, &tries, killed, restarted, &server, &client2);
+}
+
+/// Restarts the server of a forward pair (users at the client) 1 s after killing it, with
+/// the default 3 s cooldown: the client keeps its user listener and retries the handshake
+/// with a short backoff, so the users who arrive meanwhile wait and go through.
+fn server_restart_loses_no_user(pool_type: u8, tls: u8) {
+    let case = format!("server restart, type={pool_type} tls={tls}");
+    let env = [("NP_SERVICE_COOLDOWN", "3s")];
+    let echo = Echo::start();
+    let (tunnel, uport) = (free_port(), free_port());
+    let server_url = format!(
+        "server://k@127.0.0.1:{tunnel}/{}?mode=2&type={pool_type}&tls={tls}",
+        echo.addr()
+    );
+    let mut server = Proc::worker("server", &server_url, &env);
+    server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+    let client = Proc::worker(
+        "client",
+        &format!("client://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=2"),
+        &env,
+    );
+    let users_addr = format!("127.0.0.1:{uport}");
+    wait_tunnel(&users_addr, UP, &[&server, &client]);
+
+    let users = Users::start(users_addr);
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    server.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let restarted = Instant::now();
+    let server2 = Proc::worker("server", &server_url, &env);
+    std::thread::sleep(Duration::from_secs(6));
+    let tries = users.finish();
+    check(&case, &tries, killed, restarted, &server2, &client);
+}
+
+/// Every user who arrived after the kill went through (users mid-transfer through the
+/// killed process cannot be saved); prints the figures for the note.
+fn check(case: &str, tries: &[Try], killed: Instant, restarted: Instant, a: &Proc, b: &Proc) {
     let after: Vec<&Try> = tries
         .iter()
         .filter(|t| t.start > killed + Duration::from_millis(20))
@@ -129,12 +167,27 @@ fn client_restart_loses_no_user(pool_type: u8, tls: u8) {
     );
     assert!(
         failed.is_empty(),
-        "{case}: {} of {} users who arrived after the client was killed failed:\n{failed:?}\nserver:\n{}\nclient:\n{}",
+        "{case}: {} of {} users who arrived after the kill failed:\n{failed:?}\n{}\n{}",
         failed.len(),
         after.len(),
-        server.dump(),
-        client2.dump()
+        a.dump(),
+        b.dump()
     );
+}
+
+#[test]
+fn a_server_restart_loses_no_user_on_tcp() {
+    server_restart_loses_no_user(0, 0);
+}
+
+#[test]
+fn a_server_restart_loses_no_user_on_websocket_with_tls() {
+    server_restart_loses_no_user(2, 1);
+}
+
+#[test]
+fn a_server_restart_loses_no_user_on_http2() {
+    server_restart_loses_no_user(3, 0);
 }
 
 #[test]
