@@ -85,6 +85,14 @@ async fn main() {
         )
         .await;
         let first = first.as_f64().unwrap_or(f64::NAN);
+        let stream = js(&c, "performance.getEntriesByName('np-stream')[0].startTime")
+            .await
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let rows1 = js(&c, "performance.getEntriesByName('np-render')[0].startTime")
+            .await
+            .as_f64()
+            .unwrap_or(f64::NAN);
         let weight = js(
             &c,
             "[...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')]\
@@ -97,7 +105,7 @@ async fn main() {
         )
         .await;
         println!(
-            "run {run}: all {n} rows after {first:.0} ms from navigation start; longest batched update while loading {:.1} ms; page files {weight}",
+            "run {run}: event stream open after {stream:.0} ms, first rows after {rows1:.0} ms, all {n} rows after {first:.0} ms from navigation start; longest batched update while loading {:.1} ms; page files {weight}",
             flush_load.as_f64().unwrap_or(f64::NAN)
         );
         firsts.push(first);

@@ -160,6 +160,7 @@
     }
     if (!resp.ok || !resp.body) { setLive(false); retryLater(ctl); return; }
     setLive(true);
+    if (gen === 1) performance.mark('np-stream');
     reconcile(ctl, gen);
     const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
