@@ -502,7 +502,12 @@
     const now = Date.now();
     let peak = 0;
     let points = 0;
-    for (const s of series) for (const p of s.points) { peak = Math.max(peak, p.v); points++; }
+    let earliest = now;
+    for (const s of series) {
+      for (const p of s.points) { peak = Math.max(peak, p.v); points++; earliest = Math.min(earliest, p.t); }
+    }
+    // The x axis spans the data (at least a minute), up to the ten minutes kept.
+    const span = Math.min(HISTORY_MS, Math.max(60000, now - earliest));
     const top = peak > 0 ? peak * 1.15 : 1;
     const pad = 4 * dpr;
     const W = canvas.width, H = canvas.height;
@@ -514,7 +519,7 @@
       ctx.lineWidth = 1.5 * dpr;
       ctx.beginPath();
       s.points.forEach((p, i) => {
-        const x = W - ((now - p.t) / HISTORY_MS) * W;
+        const x = W - ((now - p.t) / span) * W;
         const y = H - pad - (p.v / top) * (H - 2 * pad - 14 * dpr);
         if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
       });
