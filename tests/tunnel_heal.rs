@@ -5,7 +5,9 @@
 
 mod tunnel_support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -188,6 +190,152 @@ fn a_server_restart_loses_no_user_on_websocket_with_tls() {
 #[test]
 fn a_server_restart_loses_no_user_on_http2() {
     server_restart_loses_no_user(3, 0);
+}
+
+/// A user-space TCP relay standing in for the network between client and server. `cut()`
+/// makes every connection open at that moment go silent for good, as a dead path or a
+/// NAT that lost its state would: bytes are taken and dropped, nothing is closed or reset.
+/// Connections made after the cut pass normally (the network came back).
+struct Relay {
+    port: u16,
+    cuts: Arc<AtomicU64>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = listener.local_addr().expect("addr").port();
+        let cuts = Arc::new(AtomicU64::new(0));
+        let c = cuts.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(a) = conn else { continue };
+                let Ok(b) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                let born = c.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (a.try_clone().expect("clone"), b.try_clone().expect("clone")),
+                    (b, a),
+                ] {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if c.load(Ordering::SeqCst) != born {
+                                continue; // silent: taken, never delivered
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        if c.load(Ordering::SeqCst) == born {
+                            let _ = to.shutdown(Shutdown::Write);
+                        }
+                    });
+                }
+            }
+        });
+        Relay { port, cuts }
+    }
+
+    fn cut(&self) {
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Every connection between client and server goes silent (no FIN, no RST) while users
+/// arrive at the server every 100 ms. The server stops taking users once the control
+/// channel has been silent for 1.5 report intervals + 250 ms (1 s here; it looks at least
+/// every 100 ms), so they wait in the backlog, and the session is rebuilt over fresh
+/// connections after two intervals + 500 ms. Users who arrive 1.25 s after the cut must
+/// all go through.
+fn a_silent_link_is_rebuilt(pool_type: u8, tls: u8) {
+    const GATED: Duration = Duration::from_millis(1250);
+    let case = format!("silent link, type={pool_type} tls={tls}");
+    let echo = Echo::start();
+    let (tunnel, uport) = (free_port(), free_port());
+    let server = Proc::worker(
+        "server",
+        &format!(
+            "server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1&type={pool_type}&tls={tls}"
+        ),
+        &[],
+    );
+    server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+    let relay = Relay::start(tunnel);
+    let client = Proc::worker(
+        "client",
+        &format!("client://k@127.0.0.1:{}/{}?mode=2", relay.port, echo.addr()),
+        &[],
+    );
+    let users_addr = format!("127.0.0.1:{uport}");
+    wait_tunnel(&users_addr, UP, &[&server, &client]);
+    let users = Users::start(users_addr);
+    std::thread::sleep(Duration::from_secs(1));
+    let cut = Instant::now();
+    relay.cut();
+    std::thread::sleep(Duration::from_secs(7));
+    let tries = users.finish();
+    let during: Vec<&Try> = tries
+        .iter()
+        .filter(|t| t.start > cut && t.start <= cut + GATED)
+        .collect();
+    let later: Vec<&Try> = tries.iter().filter(|t| t.start > cut + GATED).collect();
+    let failed_later: Vec<&Try> = later.iter().copied().filter(|t| !t.ok).collect();
+    let back = tries
+        .iter()
+        .filter(|t| t.ok && t.start > cut)
+        .map(|t| t.end)
+        .filter(|e| *e > cut + Duration::from_millis(200))
+        .min()
+        .map(|e| e - cut);
+    eprintln!(
+        "{case}: in the first 1.25 s of silence {} of {} users failed; after it {} of {} failed; first user through {:?} after the cut; longest wait {:?}",
+        during.iter().filter(|t| !t.ok).count(),
+        during.len(),
+        failed_later.len(),
+        later.len(),
+        back,
+        later.iter().map(|t| t.end - t.start).max()
+    );
+    assert!(
+        later.len() >= 40,
+        "{case}: users kept arriving: {}",
+        later.len()
+    );
+    assert!(
+        failed_later.is_empty(),
+        "{case}: {} of {} users who arrived after the first 1.25 s of silence failed:\n{failed_later:?}\nserver:\n{}\nclient:\n{}",
+        failed_later.len(),
+        later.len(),
+        server.dump(),
+        client.dump()
+    );
+}
+
+#[test]
+fn a_silent_link_is_rebuilt_on_tcp() {
+    a_silent_link_is_rebuilt(0, 0);
+}
+
+#[test]
+fn a_silent_link_is_rebuilt_on_tcp_with_tls() {
+    a_silent_link_is_rebuilt(0, 1);
+}
+
+#[test]
+fn a_silent_link_is_rebuilt_on_websocket() {
+    a_silent_link_is_rebuilt(2, 0);
+}
+
+#[test]
+fn a_silent_link_is_rebuilt_on_http2_with_tls() {
+    a_silent_link_is_rebuilt(3, 1);
 }
 
 #[test]

@@ -76,6 +76,7 @@ pub async fn run(
         verifier,
         started: Instant::now(),
         checkpoint_ms: AtomicU64::new(0),
+        heard_ms: AtomicU64::new(0),
         peer_verify_ids: Mutex::new(Vec::new()),
         own_verify_sent: AtomicBool::new(false),
         verified,
@@ -164,7 +165,11 @@ async fn reader(
     udp: Arc<outgoing::UdpSessions>,
 ) -> anyhow::Result<()> {
     let key = sess.inst.url.key.clone();
-    let deadline = sess.inst.tunables.report_interval * 3;
+    // Two report intervals and a half second: a live peer is heard from at least once an
+    // interval (its ping and its pong to ours), so one lost beat is tolerated and a silent
+    // link (a dead path, a NAT that lost its state) ends the session within about two
+    // intervals (the reference waits three).
+    let deadline = sess.inst.tunables.report_interval * 2 + std::time::Duration::from_millis(500);
     let mut rd = BufReader::new(rd);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -178,6 +183,8 @@ async fn reader(
         if n == 0 {
             return Err(anyhow!("commonQueue: readBytes failed: EOF"));
         }
+        sess.heard_ms
+            .store(sess.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         match Signal::decode(&line, &key) {
             Ok(sig) => sess.dispatch(sig, &udp),
             Err(SignalError::PoolId { action, id }) => sess.unknown_pool_id(action, &id),

@@ -28,6 +28,7 @@ pub async fn tcp_loop(sess: Arc<Session>, listener: Arc<TcpListener>) -> anyhow:
         listener,
         "commonTCPLoop",
         cancel,
+        Some(sess.clone()),
         move |user, peer, prefix| tcp_once(sess.clone(), user, peer, prefix),
     )
     .await

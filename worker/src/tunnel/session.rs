@@ -5,7 +5,7 @@
 //! (outgoing.rs) all use it; none of them is imported by this module, so the three only
 //! meet here and in control.rs, which starts the other two.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -56,6 +56,10 @@ pub struct Session {
     pub(super) started: Instant,
     /// ms since `started` when the last ping was sent.
     pub(super) checkpoint_ms: AtomicU64,
+    /// ms since `started` when the last line came in on the control channel (each side
+    /// pings every report interval and answers the peer's pings, so a live link is heard
+    /// from at least once an interval).
+    pub(super) heard_ms: AtomicU64,
     /// Ids the peer has named in its `verify` (never pick one of those for ours).
     pub(super) peer_verify_ids: Mutex<Vec<PoolId>>,
     pub(super) own_verify_sent: AtomicBool,
@@ -108,6 +112,29 @@ impl Session {
             tracing::error!("startWriter: write failed: {e}");
             self.cancel.cancel();
         }
+    }
+
+    /// Whether the control channel was heard from lately (within 1.5 report intervals).
+    /// While it is not, the incoming side stops accepting users: they wait in the listen
+    /// backlog for the link to answer again or for the next session, instead of being
+    /// handed pool entries that may be as dead as the silent link.
+    pub fn link_fresh(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let heard = self.heard_ms.load(Ordering::Relaxed);
+        let limit = self.inst.tunables.report_interval.as_millis() as u64 * 3 / 2 + 250;
+        now.saturating_sub(heard) <= limit
+    }
+
+    /// Waits until [`Session::link_fresh`] (checked every 50 ms); returns false when the
+    /// session ends first.
+    pub async fn wait_link_fresh(&self) -> bool {
+        while !self.link_fresh() {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        true
     }
 
     pub(super) fn tls_on(&self) -> bool {

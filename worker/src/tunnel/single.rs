@@ -110,6 +110,7 @@ async fn tcp_loop(
         Arc::new(listener),
         "singleTCPLoop",
         cancel,
+        None,
         move |user, peer, prefix| tcp_once(i2.clone(), user, peer, prefix),
     )
     .await

@@ -15,9 +15,13 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::session::Session;
 use crate::instance::Instance;
 use crate::policy::{block, proxy, SlotGuard, SlotKind};
 use crate::transport::RETRY_PAUSE;
+
+/// How often the accept loop of a tunnel's users looks at the link while no user comes.
+const LINK_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Takes a slot of `kind`, or logs the reference's limit line and returns None.
 pub fn slot(inst: &Instance, kind: SlotKind, what: &str) -> Option<SlotGuard> {
@@ -46,6 +50,7 @@ pub async fn serve_tcp<F, Fut>(
     listener: Arc<TcpListener>,
     what: &'static str,
     cancel: CancellationToken,
+    link: Option<Arc<Session>>,
     handle: F,
 ) -> anyhow::Result<()>
 where
@@ -54,9 +59,18 @@ where
 {
     let handle = Arc::new(handle);
     loop {
+        // A tunnel whose control channel went silent takes no new users until it answers
+        // again or the next session takes over (see Session::link_fresh).
+        if let Some(s) = &link {
+            if !s.wait_link_fresh().await {
+                return Ok(());
+            }
+        }
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             a = listener.accept() => a,
+            // Look at the link again at least every 100 ms while no user comes.
+            _ = tokio::time::sleep(LINK_RECHECK), if link.is_some() => continue,
         };
         match accepted {
             Ok((mut user, peer)) => {
