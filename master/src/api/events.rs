@@ -42,12 +42,13 @@ pub async fn events(State(m): State<Arc<Master>>, method: Method, headers: Heade
         return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized: Invalid API key")
             .into_response();
     }
-    let mut head: Vec<Bytes> = vec![Bytes::from_static(b"retry: 3000\n\n")];
-    head.extend(
-        m.all_instances()
-            .iter()
-            .map(|i| EventHub::render(EventKind::Initial, Some(i), "")),
-    );
+    // The snapshot goes out as one chunk: with a thousand instances, a chunk per event
+    // cost the reader (a browser console) a parse and a wake-up each.
+    let mut snapshot = b"retry: 3000\n\n".to_vec();
+    for i in m.all_instances().iter() {
+        snapshot.extend_from_slice(&EventHub::render(EventKind::Initial, Some(i), ""));
+    }
+    let head = [Bytes::from(snapshot)];
     let hub = m.events.clone();
     let live = futures::stream::unfold(Some(rx), move |rx| next_frame(rx, hub.clone()));
     let body = futures::stream::iter(head)
