@@ -43,6 +43,7 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr, pre
         );
         return;
     };
+    let taken_ms = sess.now_ms();
     tracing::debug!(
         "Tunnel connection: get {id} <- pool active {}",
         sess.pool.idle_count()
@@ -57,7 +58,15 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr, pre
         return;
     }
     let far = entry.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    inst.relay_tcp(&mut user, &mut entry, &peer, &far).await;
+    // An entry handed out while the link was already silent is as dead as the link: when
+    // the session ends for that silence, its user is closed at once instead of hanging
+    // until its own timeout.
+    tokio::select! {
+        _ = inst.relay_tcp(&mut user, &mut entry, &peer, &far) => {}
+        _ = sess.ended_silent_since(taken_ms) => {
+            tracing::warn!("commonTCPLoop: {peer} closed: its pool entry {far} belonged to a silent link");
+        }
+    }
 }
 
 /// Datagrams queued for one UDP session while it waits for its pool entry or for the

@@ -60,6 +60,8 @@ pub struct Session {
     /// pings every report interval and answers the peer's pings, so a live link is heard
     /// from at least once an interval).
     pub(super) heard_ms: AtomicU64,
+    /// Set when the session ends because the control channel went silent.
+    pub(super) went_silent: AtomicBool,
     /// Ids the peer has named in its `verify` (never pick one of those for ours).
     pub(super) peer_verify_ids: Mutex<Vec<PoolId>>,
     pub(super) own_verify_sent: AtomicBool,
@@ -123,6 +125,24 @@ impl Session {
         let heard = self.heard_ms.load(Ordering::Relaxed);
         let limit = self.inst.tunables.report_interval.as_millis() as u64 * 3 / 2 + 250;
         now.saturating_sub(heard) <= limit
+    }
+
+    /// ms since the session started.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Resolves when the session has ended because its link went silent before `taken_ms`
+    /// (nothing was heard on the control channel after that moment): an entry taken then
+    /// belongs to the dead link, and its relay can only hang. Never resolves otherwise.
+    pub async fn ended_silent_since(&self, taken_ms: u64) {
+        self.cancel.cancelled().await;
+        if self.went_silent.load(Ordering::Relaxed)
+            && self.heard_ms.load(Ordering::Relaxed) <= taken_ms
+        {
+            return;
+        }
+        std::future::pending().await
     }
 
     /// Waits until [`Session::link_fresh`] (checked every 50 ms); returns false when the
