@@ -77,7 +77,6 @@ pub async fn run(
         started: Instant::now(),
         checkpoint_ms: AtomicU64::new(0),
         heard_ms: AtomicU64::new(0),
-        went_silent: AtomicBool::new(false),
         peer_verify_ids: Mutex::new(Vec::new()),
         own_verify_sent: AtomicBool::new(false),
         verified,
@@ -177,10 +176,7 @@ async fn reader(
         line.clear();
         let mut limited = (&mut rd).take(MAX_SIGNAL_LINE as u64 + 1);
         let n = match tokio::time::timeout(deadline, limited.read_until(b'\n', &mut line)).await {
-            Err(_) => {
-                sess.went_silent.store(true, Ordering::Relaxed);
-                return Err(anyhow!("commonQueue: read timeout after {deadline:?}"));
-            }
+            Err(_) => return Err(anyhow!("commonQueue: read timeout after {deadline:?}")),
             Ok(Err(e)) => return Err(anyhow!("commonQueue: readBytes failed: {e}")),
             Ok(Ok(n)) => n,
         };

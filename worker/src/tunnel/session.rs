@@ -60,8 +60,6 @@ pub struct Session {
     /// pings every report interval and answers the peer's pings, so a live link is heard
     /// from at least once an interval).
     pub(super) heard_ms: AtomicU64,
-    /// Set when the session ends because the control channel went silent.
-    pub(super) went_silent: AtomicBool,
     /// Ids the peer has named in its `verify` (never pick one of those for ours).
     pub(super) peer_verify_ids: Mutex<Vec<PoolId>>,
     pub(super) own_verify_sent: AtomicBool,
@@ -132,14 +130,16 @@ impl Session {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Resolves when the session has ended because its link went silent before `taken_ms`
-    /// (nothing was heard on the control channel after that moment): an entry taken then
-    /// belongs to the dead link, and its relay can only hang. Never resolves otherwise.
+    /// Resolves when the session has ended with its link silent (nothing heard on the
+    /// control channel for more than a report interval, whatever ended it: the read
+    /// deadline, a transport's own keep-alive) and nothing heard since `taken_ms`: an entry
+    /// taken then belongs to the dead link, and its relay can only hang. Never resolves
+    /// otherwise.
     pub async fn ended_silent_since(&self, taken_ms: u64) {
         self.cancel.cancelled().await;
-        if self.went_silent.load(Ordering::Relaxed)
-            && self.heard_ms.load(Ordering::Relaxed) <= taken_ms
-        {
+        let heard = self.heard_ms.load(Ordering::Relaxed);
+        let interval = self.inst.tunables.report_interval.as_millis() as u64;
+        if self.now_ms().saturating_sub(heard) > interval && heard <= taken_ms {
             return;
         }
         std::future::pending().await
