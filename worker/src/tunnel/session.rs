@@ -132,14 +132,18 @@ impl Session {
 
     /// Resolves when the session has ended with its link silent (nothing heard on the
     /// control channel for more than a report interval, whatever ended it: the read
-    /// deadline, a transport's own keep-alive) and nothing heard since `taken_ms`: an entry
-    /// taken then belongs to the dead link, and its relay can only hang. Never resolves
-    /// otherwise.
+    /// deadline, a transport's own keep-alive) and the entry was taken after the last line
+    /// was heard, or less than half an interval before (`heard_ms` is when this side read
+    /// the line, which on a loaded machine can be well after the link carried it): such an
+    /// entry belongs to the dead link, and its relay can only hang. Never resolves
+    /// otherwise, so relays that began earlier (and may be on healthy entries) go on.
     pub async fn ended_silent_since(&self, taken_ms: u64) {
         self.cancel.cancelled().await;
         let heard = self.heard_ms.load(Ordering::Relaxed);
         let interval = self.inst.tunables.report_interval.as_millis() as u64;
-        if self.now_ms().saturating_sub(heard) > interval && heard <= taken_ms {
+        if self.now_ms().saturating_sub(heard) > interval
+            && heard.saturating_sub(interval / 2) <= taken_ms
+        {
             return;
         }
         std::future::pending().await
