@@ -100,6 +100,9 @@ pub struct Param {
     pub in_config: bool,
     /// What a valid value looks like: the end of the error for any other value.
     pub expected: &'static str,
+    /// Every accepted value in canonical form, for a parameter whose values are a short
+    /// closed list (the web console offers them as a select); empty otherwise.
+    pub choices: &'static [&'static str],
     /// Parses a value and stores it; `None` when the value is not valid.
     store: fn(&mut TunnelParams, &str) -> Option<()>,
     /// The canonical text of the stored value, `None` when absent.
@@ -183,6 +186,7 @@ macro_rules! optional {
 ///     roles: Roles::..., expected: "error text",
 ///     parse: fn(&str) -> Option<Type>, render: fn(&Type) -> String,
 ///     default: value,          // optional; generates `TunnelParams::field()`
+///     choices: ["a", "b"],     // optional; every value of a closed list
 ///     in_config: bool,
 /// }
 /// ```
@@ -195,6 +199,7 @@ macro_rules! parameters {
             parse: $parse:expr,
             render: $render:expr,
             $(default: $default:expr,)?
+            $(choices: [$($choice:literal),* $(,)?],)?
             in_config: $in_config:expr $(,)?
         }
     )*) => {
@@ -223,6 +228,7 @@ macro_rules! parameters {
                 roles: $roles,
                 in_config: $in_config,
                 expected: $expected,
+                choices: &[$($($choice),*)?],
                 store: |params, value| {
                     let parse: fn(&str) -> Option<$ty> = $parse;
                     params.$field = Some(parse(value)?);
@@ -253,6 +259,7 @@ parameters! {
         parse: LogLevel::parse,
         render: |level| level.as_str().to_string(),
         default: LogLevel::Info,
+        choices: ["none", "debug", "info", "warn", "error", "event"],
         in_config: false,
     }
     /// `tls`: how pool connections are encrypted (see `TunnelUrl::effective_tls`).
@@ -262,6 +269,7 @@ parameters! {
         parse: TlsMode::from_code,
         render: |mode| mode.code().to_string(),
         default: TlsMode::Off,
+        choices: ["0", "1", "2"],
         in_config: false,
     }
     /// `crt`: certificate file for `tls=2`.
@@ -309,6 +317,7 @@ parameters! {
         parse: LbStrategy::from_code,
         render: |strategy| strategy.code().to_string(),
         default: LbStrategy::RoundRobin,
+        choices: ["0", "1", "2"],
         in_config: false,
     }
     /// `min`: client pool minimum.
@@ -336,6 +345,7 @@ parameters! {
         parse: RunMode::from_code,
         render: |mode| mode.code().to_string(),
         default: RunMode::Auto,
+        choices: ["0", "1", "2"],
         in_config: true,
     }
     /// `type`: the pool transport (a client learns it in the handshake).
@@ -345,6 +355,7 @@ parameters! {
         parse: PoolType::from_code,
         render: |pool_type| pool_type.code().to_string(),
         default: PoolType::Tcp,
+        choices: ["0", "1", "2", "3"],
         in_config: true,
     }
     /// `dial`: source address for target dials.
@@ -398,6 +409,7 @@ parameters! {
         parse: parse_flag,
         render: |on| flag_text(*on),
         default: false,
+        choices: ["0", "1"],
         in_config: true,
     }
     /// `block`: protocols the incoming side refuses.
@@ -416,6 +428,7 @@ parameters! {
         parse: parse_flag,
         render: |on| flag_text(*on),
         default: false,
+        choices: ["0", "1"],
         in_config: true,
     }
     /// `noudp`: no UDP on this side.
@@ -425,6 +438,7 @@ parameters! {
         parse: parse_flag,
         render: |on| flag_text(*on),
         default: false,
+        choices: ["0", "1"],
         in_config: true,
     }
 }

@@ -903,3 +903,39 @@ fn typed_accessors_give_the_default_until_a_value_is_given() {
         "invalid value \"x\" for slot: expected a whole number from 0 to 16777216 (0 = unlimited)"
     );
 }
+
+#[test]
+fn the_closed_value_lists_are_exactly_what_the_parser_accepts() {
+    for p in super::PARAMS {
+        for c in p.choices {
+            assert_eq!(
+                p.canonical(c).as_deref(),
+                Some(*c),
+                "{}: {c} is canonical",
+                p.name
+            );
+        }
+        if p.choices.is_empty() {
+            continue;
+        }
+        // Nothing outside the list: other numbers, words, durations.
+        for probe in ["4", "9", "12", "-1", "zz", "5m", "true"] {
+            let accepted = p.canonical(probe);
+            assert!(
+                accepted.is_none() || p.choices.contains(&accepted.as_deref().unwrap_or("")),
+                "{}: {probe} is accepted as {accepted:?} but is not in {:?}",
+                p.name,
+                p.choices
+            );
+        }
+    }
+    let with: Vec<&str> = super::PARAMS
+        .iter()
+        .filter(|p| !p.choices.is_empty())
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(
+        with,
+        ["log", "tls", "lbs", "mode", "type", "proxy", "notcp", "noudp"]
+    );
+}
