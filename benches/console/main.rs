@@ -9,15 +9,12 @@
 //! every row is in the table, and the longest batched update while the instances report.
 //! Not a test: it asserts nothing about time.
 
-#[path = "../../tests/browser_support/mod.rs"]
-mod browser_support;
-#[path = "../../tests/master_proc/mod.rs"]
-mod master_proc;
-
 use std::time::{Duration, Instant};
 
-use browser_support::{browser, browser_present, js, wait_true};
-use master_proc::{free_port, spawn, try_call};
+use nodepass_testkit::api::try_call;
+use nodepass_testkit::browser::{browser, browser_present, js, wait_true};
+use nodepass_testkit::free_port;
+use nodepass_testkit::master::MasterProc;
 use serde_json::Value;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +28,7 @@ async fn main() {
         .unwrap_or(1000);
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
-    let m = spawn(&state, free_port(), &[("NP_REPORT_INTERVAL", "5s")]);
+    let mut m = MasterProc::launch_fast(&state, free_port(), &[("NP_REPORT_INTERVAL", "5s")]);
     let key = m.wait_ready();
     let made = Instant::now();
     for i in 0..n {

@@ -22,17 +22,16 @@
 //! NODEPASS_BIN overrides the binary path (default: target/release/nodepass beside this
 //! bench executable).
 
-#[path = "../../master/tests/support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nodepass_master::model::{Instance, InstanceKind, InstanceStatus, Meta};
 use nodepass_master::store::{MasterRecord, Store, StoredInstance};
-use support::process::{echo_server, MasterProc};
-use support::{free_port, Api, Sse};
+use nodepass_testkit::api::{Api, Sse};
+use nodepass_testkit::free_port;
+use nodepass_testkit::master::MasterProc;
+use nodepass_testkit::net::echo_server;
 
 fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("NODEPASS_BIN") {
@@ -216,7 +215,7 @@ fn preload(state: &Path, n: usize) {
 }
 
 /// `n` GET /instances latencies, sorted.
-fn list_latencies(api: &support::Api, n: usize) -> Vec<Duration> {
+fn list_latencies(api: &Api, n: usize) -> Vec<Duration> {
     let mut lat: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
@@ -231,7 +230,7 @@ fn list_latencies(api: &support::Api, n: usize) -> Vec<Duration> {
 }
 
 /// The scrape at 1000 instances, and whether a 1/s scraper slows GET /instances.
-fn scrape_bench(api: &support::Api) {
+fn scrape_bench(api: &Api) {
     let r = api.get("/metrics");
     assert_eq!(r.status, 200, "{}", r.text());
     let size = r.body.len();

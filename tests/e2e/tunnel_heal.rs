@@ -1,0 +1,365 @@
+//! Healing, as users see it: a tunnel pair under a fault while users arrive every 100 ms.
+//! Counts the user connections that failed and prints how long the tunnel took to carry
+//! traffic again. The bound asserted is on lost users (none may be lost to a fault they
+//! could outwait), not on time.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nodepass_testkit::{echo_once, free_port, wait_tunnel, Echo, Proc};
+
+const UP: Duration = Duration::from_secs(20);
+
+/// One user's try: when it started, when it ended, whether its bytes came back whole.
+#[derive(Clone, Copy, Debug)]
+struct Try {
+    start: Instant,
+    end: Instant,
+    ok: bool,
+}
+
+/// Users connecting to `addr` every 100 ms, each in its own thread (so a user who waits does
+/// not delay the next), each sending 4 KiB and reading the echo within 20 s.
+struct Users {
+    stop: Arc<AtomicBool>,
+    tries: Arc<Mutex<Vec<Try>>>,
+    driver: Option<std::thread::JoinHandle<Vec<std::thread::JoinHandle<()>>>>,
+}
+
+impl Users {
+    fn start(addr: String) -> Users {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let (s, t) = (stop.clone(), tries.clone());
+        let driver = std::thread::spawn(move || {
+            let mut threads = Vec::new();
+            let payload = nodepass_testkit::pattern(4096, 11);
+            while !s.load(Ordering::SeqCst) {
+                let (addr, t, payload) = (addr.clone(), t.clone(), payload.clone());
+                threads.push(std::thread::spawn(move || {
+                    let start = Instant::now();
+                    let ok = echo_once(&addr, &payload, Duration::from_secs(20))
+                        .is_ok_and(|back| back == payload);
+                    let end = Instant::now();
+                    t.lock().unwrap().push(Try { start, end, ok });
+                }));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            threads
+        });
+        Users {
+            stop,
+            tries,
+            driver: Some(driver),
+        }
+    }
+
+    /// Stops, waits for every user, and returns their tries in start order.
+    fn finish(mut self) -> Vec<Try> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(d) = self.driver.take() {
+            for t in d.join().expect("users") {
+                let _ = t.join();
+            }
+        }
+        let mut v = self.tries.lock().unwrap().clone();
+        v.sort_by_key(|t| t.start);
+        v
+    }
+}
+
+/// Which side of the pair is killed and started again.
+#[derive(Clone, Copy, PartialEq)]
+enum Restart {
+    /// The client of a reverse pair (users at the server): the server keeps its user
+    /// listener and takes the new client's handshake at once.
+    Client,
+    /// The server of a forward pair (users at the client): the client keeps its user
+    /// listener and retries the handshake with a short backoff.
+    Server,
+}
+
+/// Kills one side 1 s after users started arriving and starts it again 1 s later, with the
+/// reference's default 3 s NP_SERVICE_COOLDOWN: the users who arrive meanwhile must wait and
+/// go through, none refused.
+fn restart_loses_no_user(side: Restart, pool_type: u8, tls: u8) {
+    let case = match side {
+        Restart::Client => format!("client restart, type={pool_type} tls={tls}"),
+        Restart::Server => format!("server restart, type={pool_type} tls={tls}"),
+    };
+    let env = [("NP_SERVICE_COOLDOWN", "3s")];
+    let echo = Echo::start();
+    let (tunnel, uport) = (free_port(), free_port());
+    let users_addr = format!("127.0.0.1:{uport}");
+    // mode 1: the server listens for users and the client dials the echo; mode 2: the
+    // other way round.
+    let (server_url, client_url) = match side {
+        Restart::Client => (
+            format!("server://k@127.0.0.1:{tunnel}/{users_addr}?mode=1&type={pool_type}&tls={tls}"),
+            format!("client://k@127.0.0.1:{tunnel}/{}?mode=2", echo.addr()),
+        ),
+        Restart::Server => (
+            format!(
+                "server://k@127.0.0.1:{tunnel}/{}?mode=2&type={pool_type}&tls={tls}",
+                echo.addr()
+            ),
+            format!("client://k@127.0.0.1:{tunnel}/{users_addr}?mode=2"),
+        ),
+    };
+    let mut server = Proc::worker("server", &server_url, &env);
+    server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+    let mut client = Proc::worker("client", &client_url, &env);
+    wait_tunnel(&users_addr, UP, &[&server, &client]);
+
+    let users = Users::start(users_addr);
+    std::thread::sleep(Duration::from_secs(1));
+    let (victim, name, url) = match side {
+        Restart::Client => (&mut client, "client", &client_url),
+        Restart::Server => (&mut server, "server", &server_url),
+    };
+    let killed = Instant::now();
+    victim.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let restarted = Instant::now();
+    *victim = Proc::worker(name, url, &env);
+    std::thread::sleep(Duration::from_secs(6));
+    let tries = users.finish();
+    check(&case, &tries, killed, restarted, &server, &client);
+}
+
+/// Every user who arrived after the kill went through (users mid-transfer through the
+/// killed process cannot be saved); prints the figures for the note.
+fn check(case: &str, tries: &[Try], killed: Instant, restarted: Instant, a: &Proc, b: &Proc) {
+    let after: Vec<&Try> = tries
+        .iter()
+        .filter(|t| t.start > killed + Duration::from_millis(20))
+        .collect();
+    let failed: Vec<&Try> = after.iter().copied().filter(|t| !t.ok).collect();
+    let back = after
+        .iter()
+        .filter(|t| t.ok)
+        .map(|t| t.end)
+        .min()
+        .map(|e| e.saturating_duration_since(restarted));
+    eprintln!(
+        "{case}: {} users after the kill, {} failed; first user through {:?} after the restart; longest wait {:?}",
+        after.len(),
+        failed.len(),
+        back,
+        after.iter().map(|t| t.end - t.start).max()
+    );
+    assert!(
+        after.len() >= 40,
+        "{case}: users kept arriving: {}",
+        after.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{case}: {} of {} users who arrived after the kill failed:\n{failed:?}\n{}\n{}",
+        failed.len(),
+        after.len(),
+        a.dump(),
+        b.dump()
+    );
+}
+
+#[test]
+fn a_server_restart_loses_no_user_on_tcp() {
+    restart_loses_no_user(Restart::Server, 0, 0);
+}
+
+#[test]
+fn a_server_restart_loses_no_user_on_websocket_with_tls() {
+    restart_loses_no_user(Restart::Server, 2, 1);
+}
+
+#[test]
+fn a_server_restart_loses_no_user_on_http2() {
+    restart_loses_no_user(Restart::Server, 3, 0);
+}
+
+/// A user-space TCP relay standing in for the network between client and server. `cut()`
+/// makes every connection open at that moment go silent for good, as a dead path or a
+/// NAT that lost its state would: bytes are taken and dropped, nothing is closed or reset.
+/// Connections made after the cut pass normally (the network came back).
+struct Relay {
+    port: u16,
+    cuts: Arc<AtomicU64>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = listener.local_addr().expect("addr").port();
+        let cuts = Arc::new(AtomicU64::new(0));
+        let c = cuts.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(a) = conn else { continue };
+                let Ok(b) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                let born = c.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (a.try_clone().expect("clone"), b.try_clone().expect("clone")),
+                    (b, a),
+                ] {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if c.load(Ordering::SeqCst) != born {
+                                continue; // silent: taken, never delivered
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        if c.load(Ordering::SeqCst) == born {
+                            let _ = to.shutdown(Shutdown::Write);
+                        }
+                    });
+                }
+            }
+        });
+        Relay { port, cuts }
+    }
+
+    fn cut(&self) {
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Every connection between client and server goes silent (no FIN, no RST) while users
+/// arrive at the server every 100 ms. The server stops taking users once the control
+/// channel has been silent for 1.5 report intervals + 250 ms (1 s here; it looks at least
+/// every 100 ms), so they wait in the backlog, and the session is rebuilt over fresh
+/// connections after two intervals + 500 ms. Users who arrive 1.25 s after the cut must
+/// all go through.
+fn a_silent_link_is_rebuilt(pool_type: u8, tls: u8) {
+    const GATED: Duration = Duration::from_millis(1250);
+    let case = format!("silent link, type={pool_type} tls={tls}");
+    let echo = Echo::start();
+    let (tunnel, uport) = (free_port(), free_port());
+    let server = Proc::worker(
+        "server",
+        &format!(
+            "server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1&type={pool_type}&tls={tls}"
+        ),
+        &[],
+    );
+    server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+    let relay = Relay::start(tunnel);
+    let client = Proc::worker(
+        "client",
+        &format!("client://k@127.0.0.1:{}/{}?mode=2", relay.port, echo.addr()),
+        &[],
+    );
+    let users_addr = format!("127.0.0.1:{uport}");
+    wait_tunnel(&users_addr, UP, &[&server, &client]);
+    let users = Users::start(users_addr);
+    std::thread::sleep(Duration::from_secs(1));
+    relay.cut();
+    // Taken after the cut: a user who started before this moment may have been mid-way.
+    let cut = Instant::now();
+    std::thread::sleep(Duration::from_secs(7));
+    let tries = users.finish();
+    let during: Vec<&Try> = tries
+        .iter()
+        .filter(|t| t.start > cut && t.start <= cut + GATED)
+        .collect();
+    let later: Vec<&Try> = tries.iter().filter(|t| t.start > cut + GATED).collect();
+    let failed_later: Vec<&Try> = later.iter().copied().filter(|t| !t.ok).collect();
+    let back = tries
+        .iter()
+        .filter(|t| t.ok && t.start > cut)
+        .map(|t| t.end)
+        .filter(|e| *e > cut + Duration::from_millis(200))
+        .min()
+        .map(|e| e - cut);
+    eprintln!(
+        "{case}: in the first 1.25 s of silence {} of {} users failed (the longest after {:?}); after it {} of {} failed; first user through {:?} after the cut; longest wait {:?}",
+        during.iter().filter(|t| !t.ok).count(),
+        during.len(),
+        during.iter().filter(|t| !t.ok).map(|t| t.end - t.start).max(),
+        failed_later.len(),
+        later.len(),
+        back,
+        later.iter().map(|t| t.end - t.start).max()
+    );
+    assert!(
+        later.len() >= 40,
+        "{case}: users kept arriving: {}",
+        later.len()
+    );
+    // Users handed entries of the dead link in the first moments are closed when the
+    // session ends for the silence, not left hanging to their own 20 s timeout.
+    let hung: Vec<&Try> = during
+        .iter()
+        .copied()
+        .filter(|t| !t.ok && t.end - t.start > Duration::from_secs(10))
+        .collect();
+    assert!(
+        hung.is_empty(),
+        "{case}: users on the dead link hung instead of being closed: {hung:?}"
+    );
+    assert!(
+        failed_later.is_empty(),
+        "{case}: {} of {} users who arrived after the first 1.25 s of silence failed:\n{failed_later:?}\nserver:\n{}\nclient:\n{}",
+        failed_later.len(),
+        later.len(),
+        server.dump(),
+        client.dump()
+    );
+}
+
+#[test]
+fn a_silent_link_is_rebuilt_on_tcp() {
+    a_silent_link_is_rebuilt(0, 0);
+}
+
+#[test]
+fn a_silent_link_is_rebuilt_on_tcp_with_tls() {
+    a_silent_link_is_rebuilt(0, 1);
+}
+
+#[test]
+fn a_silent_link_is_rebuilt_on_websocket() {
+    a_silent_link_is_rebuilt(2, 0);
+}
+
+#[test]
+fn a_silent_link_is_rebuilt_on_http2_with_tls() {
+    a_silent_link_is_rebuilt(3, 1);
+}
+
+#[test]
+fn a_client_restart_loses_no_user_on_tcp() {
+    restart_loses_no_user(Restart::Client, 0, 0);
+}
+
+#[test]
+fn a_client_restart_loses_no_user_on_tcp_with_tls() {
+    restart_loses_no_user(Restart::Client, 0, 1);
+}
+
+#[test]
+fn a_client_restart_loses_no_user_on_websocket() {
+    restart_loses_no_user(Restart::Client, 2, 0);
+}
+
+#[test]
+fn a_client_restart_loses_no_user_on_http2() {
+    restart_loses_no_user(Restart::Client, 3, 1);
+}
+
+// QUIC (type 1) is not here yet: a killed client sends no CONNECTION_CLOSE, so the server
+// keeps handing users streams of the dead connection until its control channel is silent
+// long enough; 10 of 69 users failed in that window when last measured (issue 18 goes on).
