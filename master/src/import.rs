@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use gobwire::Gob;
 use nodepass_proto::url::{self, Role};
 
-use crate::model::{Instance, InstanceKind, InstanceStatus, Meta, Peer, Target};
+use crate::model::{Instance, InstanceKind, InstanceStatus, Meta, Peer, PeerKind, Target};
 use crate::store::{MasterRecord, Snapshot, Store, StoredInstance};
 
 /// Largest state file read (the Go master's file holds about 500 bytes per instance; this
@@ -188,6 +188,14 @@ pub fn to_snapshot(go: BTreeMap<String, GoInstance>) -> Result<Snapshot> {
         } else {
             g.config
         };
+        // The Go master stores any string as the peer type; ours knows the three kinds.
+        let peer_kind = PeerKind::parse(&g.meta.peer.kind).unwrap_or_else(|| {
+            tracing::warn!(
+                "Import: instance {key} has peer type {:?}, not \"0\", \"1\" or \"2\": imported without it",
+                g.meta.peer.kind
+            );
+            PeerKind::None
+        });
         instances.push(StoredInstance {
             instance: Instance {
                 id: key,
@@ -200,7 +208,7 @@ pub fn to_snapshot(go: BTreeMap<String, GoInstance>) -> Result<Snapshot> {
                 meta: Meta {
                     peer: Peer {
                         sid: g.meta.peer.sid,
-                        kind: g.meta.peer.kind,
+                        kind: peer_kind,
                         alias: g.meta.peer.alias,
                     },
                     tags: g.meta.tags.into_iter().collect(),

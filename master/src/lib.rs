@@ -178,9 +178,9 @@ impl RunningMaster {
         m.events.close_all();
         let stops = m.controls().into_iter().map(|(_, ctl)| {
             let (tx, rx) = oneshot::channel();
-            let sent = ctl.send(Command::Shutdown(tx)).is_ok();
             async move {
-                if sent {
+                // No lock is held here: wait for room in a full queue.
+                if ctl.send(Command::Shutdown(tx)).await.is_ok() {
                     let _ = rx.await;
                 }
             }

@@ -123,11 +123,9 @@ pub struct Peer {
     /// Service id of the remote service: a UUID v4 (or empty).
     #[serde(deserialize_with = "null_is_empty")]
     pub sid: String,
-    /// Remote service type: "0" single-end forwarding, "1" NAT traversal, "2" tunnel
-    /// forwarding (or empty).
+    /// Remote service type.
     #[serde(rename = "type")]
-    #[serde(deserialize_with = "null_is_empty")]
-    pub kind: String,
+    pub kind: PeerKind,
     /// Alias of the remote service.
     #[serde(deserialize_with = "null_is_empty")]
     pub alias: String,
@@ -135,8 +133,51 @@ pub struct Peer {
 
 impl Peer {
     pub fn is_empty(&self) -> bool {
-        self.sid.is_empty() && self.kind.is_empty() && self.alias.is_empty()
+        self.sid.is_empty() && self.kind == PeerKind::None && self.alias.is_empty()
     }
+}
+
+/// What kind of service a peer is, in JSON the strings the reference uses: `"0"` single-end
+/// forwarding, `"1"` NAT traversal, `"2"` tunnel forwarding, `""` not given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum PeerKind {
+    #[default]
+    #[serde(rename = "")]
+    None,
+    #[serde(rename = "0")]
+    SingleEnd,
+    #[serde(rename = "1")]
+    NatTraversal,
+    #[serde(rename = "2")]
+    TunnelForwarding,
+}
+
+impl PeerKind {
+    /// The kind a JSON string names; None for any other string.
+    pub fn parse(s: &str) -> Option<PeerKind> {
+        Some(match s {
+            "" => PeerKind::None,
+            "0" => PeerKind::SingleEnd,
+            "1" => PeerKind::NatTraversal,
+            "2" => PeerKind::TunnelForwarding,
+            _ => return None,
+        })
+    }
+}
+
+/// The peer of a PATCH body as sent: strings, checked by the API into a [`Peer`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct PeerRequest {
+    /// A UUID v4, or empty.
+    #[serde(deserialize_with = "null_is_empty")]
+    pub sid: String,
+    /// `"0"`, `"1"`, `"2"` or empty.
+    #[serde(rename = "type")]
+    #[serde(deserialize_with = "null_is_empty")]
+    pub kind: String,
+    #[serde(deserialize_with = "null_is_empty")]
+    pub alias: String,
 }
 
 /// Instance metadata. `tags` is always an object (never null): dashboards read it unchecked.
@@ -216,7 +257,7 @@ pub struct CreateInstanceRequest {
     /// `server://...` or `client://...`. Give tunnel URLs a key (`server://SECRET@...`):
     /// without one the key is derived from the tunnel port and anyone can compute it (the
     /// instance logs a warning saying so).
-    #[schema(required = true, min_length = 1, pattern = "^(server|client)://")]
+    #[schema(required = true, min_length = 1)]
     #[serde(deserialize_with = "null_is_empty")]
     pub url: String,
 }
@@ -226,7 +267,7 @@ pub struct CreateInstanceRequest {
 #[serde(default)]
 pub struct PutInstanceRequest {
     /// The new `server://...` or `client://...` URL.
-    #[schema(required = true, min_length = 1, pattern = "^(server|client)://")]
+    #[schema(required = true, min_length = 1)]
     #[serde(deserialize_with = "null_is_empty")]
     pub url: String,
 }
@@ -272,7 +313,7 @@ impl<'de> Deserialize<'de> for TagList {
 #[serde(default)]
 pub struct MetaPatch {
     /// Replaces the peer; an empty object keeps the current one.
-    pub peer: Option<Peer>,
+    pub peer: Option<PeerRequest>,
     /// Replaces all tags; `{}` clears them. A key given twice is rejected.
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub tags: Option<TagList>,

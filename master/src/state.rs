@@ -53,6 +53,19 @@ pub enum StateError {
     UrlUnchanged,
     /// The change is in memory but could not be saved (the text says why and what next).
     SaveFailed(String),
+    /// The instance's command queue is full (a client sending actions faster than its
+    /// worker stops and starts): nothing was changed.
+    Busy,
+}
+
+/// Queues `cmd` for an instance's supervisor task. Called with the registry lock held, so
+/// it never waits: a full queue is [`StateError::Busy`]; a task that is gone (the master is
+/// stopping) takes nothing, which is no error.
+fn command(ctl: &mpsc::Sender<Command>, cmd: Command) -> Result<(), StateError> {
+    match ctl.try_send(cmd) {
+        Err(mpsc::error::TrySendError::Full(_)) => Err(StateError::Busy),
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+    }
 }
 
 /// One registered instance.
@@ -64,7 +77,7 @@ struct Entry {
     worker: WorkerFacts,
     /// Changed since last saved (counters, or a failed write).
     dirty: bool,
-    ctl: mpsc::UnboundedSender<Command>,
+    ctl: mpsc::Sender<Command>,
 }
 
 /// What the metrics show about an instance's worker processes since this master started.
@@ -243,7 +256,7 @@ impl Master {
     }
 
     /// Starts the supervisor task of instance `id`.
-    fn supervise(&self, id: &str) -> mpsc::UnboundedSender<Command> {
+    fn supervise(&self, id: &str) -> mpsc::Sender<Command> {
         let sink: Weak<dyn InstanceSink> = self.me.clone();
         let settings = SupervisorSettings {
             worker_exe: self.settings.worker_exe.clone(),
@@ -374,10 +387,14 @@ impl Master {
             let staged = self.stage_entry(&mut entry);
             reg.instances.insert(id, entry);
             self.events.publish(EventKind::Create, Some(&inst), "");
-            let _ = ctl.send(Command::Start {
-                url: inst.url.clone(),
-                restart: inst.restart,
-            });
+            // A new task's queue is empty.
+            command(
+                &ctl,
+                Command::Start {
+                    url: inst.url.clone(),
+                    restart: inst.restart,
+                },
+            )?;
             (inst, staged)
         };
         tracing::info!("Instance created: {} [{}]", inst.url, inst.id);
@@ -391,6 +408,15 @@ impl Master {
         let (inst, staged) = {
             let mut reg = self.lock();
             let e = reg.instances.get_mut(id).ok_or(StateError::NotFound)?;
+            // The commands this PATCH queues (a run-state action, a new restart policy):
+            // refuse it whole, before anything changes, when they would not fit.
+            let commands = usize::from(matches!(
+                patch.action,
+                Some(Action::Start | Action::Stop | Action::Restart)
+            )) + usize::from(patch.restart.is_some_and(|r| r != e.inst.restart));
+            if e.ctl.capacity() < commands {
+                return Err(StateError::Busy);
+            }
             let mut changed = false;
             if let Some(alias) = patch.alias.filter(|a| *a != e.inst.alias) {
                 tracing::info!("Alias updated: {} [{}]", alias, id);
@@ -400,21 +426,21 @@ impl Master {
             }
             match patch.action {
                 None => {}
-                Some(Action::Start) => {
-                    let _ = e.ctl.send(Command::Start {
+                Some(Action::Start) => command(
+                    &e.ctl,
+                    Command::Start {
                         url: e.inst.url.clone(),
                         restart: e.inst.restart,
-                    });
-                }
-                Some(Action::Stop) => {
-                    let _ = e.ctl.send(Command::Stop(None));
-                }
-                Some(Action::Restart) => {
-                    let _ = e.ctl.send(Command::Restart {
+                    },
+                )?,
+                Some(Action::Stop) => command(&e.ctl, Command::Stop(None))?,
+                Some(Action::Restart) => command(
+                    &e.ctl,
+                    Command::Restart {
                         url: e.inst.url.clone(),
                         restart: e.inst.restart,
-                    });
-                }
+                    },
+                )?,
                 Some(Action::Reset) => {
                     e.traffic.reset();
                     [e.inst.tcprx, e.inst.tcptx, e.inst.udprx, e.inst.udptx] = [0; 4];
@@ -425,7 +451,7 @@ impl Master {
             }
             if let Some(restart) = patch.restart.filter(|r| *r != e.inst.restart) {
                 e.inst.restart = restart;
-                let _ = e.ctl.send(Command::RestartPolicy(restart));
+                command(&e.ctl, Command::RestartPolicy(restart))?;
                 changed = true;
                 tracing::info!("Restart policy updated: {} [{}]", restart, id);
                 self.events.publish(EventKind::Update, Some(&e.inst), "");
@@ -474,19 +500,21 @@ impl Master {
     /// PUT: replaces the URL and restarts the instance on it (an instance id: the API
     /// refuses the key record before it gets here).
     pub async fn put(&self, id: &str, url: InstanceUrl) -> Result<Instance, StateError> {
-        let ctl = {
+        // Stop the old worker first (waits for it), so the new one can take the ports.
+        let (tx, rx) = oneshot::channel();
+        {
             let reg = self.lock();
             let e = reg.instances.get(id).ok_or(StateError::NotFound)?;
             if url.url == e.inst.url {
                 return Err(StateError::UrlUnchanged);
             }
-            e.ctl.clone()
-        };
-        // Stop the old worker first (waits for it), so the new one can take the ports.
-        let (tx, rx) = oneshot::channel();
-        if ctl.send(Command::Stop(Some(tx))).is_ok() {
-            let _ = rx.await;
+            // The stop and the start after it.
+            if e.ctl.capacity() < 2 {
+                return Err(StateError::Busy);
+            }
+            command(&e.ctl, Command::Stop(Some(tx)))?;
         }
+        let _ = rx.await;
         let (inst, staged) = {
             let mut reg = self.lock();
             let e = reg.instances.get_mut(id).ok_or(StateError::NotFound)?;
@@ -495,10 +523,19 @@ impl Master {
             e.inst.config = url.config;
             e.inst.status = InstanceStatus::Stopped;
             let staged = self.stage_entry(e);
-            let _ = e.ctl.send(Command::Start {
-                url: e.inst.url.clone(),
-                restart: e.inst.restart,
-            });
+            // Room was made sure of before the stop; another request that filled the queue
+            // since then gets its own "busy", and this start is only logged as lost.
+            if command(
+                &e.ctl,
+                Command::Start {
+                    url: e.inst.url.clone(),
+                    restart: e.inst.restart,
+                },
+            )
+            .is_err()
+            {
+                tracing::warn!("Instance not started on its new URL: its command queue is full; start it again [{id}]");
+            }
             (e.inst.clone(), staged)
         };
         tracing::info!("Instance URL updated: {} [{}]", inst.url, id);
@@ -510,16 +547,13 @@ impl Master {
     /// Stops and removes an instance (an instance id: the API refuses the key record
     /// before it gets here).
     pub async fn delete(&self, id: &str) -> Result<(), StateError> {
-        let ctl = self
-            .lock()
-            .instances
-            .get(id)
-            .map(|e| e.ctl.clone())
-            .ok_or(StateError::NotFound)?;
         let (tx, rx) = oneshot::channel();
-        if ctl.send(Command::Delete(tx)).is_ok() {
-            let _ = rx.await;
+        {
+            let reg = self.lock();
+            let e = reg.instances.get(id).ok_or(StateError::NotFound)?;
+            command(&e.ctl, Command::Delete(tx))?;
         }
+        let _ = rx.await;
         let last = self.lock().instances.remove(id).map(|e| e.inst);
         let Some(last) = last else {
             // Deleted concurrently by another request.
@@ -550,10 +584,14 @@ impl Master {
     pub fn start(&self, id: &str) {
         let reg = self.lock();
         if let Some(e) = reg.instances.get(id) {
-            let _ = e.ctl.send(Command::Start {
-                url: e.inst.url.clone(),
-                restart: e.inst.restart,
-            });
+            // Right after the task was made: its queue is empty.
+            let _ = command(
+                &e.ctl,
+                Command::Start {
+                    url: e.inst.url.clone(),
+                    restart: e.inst.restart,
+                },
+            );
         }
     }
 
@@ -603,7 +641,7 @@ impl Master {
     }
 
     /// Command senders of every instance (shutdown).
-    pub fn controls(&self) -> Vec<(String, mpsc::UnboundedSender<Command>)> {
+    pub fn controls(&self) -> Vec<(String, mpsc::Sender<Command>)> {
         self.lock()
             .instances
             .iter()

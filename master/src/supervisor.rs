@@ -91,14 +91,20 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Longest line kept from a worker; longer output is cut into pieces of this size.
 const MAX_LINE: usize = 64 * 1024;
 
+/// Commands an instance's task may have queued. Every sender is an API call holding the
+/// registry lock (so it uses `try_send`); a full queue answers that call 503 "busy" before
+/// anything changed. Each command is taken at once unless a stop is under way (at most
+/// NP_SHUTDOWN_TIMEOUT), so only a client looping on actions can fill it.
+pub const COMMAND_QUEUE: usize = 32;
+
 /// Starts the task of one instance; returns its command sender. The task holds `sink`
 /// weakly and ends when the sink is gone.
 pub fn spawn(
     sink: Weak<dyn InstanceSink>,
     settings: SupervisorSettings,
     id: String,
-) -> mpsc::UnboundedSender<Command> {
-    let (tx, rx) = mpsc::unbounded_channel();
+) -> mpsc::Sender<Command> {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let task = tokio::spawn(run(sink.clone(), settings, id.clone(), rx));
     // A panic in the task (a bug, or tokio-process-stream's unwrap on a failed pipe read)
     // must not go unnoticed: say so and show the instance as failed.
@@ -150,7 +156,7 @@ async fn run(
     weak: Weak<dyn InstanceSink>,
     settings: SupervisorSettings,
     id: String,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    mut rx: mpsc::Receiver<Command>,
 ) {
     let interval = settings.report_interval;
     let mut worker: Option<Worker> = None;

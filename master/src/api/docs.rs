@@ -60,7 +60,7 @@ impl Modify for ApiKeyAuth {
         docs_page,
     ),
     components(schemas(
-        Instance, Meta, Peer, InstanceStatus, InstanceKind, EventKind, InstanceEvent, ErrorBody, CreateInstanceRequest,
+        Instance, Meta, Peer, PeerKind, PeerRequest, InstanceStatus, InstanceKind, EventKind, InstanceEvent, ErrorBody, CreateInstanceRequest,
         PutInstanceRequest, PatchInstanceRequest, MetaPatch, MasterAliasRequest, MasterInfo,
         TcpingResult
     )),
@@ -162,9 +162,14 @@ fn refine(doc: &mut serde_json::Value) {
             "DeleteInstance": by_id("delete_instance"),
         });
     }
-    // Instance URLs of the accepted form, for readers and for generated requests.
+    // Instance URLs of the accepted form, for readers and for generated requests: the
+    // pattern is proto's (every URL it describes parses; proto/tests/url_props.rs), the
+    // length the API's limit.
+    let pattern = nodepass_proto::url::url_pattern();
     for name in ["CreateInstanceRequest", "PutInstanceRequest"] {
         if let Some(url) = doc.pointer_mut(&format!("/components/schemas/{name}/properties/url")) {
+            url["pattern"] = json!(pattern);
+            url["maxLength"] = json!(crate::model::MAX_URL_LEN);
             url["examples"] = json!([
                 "server://127.0.0.1:10101/127.0.0.1:8080",
                 "client://127.0.0.1:10101/127.0.0.1:8081?mode=2",
@@ -178,9 +183,9 @@ fn refine(doc: &mut serde_json::Value) {
         ("CreateInstanceRequest", "alias"),
         ("PatchInstanceRequest", "alias"),
         ("PatchInstanceRequest", "action"),
-        ("Peer", "sid"),
-        ("Peer", "type"),
-        ("Peer", "alias"),
+        ("PeerRequest", "sid"),
+        ("PeerRequest", "type"),
+        ("PeerRequest", "alias"),
     ] {
         if let Some(prop) =
             doc.pointer_mut(&format!("/components/schemas/{name}/properties/{field}"))
@@ -190,6 +195,10 @@ fn refine(doc: &mut serde_json::Value) {
                 values.push(serde_json::Value::Null);
             }
         }
+    }
+    // A peer's type is one of the kinds (or empty, or null).
+    if let Some(kind) = doc.pointer_mut("/components/schemas/PeerRequest/properties/type") {
+        kind["enum"] = json!(["", "0", "1", "2", null]);
     }
     // PATCH, like the reference, answers the unchanged instance for a missing body or one
     // that is not a JSON object; only a field of the wrong type is a 400.

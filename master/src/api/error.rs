@@ -35,6 +35,10 @@ impl From<StateError> for ApiError {
             StateError::NotFound => Self::new(StatusCode::NOT_FOUND, "Instance not found"),
             StateError::KeyRecordFixed => Self::new(StatusCode::FORBIDDEN, "Forbidden: API Key"),
             StateError::UrlUnchanged => Self::new(StatusCode::CONFLICT, "Instance URL conflict"),
+            StateError::Busy => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Instance busy: its worker is still carrying out earlier actions; retry in a moment",
+            ),
             StateError::SaveFailed(text) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, text),
         }
     }

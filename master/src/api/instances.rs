@@ -104,6 +104,7 @@ pub async fn get_instance(m: Arc<Master>, id: String) -> Result<Response, ApiErr
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 404, description = "Instance not found", body = ErrorBody),
         (status = 500, description = "The state could not be saved", body = ErrorBody),
+        (status = 503, description = "Instance busy: earlier actions are still being carried out (nothing changed; retry)", body = ErrorBody),
     ))]
 pub async fn patch_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<Response, ApiError> {
     let target = Target::parse(&id);
@@ -138,6 +139,7 @@ pub async fn patch_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<R
         (status = 404, description = "Instance not found", body = ErrorBody),
         (status = 409, description = "Instance URL conflict (the URL is the current one)", body = ErrorBody),
         (status = 500, description = "The state could not be saved", body = ErrorBody),
+        (status = 503, description = "Instance busy: earlier actions are still being carried out (nothing changed; retry)", body = ErrorBody),
     ))]
 pub async fn put_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<Response, ApiError> {
     let Target::Instance(id) = Target::parse(&id) else {
@@ -156,6 +158,7 @@ pub async fn put_instance(m: Arc<Master>, id: String, body: Bytes) -> Result<Res
         (status = 403, description = "Forbidden: API Key", body = ErrorBody),
         (status = 404, description = "Instance not found", body = ErrorBody),
         (status = 500, description = "The state could not be saved", body = ErrorBody),
+        (status = 503, description = "Instance busy: earlier actions are still being carried out (nothing changed; retry)", body = ErrorBody),
     ))]
 pub async fn delete_instance(m: Arc<Master>, id: String) -> Result<Response, ApiError> {
     let Target::Instance(id) = Target::parse(&id) else {

@@ -225,12 +225,17 @@ pub fn validate_patch(req: PatchInstanceRequest) -> Result<InstancePatch, ApiErr
                 peer.sid
             )));
         }
-        if !matches!(peer.kind.as_str(), "" | "0" | "1" | "2") {
+        let Some(kind) = PeerKind::parse(&peer.kind) else {
             return Err(ApiError::bad(format!(
                 "Meta peer.type must be \"0\", \"1\" or \"2\", got {:?}",
                 peer.kind
             )));
-        }
+        };
+        let peer = Peer {
+            sid: peer.sid,
+            kind,
+            alias: peer.alias,
+        };
         // An empty peer object keeps the current peer (the API document's rule).
         patch.peer = Some(peer).filter(|p| !p.is_empty());
     }

@@ -191,3 +191,77 @@ fn one_host_holding_silent_connections_cannot_lock_others_out() {
         }
     }
 }
+
+/// A client looping on actions faster than the worker can stop: each instance's command
+/// queue is bounded, so once it is full the API answers 503 "busy" (nothing changed), and
+/// once the worker caught up the same request works again. The worker here is a script
+/// that ignores SIGTERM, so every stop takes the whole NP_SHUTDOWN_TIMEOUT (2 s here).
+#[test]
+fn actions_beyond_the_command_queue_are_refused_as_busy_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = dir.path().join("stubborn-worker");
+    std::fs::write(
+        &worker,
+        "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 1; done\n",
+    )
+    .expect("write the worker script");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755))
+            .expect("make it executable");
+    }
+    let tm = TestMaster::start_with("master://127.0.0.1:0/api?log=warn", worker);
+    let r = tm.api.call(
+        "POST",
+        "/instances",
+        Some(r#"{"url":"client://127.0.0.1:29151/127.0.0.1:41051"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let path = format!("/instances/{id}");
+    // A restart: its stop waits 2 s for the stubborn worker; the stops sent meanwhile queue.
+    let r = tm.api.call("PATCH", &path, Some(r#"{"action":"restart"}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut busy = None;
+    for i in 0..200 {
+        let r = tm.api.call("PATCH", &path, Some(r#"{"action":"stop"}"#));
+        match r.status {
+            200 => continue,
+            503 => {
+                busy = Some((i, r.json()));
+                break;
+            }
+            other => panic!("PATCH {i}: {other} {}", r.text()),
+        }
+    }
+    let (i, body) = busy.expect("200 stops in a row never filled the queue");
+    assert!(i >= 30, "refused after only {i} actions");
+    let text = body["error"].as_str().unwrap_or_default();
+    assert!(text.starts_with("Instance busy"), "{body}");
+    // A refused PATCH changed nothing, not even the parts before the action; one that
+    // queues no command (an alias alone) is not held up.
+    let r = tm
+        .api
+        .call("PATCH", &path, Some(r#"{"alias":"first","action":"stop"}"#));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(tm.api.instance(&id)["alias"], "");
+    let r = tm.api.call("PATCH", &path, Some(r#"{"alias":"second"}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["alias"], "second");
+    // The queue drains once the worker is gone (a stop of a stopped instance is at once).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = tm.api.call(
+            "PATCH",
+            &path,
+            Some(r#"{"alias":"third","action":"start"}"#),
+        );
+        if r.status == 200 {
+            assert_eq!(r.json()["alias"], "third");
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "the queue never drained");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
