@@ -14,6 +14,7 @@ pub mod outgoing;
 pub mod server;
 pub mod session;
 pub mod single;
+pub mod udp;
 pub mod user;
 
 use std::net::SocketAddr;

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nodepass_proto::wire::{PoolId, RemoteAddr};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::activity::Activity;
 use super::session::Session;
+use super::udp::{pump, Way};
 use super::user;
 use crate::policy::SlotKind;
 use crate::pool::Entry;
@@ -90,62 +90,13 @@ pub async fn udp(sess: Arc<Session>, table: Arc<UdpSessions>, remote: RemoteAddr
         }
     };
     tracing::debug!("Starting transfer: {remote} <-> {:?}", target.peer_addr());
-    let (mut from_tunnel, mut to_tunnel) = tokio::io::split(entry);
-    let idle = inst.tunables.udp_read_timeout;
-    let figures = &inst.figures;
-    let mut up = vec![0u8; inst.udp_buf()];
-    let mut down = vec![0u8; inst.udp_buf()];
+    let (from_tunnel, to_tunnel) = tokio::io::split(entry);
     // The session is idle only when nothing moved either way for NP_UDP_READ_TIMEOUT: a
     // target slow to answer while the user keeps sending keeps it (and the reverse).
     let activity = Activity::new();
-    // Each read from the entry is one datagram to the target (boundaries are not carried).
-    let tunnel_to_target = async {
-        let mut seen = activity.tick();
-        loop {
-            let n = match tokio::time::timeout(idle, from_tunnel.read(&mut up)).await {
-                Err(_) if !activity.expire(&mut seen) => continue,
-                Err(_) | Ok(Ok(0)) => return,
-                Ok(Err(e)) => {
-                    tracing::error!("commonUDPOnce: read from tunnel failed: {e}");
-                    return;
-                }
-                Ok(Ok(n)) => n,
-            };
-            activity.touch();
-            inst.policy.pace_write(n).await;
-            match target.send(&up[..n]).await {
-                Ok(m) => {
-                    figures.udptx.fetch_add(m as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::error!("commonUDPOnce: write to target failed: {e}");
-                    return;
-                }
-            }
-        }
-    };
-    let target_to_tunnel = async {
-        let mut seen = activity.tick();
-        loop {
-            let n = match tokio::time::timeout(idle, target.recv(&mut down)).await {
-                Err(_) if !activity.expire(&mut seen) => continue,
-                Err(_) => return,
-                Ok(Err(e)) => {
-                    tracing::error!("commonUDPOnce: read from target failed: {e}");
-                    return;
-                }
-                Ok(Ok(n)) => n,
-            };
-            figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
-            inst.policy.pace_read(n).await;
-            activity.touch();
-            if let Err(e) = to_tunnel.write_all(&down[..n]).await {
-                tracing::error!("commonUDPOnce: write to tunnel failed: {e}");
-                return;
-            }
-            let _ = to_tunnel.flush().await;
-        }
-    };
+    let label = "commonUDPOnce";
+    let tunnel_to_target = pump(&inst, &activity, Way::Tx, label, from_tunnel, &target);
+    let target_to_tunnel = pump(&inst, &activity, Way::Rx, label, &target, to_tunnel);
     tokio::select! {
         _ = token.cancelled() => {}
         _ = sess.cancel.cancelled() => {}

@@ -3,21 +3,19 @@
 //! server, no pool. Every NP_REPORT_INTERVAL (first at once) it measures a TCP connect to
 //! the next target and publishes the figures.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use nodepass_proto::wire::RemoteAddr;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Made, PendingTable};
 use crate::instance::Instance;
 use crate::policy::{block, SlotKind};
 use crate::tunnel;
-use crate::tunnel::activity::Activity;
+use crate::tunnel::udp::{pump, Sessions, ToUser, Way};
 use crate::tunnel::user;
 
 /// The sockets of a single-end instance.
@@ -129,23 +127,13 @@ async fn tcp_once(inst: Arc<Instance>, mut user: TcpStream, peer: SocketAddr, pr
     inst.relay_tcp(&mut user, &mut target, &peer, &shown).await;
 }
 
-/// A UDP session: the connected socket to the target and its generation (so that the end
-/// of an old session never removes a newer one with the same key).
-struct Session {
-    socket: Arc<UdpSocket>,
-    generation: u64,
-    /// Traffic of both directions; once closed the session is over even if its end message
-    /// is still queued (a datagram must then start a new session, not feed a dying one).
-    activity: Arc<Activity>,
-}
-
 async fn udp_loop(
     inst: Arc<Instance>,
     listener: Arc<UdpSocket>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Sessions are owned by this loop alone; a session task reports its end on `ended`.
-    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    // Each session's handle is its socket connected to the target.
+    let mut sessions: Sessions<Arc<UdpSocket>> = Sessions::new();
     // Every new source port opens a session (a slot, a socket, a buffer): UDP may hold at
     // most half the slots, one address at most an eighth of those (16 to 1024), and when
     // either is full the oldest session of that address (or of the busiest one) ends to
@@ -154,18 +142,11 @@ async fn udp_loop(
         udp_session_limits(usize::try_from(inst.slots.limit()).unwrap_or(usize::MAX));
     let admission = PendingTable::new(per_source, total);
     let mut evictions = RefusalCount::default();
-    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
-    let mut generation = 0u64;
     let mut buf = vec![0u8; inst.udp_buf()];
     loop {
         let (n, peer) = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            Some((key, gen)) = ended_rx.recv() => {
-                if sessions.get(&key).is_some_and(|s| s.generation == gen) {
-                    sessions.remove(&key);
-                }
-                continue;
-            }
+            _ = sessions.reap() => continue,
             r = listener.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -179,11 +160,8 @@ async fn udp_loop(
             .udprx
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         inst.policy.pace_read(n).await;
-        // `touch` both records the datagram (so the idle timer re-arms) and tells whether
-        // the session is still open; an ending session never gets it.
-        let live = sessions.get(&peer).filter(|s| s.activity.touch());
-        let (socket, activity) = match live {
-            Some(s) => (s.socket.clone(), s.activity.clone()),
+        let target = match sessions.live(&peer) {
+            Some(target) => target.clone(),
             None => {
                 let (admitted, made) = admission.admit(peer.ip(), &cancel);
                 if made != Made::Room {
@@ -199,44 +177,38 @@ async fn udp_loop(
                         continue;
                     }
                 };
-                generation += 1;
                 tracing::debug!("Starting transfer: {peer} <-> {:?}", target.peer_addr());
-                let (inst2, listener2, ended, cancel2, gen) = (
+                let ending = sessions.open(peer, target.clone());
+                let (inst2, listener2, cancel2, target2) = (
                     inst.clone(),
                     listener.clone(),
-                    ended_tx.clone(),
                     cancel.clone(),
-                    generation,
+                    target.clone(),
                 );
-                let target2 = target.clone();
-                let activity = Arc::new(Activity::new());
-                activity.touch();
-                let activity2 = activity.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
+                    let answers = pump(
+                        &inst2,
+                        &ending.activity,
+                        Way::Tx,
+                        "singleUDPLoop",
+                        &*target2,
+                        ToUser(&listener2, peer),
+                    );
                     tokio::select! {
                         // Evicted to make room for a newer session.
                         _ = admitted.cancel.cancelled() => {}
-                        _ = udp_replies(&inst2, &target2, &listener2, peer, &activity2, &cancel2) => {}
+                        _ = cancel2.cancelled() => {}
+                        _ = answers => {}
                     }
                     drop(admitted);
-                    activity2.close();
-                    let _ = ended.send((peer, gen));
+                    drop(ending);
                 });
-                sessions.insert(
-                    peer,
-                    Session {
-                        socket: target.clone(),
-                        generation,
-                        activity: activity.clone(),
-                    },
-                );
-                (target, activity)
+                target
             }
         };
-        if let Err(e) = socket.send(&buf[..n]).await {
+        if let Err(e) = target.send(&buf[..n]).await {
             tracing::error!("singleUDPLoop: write to target failed: {e}");
-            activity.close();
             sessions.remove(&peer);
         }
     }
@@ -270,50 +242,6 @@ impl RefusalCount {
              the oldest made room for {peer} ({} sessions ended so in the last 10 s)",
             std::mem::take(&mut self.since)
         );
-    }
-}
-
-/// Carries the target's answers back to `peer` until no datagram moved either way for
-/// NP_UDP_READ_TIMEOUT.
-async fn udp_replies(
-    inst: &Instance,
-    target: &UdpSocket,
-    listener: &UdpSocket,
-    peer: SocketAddr,
-    activity: &Activity,
-    cancel: &CancellationToken,
-) {
-    let mut buf = vec![0u8; inst.udp_buf()];
-    let mut seen = activity.tick();
-    loop {
-        let n = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(inst.tunables.udp_read_timeout, target.recv(&mut buf)) => match r {
-                Err(_) if !activity.expire(&mut seen) => continue,
-                Err(_) => {
-                    tracing::debug!("UDP session abort: {peer} idle");
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!("singleUDPLoop: read from target failed: {e}");
-                    return;
-                }
-                Ok(Ok(n)) => n,
-            },
-        };
-        activity.touch();
-        inst.policy.pace_write(n).await;
-        match listener.send_to(&buf[..n], peer).await {
-            Ok(m) => {
-                inst.figures
-                    .udptx
-                    .fetch_add(m as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::error!("singleUDPLoop: writeToUDP failed: {e}");
-                return;
-            }
-        }
     }
 }
 
