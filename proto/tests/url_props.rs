@@ -264,3 +264,62 @@ proptest! {
         }
     }
 }
+
+/// The OpenAPI document's `url` pattern without its anchors (proptest generates from it).
+fn pattern_body() -> String {
+    let p = url_pattern();
+    p.trim_start_matches('^').trim_end_matches('$').to_string()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Every URL the OpenAPI pattern describes is accepted by the grammar, but for the one
+    /// rule a pattern cannot state (a target on this host with the tunnel's own port).
+    #[test]
+    fn every_url_of_the_openapi_pattern_parses(
+        url in proptest::string::string_regex(&pattern_body()).expect("the pattern compiles"),
+    ) {
+        prop_assert!(
+            nodepass_proto::go_url::check_instance_url(&url).is_ok(),
+            "{url:?} matches the pattern but the Go master's first checks refuse it"
+        );
+        match parse_tunnel_url(&url) {
+            Ok(_) | Err(UrlError::TargetConflict { .. }) => {}
+            Err(e) => prop_assert!(false, "{url:?} matches the pattern but is refused: {e}"),
+        }
+    }
+}
+
+/// The pattern describes the URLs people write: the README's and the API document's
+/// examples match it; what the grammar refuses first does not.
+#[test]
+fn the_openapi_pattern_matches_the_usual_urls_and_not_the_broken_ones() {
+    let re = regex::Regex::new(&url_pattern()).expect("the pattern compiles");
+    for ok in [
+        "server://127.0.0.1:10101/127.0.0.1:8080",
+        "client://127.0.0.1:10101/127.0.0.1:8081?mode=2",
+        "server://secret@0.0.0.0:10101/127.0.0.1:8080?tls=1&type=2",
+        "server://:10101/:8080",
+        "client://key@tunnel.example.com:10101/10.0.0.5:22,10.0.0.6:22?lbs=1&log=debug",
+        "server://k@[::]:443/[2001:db8::1]:8443",
+        "client://[::1]:10101/localhost.:80?notcp=1",
+    ] {
+        assert!(re.is_match(ok), "{ok} does not match");
+        assert!(parse_tunnel_url(ok).is_ok(), "{ok} is refused");
+    }
+    for bad in [
+        "server://",
+        "master://127.0.0.1:9090/api",
+        "server://127.0.0.1:0/127.0.0.1:8080",
+        "server://127.0.0.1:65536/127.0.0.1:8080",
+        "server://127.0.0.1:010101/127.0.0.1:8080",
+        "server://127.0.0.1:10101",
+        "server://1.2.3.256:10101/127.0.0.1:80",
+        "server://[fe80::1%25eth0]:10101/127.0.0.1:80",
+        "server://127.0.0.1:10101/127.0.0.1:80?tls=3",
+    ] {
+        assert!(!re.is_match(bad), "{bad} matches");
+        assert!(parse_tunnel_url(bad).is_err(), "{bad} is accepted");
+    }
+}

@@ -196,7 +196,11 @@ fn refine(doc: &mut serde_json::Value) {
             }
         }
     }
-    // A peer's type is one of the kinds (or empty, or null).
+    // utoipa reads `#[serde(rename = "")]` as no rename: the empty kind is "", as sent.
+    if let Some(kinds) = doc.pointer_mut("/components/schemas/PeerKind/enum") {
+        *kinds = json!(["", "0", "1", "2"]);
+    }
+    // A peer's type in a request is one of the kinds (or empty, or null).
     if let Some(kind) = doc.pointer_mut("/components/schemas/PeerRequest/properties/type") {
         kind["enum"] = json!(["", "0", "1", "2", null]);
     }

@@ -586,6 +586,49 @@ fn parse_master(raw: &RawUrl) -> Result<MasterUrl, UrlError> {
     })
 }
 
+/// The form of an instance URL that the API's OpenAPI document states (`url`'s `pattern`):
+/// `server://` or `client://`, an optional key, the tunnel address, one to eight targets and
+/// up to four parameters with closed value lists ([`Param::choices`]), written so that every
+/// URL it describes parses: ports 1-65535 without a leading zero, dotted IPv4, host names
+/// whose last label is not all digits, bracketed IPv6. The grammar accepts more (any
+/// parameter, other key characters); one rule no pattern can state is left to the server:
+/// a target on this host may not use the tunnel's own port.
+pub fn url_pattern() -> String {
+    const PORT: &str =
+        "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
+    const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+    const LABEL: &str = "[A-Za-z0-9_-]{1,63}";
+    // The last label of a name has a character that is not a digit.
+    const LAST: &str = "[A-Za-z0-9_-]{0,30}[A-Za-z_-][A-Za-z0-9_-]{0,30}";
+    const H16: &str = "[0-9A-Fa-f]{1,4}";
+    let ipv4 = format!("({OCTET}\\.){{3}}{OCTET}");
+    let name = format!("({LABEL}\\.){{0,3}}{LAST}\\.?");
+    // Full and compressed IPv6 forms (no zone id, which the grammar refuses).
+    let ipv6 = [
+        format!("({H16}:){{7}}{H16}"),
+        format!("({H16}:){{1,7}}:"),
+        format!("({H16}:){{1,6}}:{H16}"),
+        format!("({H16}:){{1,5}}(:{H16}){{1,2}}"),
+        format!("({H16}:){{1,4}}(:{H16}){{1,3}}"),
+        format!("({H16}:){{1,3}}(:{H16}){{1,4}}"),
+        format!("({H16}:){{1,2}}(:{H16}){{1,5}}"),
+        format!("{H16}:(:{H16}){{1,6}}"),
+        format!(":(:{H16}){{1,7}}"),
+        "::".to_string(),
+    ]
+    .join("|");
+    let host_port = format!("({ipv4}|{name}|\\[({ipv6})\\])?:{PORT}");
+    let pairs: Vec<String> = PARAMS
+        .iter()
+        .filter(|p| !p.choices.is_empty())
+        .map(|p| format!("{}=({})", p.name, p.choices.join("|")))
+        .collect();
+    let pair = format!("({})", pairs.join("|"));
+    format!(
+        "^(server|client)://([A-Za-z0-9._~-]{{1,64}}@)?{host_port}/{host_port}(,{host_port}){{0,7}}(\\?{pair}(&{pair}){{0,3}})?$"
+    )
+}
+
 /// `host:port`, `[v6]:port` or `:port`.
 fn parse_host_port(s: &str, what: &'static str) -> Result<HostPort, UrlError> {
     let bad = |reason: &str| UrlError::Address {
