@@ -39,6 +39,10 @@ pub struct Spec {
     /// Our processes as `nodepass worker <url>` (JSON report lines) instead of the
     /// foreground mode's human log lines (the default, the form the Go binary prints too).
     pub worker: bool,
+    /// Where the flow ends instead of the pair's echo server (a test's own target).
+    pub target: Option<String>,
+    /// The `log` level of both URLs.
+    pub log: &'static str,
 }
 
 impl Spec {
@@ -55,7 +59,18 @@ impl Spec {
             client_q: String::new(),
             env: Vec::new(),
             worker: false,
+            target: None,
+            log: "debug",
         }
+    }
+    /// The flow ends at `addr` (a test's own target) instead of the pair's echo server.
+    pub fn target(mut self, addr: &str) -> Spec {
+        self.target = Some(addr.to_string());
+        self
+    }
+    pub fn log(mut self, level: &'static str) -> Spec {
+        self.log = level;
+        self
     }
     /// Who plays the server and who the client.
     pub fn sides(mut self, server: Impl, client: Impl) -> Spec {
@@ -98,16 +113,31 @@ impl Spec {
         };
         Some(self.start_with(go.as_deref()))
     }
-    /// Starts a pair of our own (panics when a Go side is asked for: use [`Spec::try_start`]).
+    /// Starts a pair of our own (panics when a Go side is asked for: use [`Spec::try_start`])
+    /// and waits until TCP goes through it.
     pub fn start(&self) -> Pair {
+        let pair = self.start_unchecked();
+        wait_tunnel(&pair.users, UP, &[&pair.server, &pair.client]);
+        pair
+    }
+
+    /// [`Spec::start`] without the wait for traffic (the server is listening; the test
+    /// decides what "up" means, e.g. with a target that is no echo server).
+    pub fn start_unchecked(&self) -> Pair {
         assert!(
             self.server == Impl::Ours && self.client == Impl::Ours,
             "a pair with the Go reference starts with try_start (it may skip)"
         );
-        self.start_with(None)
+        self.launch(None)
     }
 
     fn start_with(&self, go: Option<&str>) -> Pair {
+        let pair = self.launch(go);
+        wait_tunnel(&pair.users, UP, &[&pair.server, &pair.client]);
+        pair
+    }
+
+    fn launch(&self, go: Option<&str>) -> Pair {
         eprintln!(
             "--- pair: server {:?}, client {:?}, type {}, tls {}, {}",
             self.server,
@@ -119,10 +149,11 @@ impl Spec {
         let echo = Echo::start();
         let (tunnel, user_port) = (free_port(), free_port());
         let users = format!("127.0.0.1:{user_port}");
+        let target = self.target.clone().unwrap_or_else(|| echo.addr());
         let (server_target, client_target, mode) = if self.forward {
-            (echo.addr(), users.clone(), 2)
+            (target, users.clone(), 2)
         } else {
-            (users.clone(), echo.addr(), 1)
+            (users.clone(), target, 1)
         };
         let pki = (self.tls == 2).then(Pki::new);
         let mut env: Vec<(&str, &str)> = self
@@ -143,12 +174,12 @@ impl Spec {
         };
         let key = &self.key;
         let server_url = format!(
-            "server://{key}@127.0.0.1:{tunnel}/{server_target}?mode={mode}&type={}&log=debug{tls_q}{}",
-            self.pool_type, self.server_q
+            "server://{key}@127.0.0.1:{tunnel}/{server_target}?mode={mode}&type={}&log={}{tls_q}{}",
+            self.pool_type, self.log, self.server_q
         );
         let client_url = format!(
-            "client://{key}@127.0.0.1:{tunnel}/{client_target}?mode=2&log=debug{sni_q}{}",
-            self.client_q
+            "client://{key}@127.0.0.1:{tunnel}/{client_target}?mode=2&log={}{sni_q}{}",
+            self.log, self.client_q
         );
         let run = |who: Impl, name: &str, url: &str| match (who, go) {
             (Impl::Go, Some(go)) => Proc::start(name, go, &[url], &env),
@@ -161,7 +192,6 @@ impl Spec {
             l.contains("Pending tunnel handshake") || l.contains("\"kind\":\"ready\"")
         });
         let client = run(self.client, "client", &client_url);
-        wait_tunnel(&users, UP, &[&server, &client]);
         Pair {
             echo,
             server,
@@ -188,6 +218,13 @@ pub struct Pair {
 }
 
 impl Pair {
+    /// (users, server, client), for tests that handle the processes one by one. The echo
+    /// server keeps serving; a tls=2 pair's certificate files are removed (the processes
+    /// read them at start).
+    pub fn into_parts(self) -> (String, Proc, Proc) {
+        (self.users, self.server, self.client)
+    }
+
     /// Both outputs, for failure messages.
     pub fn dumps(&self) -> String {
         format!("{}\n{}", self.server.dump(), self.client.dump())

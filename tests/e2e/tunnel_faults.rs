@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nodepass_proto::url::TunnelKey;
 use nodepass_proto::wire::{handshake_request, parse_handshake_response};
+use nodepass_testkit::pair::Spec;
 use nodepass_testkit::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -315,18 +316,13 @@ fn udp_sessions_do_not_leak() {
     });
 
     // Dual-end: 500 sessions, each on its own pool entry.
-    let (tunnel, user) = (free_port(), free_port());
-    let srv = Proc::worker(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1"),
-        &[("NP_UDP_READ_TIMEOUT", "1s")],
-    );
-    let client = Proc::worker(
-        "client",
-        &format!("client://k@127.0.0.1:{tunnel}/{}?mode=2", echo.addr()),
-        &[("NP_UDP_READ_TIMEOUT", "1s")],
-    );
-    let uaddr = format!("127.0.0.1:{user}");
+    let pair = Spec::new(0, 0)
+        .worker()
+        .log("info")
+        .target(&echo.addr())
+        .env("NP_UDP_READ_TIMEOUT", "1s")
+        .start_unchecked();
+    let (uaddr, srv, client) = pair.into_parts();
     let _ = wait_udp(&uaddr, UP, &[&srv, &client]);
     for i in 0..500u32 {
         let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -419,20 +415,12 @@ fn udp_session_with_a_slow_target_keeps_its_answers() {
     single.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
     exchange(&format!("127.0.0.1:{port}"), &[&single]);
 
-    let (tunnel, user) = (free_port(), free_port());
-    let srv = Proc::worker(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&log=debug"),
-        &env,
-    );
-    let client = Proc::worker(
-        "client",
-        &format!(
-            "client://k@127.0.0.1:{tunnel}/{}?mode=2&log=debug",
-            target.addr
-        ),
-        &env,
-    );
-    client.wait_line("handshake", UP, |l| l.contains("Loading tunnel config"));
-    exchange(&format!("127.0.0.1:{user}"), &[&srv, &client]);
+    let mut spec = Spec::new(0, 0).worker().target(&target.addr);
+    for (k, v) in &env {
+        spec = spec.env(k, v);
+    }
+    let pair = spec.start_unchecked();
+    pair.client
+        .wait_line("handshake", UP, |l| l.contains("Loading tunnel config"));
+    exchange(&pair.users, &[&pair.server, &pair.client]);
 }

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
+use nodepass_testkit::pair::Spec;
 use nodepass_testkit::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -56,29 +57,23 @@ fn proxy_v1_line_single_end_and_dual_end() {
     );
 
     // Dual-end reverse: the server names the user in the signal, the client writes it.
-    let (tunnel, uport) = (free_port(), free_port());
-    let srv = Proc::worker(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1"),
-        &[],
-    );
-    let cli = Proc::worker(
-        "client",
-        &format!("client://k@127.0.0.1:{tunnel}/{target_addr}?mode=2&proxy=1"),
-        &[],
-    );
-    cli.wait_line("control channel up", UP, |l| {
+    let pair = Spec::new(0, 0)
+        .worker()
+        .log("info")
+        .target(&target_addr)
+        .client_q("&proxy=1")
+        .start_unchecked();
+    pair.client.wait_line("control channel up", UP, |l| {
         l.contains("\"kind\":\"stats\"")
     });
-    let mut user = TcpStream::connect(("127.0.0.1", uport)).expect("connect");
+    let mut user = TcpStream::connect(&pair.users).expect("connect");
     user.write_all(b"payload\n").expect("write");
     let user_port = user.local_addr().expect("addr").port();
     let (_t, line) = accept_first_line(&target);
     assert!(
         line.starts_with(&format!("PROXY TCP4 127.0.0.1 127.0.0.1 {user_port} ")),
-        "{line:?}\n{}\n{}",
-        srv.dump(),
-        cli.dump()
+        "{line:?}\n{}",
+        pair.dumps()
     );
 }
 

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use nodepass_testkit::pair::Spec;
 use nodepass_testkit::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -123,19 +124,6 @@ fn block_single_end_is_not_bypassed_by_split_writes() {
 
 #[test]
 fn block_dual_end_incoming_side_is_not_bypassed_by_split_writes() {
-    let echo = Echo::start();
-    let (tunnel, uport) = (free_port(), free_port());
-    let srv = Proc::foreground(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1&block=123"),
-        &[],
-    );
-    let cli = Proc::foreground(
-        "client",
-        &format!("client://k@127.0.0.1:{tunnel}/{}?mode=2", echo.addr()),
-        &[],
-    );
-    let addr = format!("127.0.0.1:{uport}");
-    wait_tunnel(&addr, UP, &[&srv, &cli]);
-    check_blocking(&addr, &srv, &[&srv, &cli]);
+    let pair = Spec::new(0, 0).log("info").server_q("&block=123").start();
+    check_blocking(&pair.users, &pair.server, &[&pair.server, &pair.client]);
 }

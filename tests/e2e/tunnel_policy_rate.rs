@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use nodepass_testkit::meter::{self, Measured, Meter, Sink};
+use nodepass_testkit::pair::Spec;
 use nodepass_testkit::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -139,21 +140,17 @@ fn rate_single_end_udp() {
 /// server's and client's URLs; returns the user port and both processes once the control
 /// channel is up.
 fn dual_end(target: &str, server_q: &str, client_q: &str) -> (String, Proc, Proc) {
-    let (tunnel, uport) = (free_port(), free_port());
-    let srv = Proc::worker(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1{server_q}"),
-        &[],
-    );
-    let cli = Proc::worker(
-        "client",
-        &format!("client://k@127.0.0.1:{tunnel}/{target}?mode=2{client_q}"),
-        &[],
-    );
-    cli.wait_line("control channel up", UP, |l| {
+    let pair = Spec::new(0, 0)
+        .worker()
+        .log("info")
+        .target(target)
+        .server_q(server_q)
+        .client_q(client_q)
+        .start_unchecked();
+    pair.client.wait_line("control channel up", UP, |l| {
         l.contains("\"kind\":\"stats\"")
     });
-    (format!("127.0.0.1:{uport}"), srv, cli)
+    pair.into_parts()
 }
 
 #[test]

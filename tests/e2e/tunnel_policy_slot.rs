@@ -8,6 +8,7 @@ use std::io::Read;
 use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use nodepass_testkit::pair::Spec;
 use nodepass_testkit::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -73,17 +74,9 @@ fn slot_counts_udp_sessions_single_end() {
 
 #[test]
 fn slot_counts_udp_sessions_dual_end_incoming_side() {
-    let echo = Echo::start();
-    let (tunnel, uport) = (free_port(), free_port());
-    let srv = Proc::foreground(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1&slot=1"),
-        &[],
-    );
-    let cli = Proc::foreground(
-        "client",
-        &format!("client://k@127.0.0.1:{tunnel}/{}?mode=2", echo.addr()),
-        &[],
-    );
-    check_udp_holds_the_slot(&format!("127.0.0.1:{uport}"), &srv, &[&srv, &cli]);
+    let pair = Spec::new(0, 0)
+        .log("info")
+        .server_q("&slot=1")
+        .start_unchecked();
+    check_udp_holds_the_slot(&pair.users, &pair.server, &[&pair.server, &pair.client]);
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nodepass_testkit::pair::Spec;
 use nodepass_testkit::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -192,23 +193,12 @@ fn dial_source_address_single_end_and_dual_end() {
 
     // Dual-end reverse: the client dials the target from the source address.
     let t2 = Target::start();
-    let (tunnel, uport) = (free_port(), free_port());
-    let srv = Proc::foreground(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1"),
-        &[],
-    );
-    let cli = Proc::foreground(
-        "client",
-        &format!(
-            "client://k@127.0.0.1:{tunnel}/{}?mode=2&dial=127.0.0.2",
-            t2.addr()
-        ),
-        &[],
-    );
-    let uaddr = format!("127.0.0.1:{uport}");
-    wait_tunnel(&uaddr, UP, &[&srv, &cli]);
-    one_each(&uaddr, &[&srv, &cli]);
+    let pair = Spec::new(0, 0)
+        .log("info")
+        .target(&t2.addr())
+        .client_q("&dial=127.0.0.2")
+        .start();
+    one_each(&pair.users, &[&pair.server, &pair.client]);
     assert!(t2.hits.lock().expect("hits").iter().all(|ip| *ip == want));
     assert!(t2
         .udp_hits
@@ -378,19 +368,12 @@ fn notcp_and_noudp_neither_listen_nor_forward() {
     assert!(!tcp_taken(uport), "{}", srv.dump());
 
     // ... and noudp on the client (the server listens, the client does not forward).
-    let (tunnel, uport) = (free_port(), free_port());
-    let srv = Proc::foreground(
-        "server",
-        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1"),
-        &[],
-    );
-    let cli = Proc::foreground(
-        "client-noudp",
-        &format!("client://k@127.0.0.1:{tunnel}/{}?mode=2&noudp=1", t.addr()),
-        &[],
-    );
-    let uaddr = format!("127.0.0.1:{uport}");
-    wait_tunnel(&uaddr, UP, &[&srv, &cli]);
+    let pair = Spec::new(0, 0)
+        .log("info")
+        .target(&t.addr())
+        .client_q("&noudp=1")
+        .start();
+    let uaddr = pair.users.clone();
     let before = t.udp_count();
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.set_read_timeout(Some(Duration::from_millis(300)))
