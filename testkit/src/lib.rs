@@ -28,4 +28,4 @@ pub mod pki;
 pub mod proc;
 
 pub use net::{connect_from, echo_once, free_port, pattern, udp_echo, wait_tunnel, wait_udp, Echo};
-pub use proc::{bin, Proc, FAST_ENV};
+pub use proc::{bin, dumps, Proc, FAST_ENV};

@@ -172,3 +172,16 @@ impl Drop for MasterProc {
         stop_child(&mut self.child, Duration::from_secs(20));
     }
 }
+
+/// A temporary directory with a private (0700) `state` directory in it, as a master
+/// wants its state directory: (the directory, kept alive by the caller; the state path).
+pub fn private_state_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("state");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .expect("create the state directory");
+    (dir, root)
+}

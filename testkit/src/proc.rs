@@ -201,3 +201,12 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// Everything `procs` printed, one after the other, for failure messages.
+pub fn dumps(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| p.dump())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

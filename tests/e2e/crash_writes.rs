@@ -9,14 +9,13 @@
 //! replay a run).
 
 use std::collections::HashMap;
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nodepass_testkit::api::try_call;
 use nodepass_testkit::free_port;
-use nodepass_testkit::master::MasterProc;
+use nodepass_testkit::master::{private_state_dir, MasterProc};
 
 const ROUNDS: usize = 8;
 const CLIENTS: usize = 3;
@@ -220,12 +219,7 @@ fn acknowledged_writes_survive_sigkill() {
         });
     println!("CRASH_WRITES_SEED={seed}");
     let mut rng = Rng(seed | 1);
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("state");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&root)
-        .unwrap();
+    let (_dir, root) = private_state_dir();
     let port = free_port();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut key = String::new();

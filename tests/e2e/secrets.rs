@@ -5,25 +5,20 @@
 //! state directory other users can reach refuses to start, leaving the directory as it is.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodepass_testkit::api::try_call;
 use nodepass_testkit::api::Sse;
 use nodepass_testkit::free_port;
-use nodepass_testkit::master::MasterProc;
+use nodepass_testkit::master::{private_state_dir, MasterProc};
 
 const KEY: &str = "Tunnel-Key-9f3a71c2";
 
 #[test]
 fn tunnel_key_stays_out_of_ps_logs_and_log_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("state");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&root)
-        .unwrap();
+    let (_dir, root) = private_state_dir();
     let mut m = MasterProc::launch_fast(&root, free_port(), &[]);
     let api_key = m.wait_ready();
     let mut sse = Sse::open(m.addr, "/api/v1/events", &api_key);
@@ -278,12 +273,7 @@ fn stray_worker_of_a_previous_run_is_found_without_the_url_in_its_command_line()
     assert!(first.contains("\"kind\""), "the stray worker runs: {first}");
 
     // The previous run's state names that pid for the instance.
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("state");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&root)
-        .unwrap();
+    let (_dir, root) = private_state_dir();
     let snap = Snapshot {
         master: Some(MasterRecord::generate()),
         instances: vec![StoredInstance {

@@ -5,7 +5,6 @@
 //! and backup.json must still hold the whole state: an interrupted restore must never pass
 //! for an empty state (a new key, and the backup overwritten with nothing).
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use nodepass_master::model::{Instance, InstanceKind, InstanceStatus};
 use nodepass_master::store::{MasterRecord, Snapshot, StoredInstance};
 use nodepass_testkit::api::try_call;
 use nodepass_testkit::free_port;
-use nodepass_testkit::master::MasterProc;
+use nodepass_testkit::master::{private_state_dir, MasterProc};
 
 /// Enough instances that a restore takes a while, so the kill points fall inside it.
 const INSTANCES: usize = 1500;
@@ -55,12 +54,7 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
 
 #[test]
 fn restore_killed_at_several_points_keeps_key_instances_and_backup() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("state");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&root)
-        .unwrap();
+    let (_dir, root) = private_state_dir();
     let original = Snapshot {
         master: Some(MasterRecord::generate()),
         instances: (0..INSTANCES)

@@ -68,13 +68,7 @@ fn blocked_cases() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 fn check_blocking(addr: &str, logs: &Proc, procs: &[&Proc]) {
-    let dumps = || {
-        procs
-            .iter()
-            .map(|p| p.dump())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let dumps = || dumps(procs);
     for (proto, bytes) in blocked_cases() {
         let before = logs.count(&format!("blocked {proto} protocol"));
         let back = trickle(addr, &bytes, Duration::ZERO);

@@ -24,13 +24,7 @@ fn check(what: &str, limit: f64, m: Measured, procs: &[&Proc]) {
 /// process sits between them (the client behind a limiting server), its own scheduling
 /// pauses bunch traffic up after the limiter, so only the average is judged.
 fn check_with(what: &str, limit: f64, m: Measured, last_hop: bool, procs: &[&Proc]) {
-    let dumps = || {
-        procs
-            .iter()
-            .map(|p| p.dump())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let dumps = || dumps(procs);
     eprintln!("{what}: limit {limit} Mbit/s, measured {m:?}");
     assert!(
         m.mbps <= limit * 1.1,

@@ -14,13 +14,7 @@ use nodepass_testkit::*;
 const UP: Duration = Duration::from_secs(20);
 
 fn check_udp_holds_the_slot(addr: &str, logs: &Proc, procs: &[&Proc]) {
-    let dumps = || {
-        procs
-            .iter()
-            .map(|p| p.dump())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let dumps = || dumps(procs);
     // One UDP session takes the slot.
     let first = wait_udp(addr, UP, procs);
     // A TCP connection over the limit is closed without an answer.

@@ -132,13 +132,7 @@ impl Target {
 
 /// One TCP exchange and one UDP session (a fresh socket) through `addr`.
 fn one_each(addr: &str, procs: &[&Proc]) {
-    let dumps = || {
-        procs
-            .iter()
-            .map(|p| p.dump())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let dumps = || dumps(procs);
     let back = echo_once(addr, b"hello", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("TCP through {addr}: {e}\n{}", dumps()));
     assert_eq!(back, b"hello");
