@@ -236,3 +236,15 @@ impl Pair {
 pub fn reverse_pair(pool_type: u8, client_q: &str) -> Pair {
     Spec::new(pool_type, 0).worker().client_q(client_q).start()
 }
+
+/// The pool types (`type=N`): 0 TCP, 1 QUIC, 2 WebSocket, 3 HTTP/2.
+pub const POOL_TYPES: [u8; 4] = [0, 1, 2, 3];
+
+/// Runs `body` once per pool type, saying first which (so a failure's captured output names
+/// the type that failed).
+pub fn each_type(body: impl Fn(u8)) {
+    for t in POOL_TYPES {
+        eprintln!("--- pool type {t}");
+        body(t);
+    }
+}

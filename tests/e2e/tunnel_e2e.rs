@@ -4,31 +4,18 @@
 //! checksum, 10k UDP datagrams, 200 concurrent connections, half-close, and the report
 //! lines a master reads.
 //!
-//! Every dual-end test runs once per pool type in [`POOL_TYPES`] (through [`each_type`]);
-//! a new transport joins the suite by adding its `type` number there.
+//! Every dual-end test runs once per pool type (the kit's `pair::POOL_TYPES`, through
+//! `each_type`); a new transport joins the suite by adding its `type` number there.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use nodepass_testkit::pair::Spec;
+use nodepass_testkit::pair::{each_type, Spec};
 use nodepass_testkit::*;
 
 const UP: Duration = Duration::from_secs(20);
-
-/// The pool types (`type=N`, REFERENCE.md 4) the dual-end tests run over.
-const POOL_TYPES: &[u8] = &[0, 1, 2, 3];
-
-/// Runs `body` once per pool type (`type=N` on the server; the client learns it in the
-/// handshake). The type in progress is printed first, so a failure's captured output says
-/// which one failed.
-fn each_type(body: impl Fn(u8)) {
-    for &t in POOL_TYPES {
-        eprintln!("--- pool type {t}");
-        body(t);
-    }
-}
 
 /// 64-bit checksum over the stream, cheap enough for a debug build.
 #[derive(Default)]

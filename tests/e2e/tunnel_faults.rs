@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nodepass_proto::url::TunnelKey;
 use nodepass_proto::wire::{handshake_request, parse_handshake_response};
-use nodepass_testkit::pair::Spec;
+use nodepass_testkit::pair::{each_type, Spec};
 use nodepass_testkit::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -157,9 +157,13 @@ fn handshake_bytes_first_pool_id_and_foreign_pool_connections() {
 
 #[test]
 fn peer_dying_mid_stream_ends_the_user_connection_and_the_server_recovers() {
+    each_type(peer_dying_on);
+}
+
+fn peer_dying_on(pool_type: u8) {
     let echo = Echo::start();
     let (tunnel, user) = (free_port(), free_port());
-    let srv = server(tunnel, user, "");
+    let srv = server(tunnel, user, &format!("&type={pool_type}"));
     let client_url = format!("client://right@127.0.0.1:{tunnel}/{}?mode=2", echo.addr());
     let mut client = Proc::worker("client", &client_url, &[]);
     let user_addr = format!("127.0.0.1:{user}");
@@ -188,9 +192,13 @@ fn peer_dying_mid_stream_ends_the_user_connection_and_the_server_recovers() {
 
 #[test]
 fn refusing_target_closes_the_user_connection_only() {
+    each_type(refusing_target_on);
+}
+
+fn refusing_target_on(pool_type: u8) {
     let dead = free_port();
     let (tunnel, user) = (free_port(), free_port());
-    let srv = server(tunnel, user, "");
+    let srv = server(tunnel, user, &format!("&type={pool_type}"));
     let client = Proc::worker(
         "client",
         &format!("client://right@127.0.0.1:{tunnel}/127.0.0.1:{dead}?mode=2"),
