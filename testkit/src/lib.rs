@@ -13,12 +13,14 @@
 //!   the exact bytes, an SSE reader.
 //! - [`pki`]: a test CA and a leaf certificate on disk.
 //! - [`meter`]: throughput sources and a meter for the rate tests.
+//! - [`fault`]: a relay that can silence a link, and users arriving every 100 ms.
 //! - [`browser`]: headless Chromium over WebDriver for the console's tests and bench.
 //!
 //! Everything runs on 127.0.0.0/8 with real sockets and real processes.
 
 pub mod api;
 pub mod browser;
+pub mod fault;
 pub mod go;
 pub mod master;
 pub mod meter;
