@@ -182,9 +182,4 @@ fn main() {
         failed_total * 4096,
         sent.saturating_sub(answered)
     );
-    println!(
-        "server restarts logged: {}; client restarts logged: {}",
-        server.count("restart"),
-        client.count("restart")
-    );
 }
