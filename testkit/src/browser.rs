@@ -47,10 +47,7 @@ pub fn browser_present() -> bool {
 
 /// Starts chromedriver and a headless Chromium session of `width` x `height`.
 pub async fn browser(width: u32, height: u32) -> (Driver, Client) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = crate::free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .process_group(0)

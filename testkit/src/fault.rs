@@ -3,7 +3,7 @@
 //! NAT that lost its state), and users arriving every 100 ms whose tries are recorded.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,7 +83,7 @@ pub struct Relay {
 impl Relay {
     /// A relay to 127.0.0.1:`to`.
     pub fn start(to: u16) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let listener = crate::net::listen();
         let port = listener.local_addr().expect("addr").port();
         let cuts = Arc::new(AtomicU64::new(0));
         let c = cuts.clone();

@@ -3,7 +3,7 @@
 //! 10 ms buckets, from which the average over a window and the largest 100 ms burst come.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ pub struct Sink {
 impl Sink {
     pub fn start() -> Sink {
         loop {
-            let tcp = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+            let tcp = crate::net::listen();
             let port = tcp.local_addr().expect("addr").port();
             let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)) else {
                 continue;
@@ -149,7 +149,7 @@ impl Sink {
 
 /// A TCP target that sends as fast as it can to whoever connects, until they go.
 pub fn tcp_source() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind source");
+    let l = crate::net::listen();
     let addr = l.local_addr().expect("addr").to_string();
     std::thread::spawn(move || {
         for conn in l.incoming() {

@@ -7,22 +7,42 @@ use std::time::{Duration, Instant};
 
 use crate::Proc;
 
-/// A port that was free a moment ago on 127.0.0.1 (TCP and UDP).
-pub fn free_port() -> u16 {
-    // The kernel may hand the same ephemeral port out again once it is released, so two
-    // calls in a row could name one port for both a tunnel and its target: never give a
-    // port out twice in one test process.
+/// Records `port` as handed out in this process; false when it already was. The kernel
+/// may hand a released port out again at once, so a port [`free_port`] named (and released)
+/// could otherwise be taken by the next listener bound to port 0 before its test binds it:
+/// every port the kit hands out or keeps, [`free_port`]'s and its servers' alike, goes
+/// through here, and none twice.
+pub fn claim(port: u16) -> bool {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    if given.contains(&port) {
+        return false;
+    }
+    given.push(port);
+    true
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (TCP and UDP), never the same one twice in
+/// a process (see [`claim`]).
+pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let port = l.local_addr().expect("local addr").port();
         if UdpSocket::bind(("127.0.0.1", port)).is_err() {
             continue;
         }
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+        if claim(port) {
             return port;
+        }
+    }
+}
+
+/// A TCP listener on a 127.0.0.1 port the kit never handed out (see [`claim`]).
+pub fn listen() -> TcpListener {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        if claim(l.local_addr().expect("local addr").port()) {
+            return l;
         }
     }
 }
@@ -35,7 +55,7 @@ pub struct Echo {
 impl Echo {
     pub fn start() -> Echo {
         loop {
-            let tcp = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+            let tcp = listen();
             let port = tcp.local_addr().expect("addr").port();
             let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)) else {
                 continue;

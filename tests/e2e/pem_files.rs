@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 /// Runs a tls=2 server with `crt`; returns its exit status and stderr, or panics if it is
 /// still running at a generous deadline.
 fn run_server(crt: &str, key: &str) -> (std::process::ExitStatus, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = nodepass_testkit::free_port();
     let url = format!("server://127.0.0.1:{port}/127.0.0.1:1?tls=2&crt={crt}&key={key}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_nodepass"))
         .arg(&url)

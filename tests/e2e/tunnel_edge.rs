@@ -5,7 +5,7 @@
 //! test speaks the wire protocol itself through `nodepass_proto::wire`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ const READY: &str = "\"kind\":\"ready\"";
 #[test]
 fn client_handshake_times_out_and_ready_means_the_tunnel_works() {
     // A server that accepts and never says a word.
-    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent = nodepass_testkit::net::listen();
     let silent_addr = silent.local_addr().expect("addr");
     std::thread::spawn(move || {
         let held: Vec<TcpStream> = silent.incoming().filter_map(Result::ok).take(64).collect();
@@ -370,7 +370,7 @@ fn a_client_that_cannot_connect_says_why() {
 
     // The handshake is answered (the reference's bytes), then every pool connection is
     // closed at once.
-    let fake = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let fake = nodepass_testkit::net::listen();
     let fake_addr = fake.local_addr().expect("addr");
     std::thread::spawn(move || {
         for (n, conn) in fake.incoming().enumerate() {

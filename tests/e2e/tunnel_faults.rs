@@ -4,7 +4,7 @@
 //! files, pool connections from a foreign address, and UDP sessions that must not leak.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use nodepass_proto::url::TunnelKey;
@@ -233,7 +233,7 @@ fn refusing_target_on(pool_type: u8) {
 
 #[test]
 fn busy_tunnel_port_is_a_clear_error_with_nonzero_exit() {
-    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = nodepass_testkit::net::listen();
     let port = busy.local_addr().expect("addr").port();
     let echo = Echo::start();
     for url in [

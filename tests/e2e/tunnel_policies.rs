@@ -14,7 +14,7 @@ const UP: Duration = Duration::from_secs(20);
 
 /// A target that reads the first line of each connection and sends it back, then echoes.
 fn line_target() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let l = nodepass_testkit::net::listen();
     let addr = l.local_addr().expect("addr").to_string();
     (l, addr)
 }

@@ -5,7 +5,7 @@
 //! named entries, and the flush rule (pool errors > idle / 2 -> a `flush` signal).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ fn wait_signal(
 fn our_client_speaks_the_reference_wire_protocol() {
     let echo = Echo::start();
     let key = TunnelKey::new("k");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = nodepass_testkit::net::listen();
     let port = listener.local_addr().expect("addr").port();
     let client = Proc::worker(
         "client",

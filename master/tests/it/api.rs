@@ -450,7 +450,7 @@ fn info_and_master_alias() {
 #[test]
 fn tcping_probes() {
     let tm = TestMaster::start();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = nodepass_testkit::net::listen();
     let target = listener.local_addr().unwrap().to_string();
     let v = tm.api.get(&format!("/tcping?target={target}")).json();
     assert_eq!(v["target"], target.as_str());
