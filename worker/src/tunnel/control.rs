@@ -77,6 +77,8 @@ pub async fn run(
         started: Instant::now(),
         checkpoint_ms: AtomicU64::new(0),
         heard_ms: AtomicU64::new(0),
+        probe_ms: AtomicU64::new(0),
+        health_ping_out: AtomicBool::new(false),
         peer_verify_ids: Mutex::new(Vec::new()),
         own_verify_sent: AtomicBool::new(false),
         verified,
@@ -108,9 +110,10 @@ pub async fn run(
                     return Ok(());
                 }
             }
+            users.succession.publish(&s);
             let mut loops = tokio::task::JoinSet::new();
             if let Some(l) = users.tcp {
-                loops.spawn(incoming::tcp_loop(s.clone(), l));
+                loops.spawn(incoming::tcp_loop(s.clone(), l, users.succession.clone()));
             }
             if let Some(u) = users.udp {
                 loops.spawn(incoming::udp_loop(s.clone(), u));
@@ -210,6 +213,7 @@ async fn health(sess: Arc<Session>) -> anyhow::Result<()> {
         }
         sess.checkpoint_ms
             .store(sess.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        sess.health_ping_out.store(true, Ordering::Relaxed);
         sess.send(Signal::Ping);
     }
 }
@@ -229,11 +233,14 @@ impl Session {
                 }
             }
             Signal::Ping => self.send(Signal::Pong),
-            Signal::Pong => {
+            // Only the answer to the period's health ping reports (a pong to a ping of
+            // `confirm_link` only says the link lives; the reader noted that already).
+            Signal::Pong if self.health_ping_out.swap(false, Ordering::Relaxed) => {
                 let now = self.started.elapsed().as_millis() as u64;
                 let ping = now.saturating_sub(self.checkpoint_ms.load(Ordering::Relaxed));
                 self.inst.publish_stats(ping, self.pool.idle_count() as u64);
             }
+            Signal::Pong => {}
             Signal::Flush => {
                 self.pool.flush();
                 self.pool.reset_errors();

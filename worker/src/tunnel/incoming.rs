@@ -15,11 +15,15 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::activity::Activity;
-use super::session::Session;
+use super::session::{Session, Succession};
 use super::udp::{pump, Sessions, ToUser, Way};
 use crate::policy::{block, SlotKind};
 
-pub async fn tcp_loop(sess: Arc<Session>, listener: Arc<TcpListener>) -> anyhow::Result<()> {
+pub async fn tcp_loop(
+    sess: Arc<Session>,
+    listener: Arc<TcpListener>,
+    succession: Arc<Succession>,
+) -> anyhow::Result<()> {
     let (inst, cancel) = (sess.inst.clone(), sess.cancel.clone());
     super::user::serve_tcp(
         inst,
@@ -27,13 +31,31 @@ pub async fn tcp_loop(sess: Arc<Session>, listener: Arc<TcpListener>) -> anyhow:
         "commonTCPLoop",
         cancel,
         Some(sess.clone()),
-        move |user, peer, prefix| tcp_once(sess.clone(), user, peer, prefix),
+        move |user, peer, prefix| tcp_once(sess.clone(), succession.clone(), user, peer, prefix),
     )
     .await
 }
 
 /// One admitted user connection: take an idle entry, name it in a `tcp` signal, relay.
-async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr, prefix: Vec<u8>) {
+///
+/// The entry is taken only on a link confirmed a moment ago ([`Session::confirm_link`]): a
+/// user who arrives while the link is in doubt waits, none of its bytes sent, until the
+/// peer is heard again or the next session serves (at most NP_POOL_GET_TIMEOUT), instead of
+/// being handed an entry of a link that has gone silent.
+async fn tcp_once(
+    sess: Arc<Session>,
+    succession: Arc<Succession>,
+    mut user: TcpStream,
+    peer: SocketAddr,
+    prefix: Vec<u8>,
+) {
+    let limit = sess.inst.tunables.pool_get_timeout;
+    let Some(sess) = confirmed(sess, &succession, limit).await else {
+        tracing::warn!(
+            "commonTCPLoop: {peer} closed: the tunnel was not back within {limit:?} (NP_POOL_GET_TIMEOUT)"
+        );
+        return;
+    };
     let inst = &sess.inst;
     let Some((id, mut entry)) = sess.pool.incoming_get(inst.tunables.pool_get_timeout).await else {
         tracing::warn!(
@@ -63,6 +85,37 @@ async fn tcp_once(sess: Arc<Session>, mut user: TcpStream, peer: SocketAddr, pre
         _ = inst.relay_tcp(&mut user, &mut entry, &peer, &far) => {}
         _ = sess.ended_silent_since(taken_ms) => {
             tracing::warn!("commonTCPLoop: {peer} closed: its pool entry {far} belonged to a silent link");
+        }
+    }
+}
+
+/// The session whose link is confirmed now: `sess`, once its peer answers, or the next one
+/// if `sess` ends first; None when neither happens within `limit`.
+async fn confirmed(
+    mut sess: Arc<Session>,
+    succession: &Succession,
+    limit: std::time::Duration,
+) -> Option<Arc<Session>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if sess.confirm_link().await {
+            return Some(sess);
+        }
+        tracing::debug!("commonTCPLoop: the link is in doubt; a user waits for it");
+        let asked = sess.now_ms();
+        let heard = tokio::time::timeout(left, sess.wait_heard_since(asked)).await;
+        match heard {
+            Ok(true) => continue,
+            // Timed out: `deadline` has passed.
+            Err(_) => return None,
+            Ok(false) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                sess = succession.after(&sess, left).await?;
+            }
         }
     }
 }

@@ -323,7 +323,11 @@ pub async fn bind_users(inst: &Instance) -> anyhow::Result<session::UserListener
                 .with_context(|| format!("initTargetListener: listen udp {addr}"))?,
         ))
     };
-    Ok(session::UserListeners { tcp, udp })
+    Ok(session::UserListeners {
+        tcp,
+        udp,
+        succession: Default::default(),
+    })
 }
 
 /// The `listen` entries of the user listeners, for the `ready` report.

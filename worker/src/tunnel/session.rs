@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nodepass_proto::url::TlsMode;
 use nodepass_proto::wire::{Flow, PoolId, Signal};
@@ -30,11 +30,50 @@ pub enum Verifier {
     Client(TlsMode),
 }
 
-/// The incoming side's user-facing sockets (the target address of its side).
+/// The incoming side's user-facing sockets (the target address of its side), kept across
+/// sessions, with the [`Succession`] of the sessions that serve them.
 #[derive(Default, Clone)]
 pub struct UserListeners {
     pub tcp: Option<Arc<TcpListener>>,
     pub udp: Option<Arc<UdpSocket>>,
+    pub succession: Arc<Succession>,
+}
+
+/// The session currently serving a side's users, so a user accepted by a session whose link
+/// went silent can wait for the next one instead of failing.
+#[derive(Default)]
+pub struct Succession(watch::Sender<Option<std::sync::Weak<Session>>>);
+
+impl Succession {
+    /// `sess` serves the users from now on.
+    pub fn publish(&self, sess: &Arc<Session>) {
+        self.0.send_replace(Some(Arc::downgrade(sess)));
+    }
+
+    /// The session after `old`, once one serves and its link is fresh; None when none comes
+    /// within `limit`.
+    pub async fn after(&self, old: &Arc<Session>, limit: Duration) -> Option<Arc<Session>> {
+        let mut rx = self.0.subscribe();
+        let wait = async {
+            loop {
+                let next = rx
+                    .borrow_and_update()
+                    .as_ref()
+                    .and_then(std::sync::Weak::upgrade)
+                    .filter(|s| !Arc::ptr_eq(s, old) && !s.cancel.is_cancelled());
+                if let Some(next) = next {
+                    if next.wait_link_fresh().await {
+                        return Some(next);
+                    }
+                    continue;
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.ok().flatten()
+    }
 }
 
 /// One session's shared state: what the control loops, the incoming side and the
@@ -60,6 +99,11 @@ pub struct Session {
     /// pings every report interval and answers the peer's pings, so a live link is heard
     /// from at least once an interval).
     pub(super) heard_ms: AtomicU64,
+    /// When this side last sent a ping to confirm the link for a user (ms since start).
+    pub(super) probe_ms: AtomicU64,
+    /// A health ping is waiting for its pong (only that pong reports a CHECK_POINT: the
+    /// pongs of [`Session::confirm_link`]'s pings are not the period's figure).
+    pub(super) health_ping_out: AtomicBool,
     /// Ids the peer has named in its `verify` (never pick one of those for ours).
     pub(super) peer_verify_ids: Mutex<Vec<PoolId>>,
     pub(super) own_verify_sent: AtomicBool,
@@ -147,6 +191,47 @@ impl Session {
             return;
         }
         std::future::pending().await
+    }
+
+    /// Before a user is handed a pool entry: true when the peer was heard from a moment ago
+    /// (a quarter interval, 100 ms to 1 s), else after a ping (one per that time, whoever
+    /// asks) is answered within half an interval (200 ms to 2 s). False means the link is
+    /// in doubt: the user waits (see [`Session::wait_heard_since`] and [`Succession`])
+    /// instead of being given an entry that is likely as dead as the link, with none of its
+    /// bytes sent. Both implementations answer `ping` with `pong` (REFERENCE.md), so this
+    /// works with the Go peer as well.
+    pub async fn confirm_link(&self) -> bool {
+        let interval = self.inst.tunables.report_interval.as_millis() as u64;
+        let trust = (interval / 4).clamp(100, 1000);
+        let now = self.now_ms();
+        if now.saturating_sub(self.heard_ms.load(Ordering::Relaxed)) <= trust {
+            return true;
+        }
+        let last = self.probe_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= trust)
+            && self
+                .probe_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.send(Signal::Ping);
+        }
+        let bound = Duration::from_millis((interval / 2).clamp(200, 2000));
+        tokio::time::timeout(bound, self.wait_heard_since(now))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Waits until a line is heard from the peer at or after `since` (ms since start);
+    /// false when the session ends first.
+    pub async fn wait_heard_since(&self, since: u64) -> bool {
+        while self.heard_ms.load(Ordering::Relaxed) < since {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        true
     }
 
     /// Waits until [`Session::link_fresh`] (checked every 50 ms); returns false when the
