@@ -254,5 +254,6 @@ fn a_client_restart_loses_no_user_on_http2() {
 }
 
 // QUIC (type 1) is not here yet: a killed client sends no CONNECTION_CLOSE, so the server
-// keeps handing users streams of the dead connection until its control channel is silent
-// long enough; 10 of 69 users failed in that window when last measured (issue 18 goes on).
+// can hand a user a stream of the dead connection in the moment before it doubts the link
+// (a quarter interval); 1 of 69 users failed in that window when last measured (10 of 69
+// before each entry waited for a confirmed link). Issue 18 goes on.
