@@ -40,8 +40,8 @@ pub async fn tcp_loop(
 ///
 /// The entry is taken only on a link confirmed a moment ago ([`Session::confirm_link`]): a
 /// user who arrives while the link is in doubt waits, none of its bytes sent, until the
-/// peer is heard again or the next session serves (at most NP_POOL_GET_TIMEOUT), instead of
-/// being handed an entry of a link that has gone silent.
+/// peer is heard again or, once the silent session has ended, the next one serves (at most
+/// NP_POOL_GET_TIMEOUT after that end), instead of being handed an entry of a dead link.
 async fn tcp_once(
     sess: Arc<Session>,
     succession: Arc<Succession>,
@@ -52,7 +52,7 @@ async fn tcp_once(
     let limit = sess.inst.tunables.pool_get_timeout;
     let Some(sess) = confirmed(sess, &succession, limit).await else {
         tracing::warn!(
-            "commonTCPLoop: {peer} closed: the tunnel was not back within {limit:?} (NP_POOL_GET_TIMEOUT)"
+            "commonTCPLoop: {peer} closed: the tunnel was not back within {limit:?} of its link going silent (NP_POOL_GET_TIMEOUT)"
         );
         return;
     };
@@ -90,33 +90,23 @@ async fn tcp_once(
 }
 
 /// The session whose link is confirmed now: `sess`, once its peer answers, or the next one
-/// if `sess` ends first; None when neither happens within `limit`.
+/// if `sess` ends first (a silent link ends it within its read deadline, two report
+/// intervals and a half second); None when no next session serves within `limit` of that.
 async fn confirmed(
     mut sess: Arc<Session>,
     succession: &Succession,
     limit: std::time::Duration,
 ) -> Option<Arc<Session>> {
-    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return None;
-        }
         if sess.confirm_link().await {
             return Some(sess);
         }
         tracing::debug!("commonTCPLoop: the link is in doubt; a user waits for it");
         let asked = sess.now_ms();
-        let heard = tokio::time::timeout(left, sess.wait_heard_since(asked)).await;
-        match heard {
-            Ok(true) => continue,
-            // Timed out: `deadline` has passed.
-            Err(_) => return None,
-            Ok(false) => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                sess = succession.after(&sess, left).await?;
-            }
+        if sess.wait_heard_since(asked).await {
+            continue;
         }
+        sess = succession.after(&sess, limit).await?;
     }
 }
 
