@@ -209,30 +209,41 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// A transport context for unit tests: loopback tunnel `port`, default tunables, pool `max`.
+#[cfg(test)]
+pub(crate) fn test_context(
+    port: u16,
+    tls: TlsMode,
+    server_tls: Option<Arc<tls::ServerTls>>,
+    max: usize,
+) -> Context {
+    use nodepass_proto::url::DnsSetting;
+    Context {
+        tunables: Tunables::default(),
+        dns: Arc::new(crate::dns::Dns::new(&DnsSetting::Ttl(Duration::from_secs(
+            60,
+        )))),
+        tunnel: HostPort {
+            host: "127.0.0.1".to_string(),
+            port,
+        },
+        tls,
+        sni: String::new(),
+        server_tls,
+        max,
+        slot: 64,
+        proof: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pool::Pool;
-    use nodepass_proto::url::DnsSetting;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     fn ctx(port: u16, tls: TlsMode, server_tls: Option<Arc<tls::ServerTls>>) -> Context {
-        Context {
-            tunables: Tunables::default(),
-            dns: Arc::new(crate::dns::Dns::new(&DnsSetting::Ttl(Duration::from_secs(
-                60,
-            )))),
-            tunnel: HostPort {
-                host: "127.0.0.1".to_string(),
-                port,
-            },
-            tls,
-            sni: String::new(),
-            server_tls,
-            max: 4,
-            slot: 64,
-            proof: None,
-        }
+        test_context(port, tls, server_tls, 4)
     }
 
     /// What every transport must do, through the two traits only: the first entry is

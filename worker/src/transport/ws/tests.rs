@@ -3,28 +3,11 @@
 use super::*;
 use crate::pool::Pool;
 use futures::{SinkExt as _, StreamExt as _};
-use nodepass_proto::tunables::Tunables;
-use nodepass_proto::url::{DnsSetting, HostPort};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_util::sync::CancellationToken;
 
 fn ctx(port: u16, tls: TlsMode) -> Context {
-    Context {
-        tunables: Tunables::default(),
-        dns: Arc::new(crate::dns::Dns::new(&DnsSetting::Ttl(Duration::from_secs(
-            60,
-        )))),
-        tunnel: HostPort {
-            host: "127.0.0.1".to_string(),
-            port,
-        },
-        tls,
-        sni: String::new(),
-        server_tls: None,
-        max: 8,
-        slot: 64,
-        proof: None,
-    }
+    crate::transport::test_context(port, tls, None, 8)
 }
 
 /// Our server on a loopback port, admitting 127.0.0.1 into `pool`.
