@@ -295,8 +295,11 @@ fn a_handshake_flood_keeps_memory_bounded() {
     );
     assert!(refused >= 200, "the 127.0.0.2 waves are all refused");
     // Bounded: at most MAX_CONNECTIONS connections with their windows, whatever the flood.
+    // A debug build's server grows by 108-137 MiB here whatever the number accepted (12 to 57
+    // measured, the same with this session's binary and the one before it), so 128 MiB
+    // failed now and then in CI; 192 MiB keeps the check on "bounded" without that noise.
     assert!(
-        peak.saturating_sub(before) < 128 << 10,
+        peak.saturating_sub(before) < 192 << 10,
         "server RSS grew from {before} KiB to {peak} KiB"
     );
     t.works();
