@@ -77,6 +77,7 @@ pub async fn run(
         started: Instant::now(),
         checkpoint_ms: AtomicU64::new(0),
         heard_ms: AtomicU64::new(0),
+        heard: tokio::sync::Notify::new(),
         probe_ms: AtomicU64::new(0),
         health_ping_out: AtomicBool::new(false),
         peer_verify_ids: Mutex::new(Vec::new()),
@@ -186,8 +187,7 @@ async fn reader(
         if n == 0 {
             return Err(anyhow!("commonQueue: readBytes failed: EOF"));
         }
-        sess.heard_ms
-            .store(sess.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        sess.heard_now();
         match Signal::decode(&line, &key) {
             Ok(sig) => sess.dispatch(sig, &udp),
             Err(SignalError::PoolId { action, id }) => sess.unknown_pool_id(action, &id),

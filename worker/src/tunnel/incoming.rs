@@ -150,27 +150,28 @@ pub async fn udp_loop(sess: Arc<Session>, socket: Arc<UdpSocket>) -> anyhow::Res
         let datagram = buf.split().freeze();
         inst.figures.udprx.fetch_add(n as u64, Ordering::Relaxed);
         inst.policy.pace_read(n).await;
-        if sessions.live(&peer).is_none() {
-            let Ok(share_permit) = share.clone().try_acquire_owned() else {
-                tracing::debug!(
-                    "commonUDPLoop: datagram from {peer} dropped: UDP sessions hold their share of the pool"
-                );
-                continue;
-            };
-            let Some(slot) = super::user::slot(&inst, SlotKind::Udp, "commonUDPLoop") else {
-                continue;
-            };
-            let (queue, queued) = mpsc::channel(UDP_SESSION_QUEUE);
-            let ending = sessions.open(peer, queue);
-            let (s2, sock2) = (sess.clone(), socket.clone());
-            tokio::spawn(async move {
-                let _hold = (slot, share_permit);
-                udp_session(&s2, queued, &sock2, peer, &ending.activity).await;
-                drop(ending);
-            });
-        }
-        let Some(queue) = sessions.live(&peer) else {
-            continue;
+        let queue = match sessions.live(&peer) {
+            Some(queue) => queue.clone(),
+            None => {
+                let Ok(share_permit) = share.clone().try_acquire_owned() else {
+                    tracing::debug!(
+                        "commonUDPLoop: datagram from {peer} dropped: UDP sessions hold their share of the pool"
+                    );
+                    continue;
+                };
+                let Some(slot) = super::user::slot(&inst, SlotKind::Udp, "commonUDPLoop") else {
+                    continue;
+                };
+                let (queue, queued) = mpsc::channel(UDP_SESSION_QUEUE);
+                let ending = sessions.open(peer, queue.clone());
+                let (s2, sock2) = (sess.clone(), socket.clone());
+                tokio::spawn(async move {
+                    let _hold = (slot, share_permit);
+                    udp_session(&s2, queued, &sock2, peer, &ending.activity).await;
+                    drop(ending);
+                });
+                queue
+            }
         };
         match queue.try_send(datagram) {
             Ok(()) => {}

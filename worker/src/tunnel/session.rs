@@ -99,6 +99,9 @@ pub struct Session {
     /// pings every report interval and answers the peer's pings, so a live link is heard
     /// from at least once an interval).
     pub(super) heard_ms: AtomicU64,
+    /// Woken each time a line is heard (after `heard_ms` moved), for the users who wait for
+    /// the link ([`Session::wait_heard_since`]) instead of polling it.
+    pub(super) heard: tokio::sync::Notify,
     /// When this side last sent a ping to confirm the link for a user (ms since start).
     pub(super) probe_ms: AtomicU64,
     /// A health ping is waiting for its pong (only that pong reports a CHECK_POINT: the
@@ -225,13 +228,25 @@ impl Session {
     /// Waits until a line is heard from the peer at or after `since` (ms since start);
     /// false when the session ends first.
     pub async fn wait_heard_since(&self, since: u64) -> bool {
-        while self.heard_ms.load(Ordering::Relaxed) < since {
+        loop {
+            // Registered before the check, so a line heard in between still wakes us.
+            let woken = self.heard.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.heard_ms.load(Ordering::Relaxed) >= since {
+                return true;
+            }
             tokio::select! {
                 _ = self.cancel.cancelled() => return false,
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = woken => {}
             }
         }
-        true
+    }
+
+    /// Records that a line was just read from the peer and wakes who waits for one.
+    pub(super) fn heard_now(&self) {
+        self.heard_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.heard.notify_waiters();
     }
 
     /// Waits until [`Session::link_fresh`] (checked every 50 ms); returns false when the
