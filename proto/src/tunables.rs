@@ -23,6 +23,11 @@ pub struct Tunables {
     pub service_cooldown: Duration,
     pub shutdown_timeout: Duration,
     pub reload_interval: Duration,
+    /// Ours (NP_POOL_REFRESH): once the oldest idle pool entry has waited this long, the side
+    /// that hands entries out flushes the idle pool (a `flush` signal, which the reference
+    /// understands) so the client opens fresh ones before a middlebox with an idle timeout
+    /// forgets them. Zero turns it off (the reference's behaviour).
+    pub pool_refresh: Duration,
 }
 
 impl Default for Tunables {
@@ -42,6 +47,7 @@ impl Default for Tunables {
             service_cooldown: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(5),
             reload_interval: Duration::from_secs(3600),
+            pool_refresh: Duration::from_secs(50),
         }
     }
 }
@@ -93,6 +99,7 @@ impl Tunables {
         dur("NP_SERVICE_COOLDOWN", &mut t.service_cooldown, false);
         dur("NP_SHUTDOWN_TIMEOUT", &mut t.shutdown_timeout, false);
         dur("NP_RELOAD_INTERVAL", &mut t.reload_interval, true);
+        dur("NP_POOL_REFRESH", &mut t.pool_refresh, false);
         (t, warnings)
     }
 

@@ -83,10 +83,25 @@ pub struct Relay {
 impl Relay {
     /// A relay to 127.0.0.1:`to`.
     pub fn start(to: u16) -> Relay {
+        Relay::run(to, None)
+    }
+
+    /// A relay to 127.0.0.1:`to` that also behaves as a NAT or a TCP-terminating middlebox
+    /// with an idle timeout: a connection that has carried no byte in either direction for
+    /// `idle` loses its state, and from then on every byte on it is taken and dropped (no
+    /// FIN, no RST). Keep-alive probes cannot save it: they end at the relay's own sockets,
+    /// as they would at a load balancer or proxy. A connection that carries traffic at least
+    /// every `idle` (a control channel's pings) lives.
+    pub fn start_idle_timeout(to: u16, idle: Duration) -> Relay {
+        Relay::run(to, Some(idle))
+    }
+
+    fn run(to: u16, idle: Option<Duration>) -> Relay {
         let listener = crate::net::listen();
         let port = listener.local_addr().expect("addr").port();
         let cuts = Arc::new(AtomicU64::new(0));
         let c = cuts.clone();
+        let epoch = Instant::now();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(a) = conn else { continue };
@@ -94,11 +109,14 @@ impl Relay {
                     continue;
                 };
                 let born = c.load(Ordering::SeqCst);
+                // ms since `epoch` of the connection's last byte either way; u64::MAX once
+                // its state is lost.
+                let last = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
                 for (mut from, mut to) in [
                     (a.try_clone().expect("clone"), b.try_clone().expect("clone")),
                     (b, a),
                 ] {
-                    let c = c.clone();
+                    let (c, last) = (c.clone(), last.clone());
                     std::thread::spawn(move || {
                         let mut buf = vec![0u8; 65536];
                         loop {
@@ -109,11 +127,24 @@ impl Relay {
                             if c.load(Ordering::SeqCst) != born {
                                 continue; // silent: taken, never delivered
                             }
+                            if let Some(idle) = idle {
+                                let now = epoch.elapsed().as_millis() as u64;
+                                let seen = last.load(Ordering::SeqCst);
+                                if seen == u64::MAX
+                                    || now.saturating_sub(seen) >= idle.as_millis() as u64
+                                {
+                                    last.store(u64::MAX, Ordering::SeqCst);
+                                    continue; // state lost while idle: dropped for good
+                                }
+                                last.store(now, Ordering::SeqCst);
+                            }
                             if to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
                         }
-                        if c.load(Ordering::SeqCst) == born {
+                        if c.load(Ordering::SeqCst) == born
+                            && last.load(Ordering::SeqCst) != u64::MAX
+                        {
                             let _ = to.shutdown(Shutdown::Write);
                         }
                     });

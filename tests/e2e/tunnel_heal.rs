@@ -257,3 +257,129 @@ fn a_client_restart_loses_no_user_on_http2() {
 // can hand a user a stream of the dead connection in the moment before it doubts the link
 // (a quarter interval); 1 of 69 users failed in that window when last measured (10 of 69
 // before each entry waited for a confirmed link). Issue 18 goes on.
+
+/// Where the users of [`idle_entries_behind_a_middlebox`] connect and which program is the
+/// client.
+#[derive(Clone, Copy, PartialEq)]
+enum UsersAt {
+    /// At the server (reverse flow): the server refreshes; the client is ours.
+    Server,
+    /// At the server, with the Go reference as the client (it reads our `flush`).
+    ServerGoClient,
+    /// At the client (forward flow): the client refreshes.
+    Client,
+}
+
+/// A middlebox between client and server that forgets connections idle for 3 s (a NAT, a
+/// load balancer or proxy with an idle timeout; keep-alive probes end at it), while the
+/// control channel lives on its pings. Users arrive every 100 ms for 12 s and take the
+/// oldest idle entry, so without a refresh they are handed entries idle for longer than the
+/// middlebox keeps them (a 64-entry pool at 10 users/s: 6.4 s) and their bytes vanish.
+/// Returns (users, failed), or None when the Go binary is needed and absent.
+fn idle_entries_behind_a_middlebox(
+    pool_type: u8,
+    tls: u8,
+    refresh: &str,
+    at: UsersAt,
+) -> Option<(usize, usize)> {
+    let go = match at {
+        UsersAt::ServerGoClient => Some(nodepass_testkit::go::go_bin()?),
+        _ => None,
+    };
+    let case = format!(
+        "idle timeout 3 s, refresh {refresh}, type={pool_type} tls={tls}, {}",
+        match at {
+            UsersAt::Server => "users at the server",
+            UsersAt::ServerGoClient => "users at the server, Go client",
+            UsersAt::Client => "users at the client",
+        }
+    );
+    let env = [("NP_POOL_REFRESH", refresh)];
+    let echo = Echo::start();
+    let (tunnel, uport) = (free_port(), free_port());
+    let users_addr = format!("127.0.0.1:{uport}");
+    let (server_target, client_target) = match at {
+        UsersAt::Client => (echo.addr(), users_addr.clone()),
+        _ => (users_addr.clone(), echo.addr()),
+    };
+    let mode = if at == UsersAt::Client { 2 } else { 1 };
+    let server = Proc::worker(
+        "server",
+        &format!(
+            "server://k@127.0.0.1:{tunnel}/{server_target}?mode={mode}&type={pool_type}&tls={tls}"
+        ),
+        &env,
+    );
+    server.wait_line("ready", UP, |l| l.contains("\"kind\":\"ready\""));
+    let relay = Relay::start_idle_timeout(tunnel, Duration::from_secs(3));
+    let client_url = format!("client://k@127.0.0.1:{}/{client_target}?mode=2", relay.port);
+    let client = match &go {
+        Some(go) => Proc::start("go client", go, &[&client_url], &env),
+        None => Proc::worker("client", &client_url, &env),
+    };
+    wait_tunnel(&users_addr, UP, &[&server, &client]);
+    let users = Users::start(users_addr);
+    std::thread::sleep(Duration::from_secs(12));
+    let tries = users.finish();
+    let failed: Vec<&Try> = tries.iter().filter(|t| !t.ok).collect();
+    eprintln!(
+        "{case}: {} of {} users failed; longest wait {:?}",
+        failed.len(),
+        tries.len(),
+        tries.iter().map(|t| t.end - t.start).max()
+    );
+    assert!(
+        tries.len() >= 80,
+        "{case}: users kept arriving: {}",
+        tries.len()
+    );
+    if refresh != "0" {
+        assert!(
+            failed.is_empty(),
+            "{case}: {} of {} users failed:\n{failed:?}\n{}\n{}",
+            failed.len(),
+            tries.len(),
+            server.dump(),
+            client.dump()
+        );
+    }
+    Some((tries.len(), failed.len()))
+}
+
+/// The fault is real: with the refresh off (the reference's behaviour), users are handed
+/// entries the middlebox has forgotten and fail.
+#[test]
+fn without_the_refresh_idle_entries_behind_a_middlebox_lose_users() {
+    let (users, failed) =
+        idle_entries_behind_a_middlebox(0, 0, "0", UsersAt::Server).expect("ours only");
+    assert!(
+        failed * 4 >= users,
+        "with no refresh most users should meet a forgotten entry: {failed} of {users} failed"
+    );
+}
+
+#[test]
+fn idle_entries_are_refreshed_before_a_middlebox_forgets_them_on_tcp() {
+    idle_entries_behind_a_middlebox(0, 0, "2s", UsersAt::Server);
+}
+
+#[test]
+fn idle_entries_are_refreshed_before_a_middlebox_forgets_them_on_tcp_with_tls() {
+    idle_entries_behind_a_middlebox(0, 1, "2s", UsersAt::Server);
+}
+
+#[test]
+fn idle_entries_are_refreshed_before_a_middlebox_forgets_them_on_websocket() {
+    idle_entries_behind_a_middlebox(2, 0, "2s", UsersAt::Server);
+}
+
+#[test]
+fn idle_entries_are_refreshed_by_the_client_when_users_are_at_the_client() {
+    idle_entries_behind_a_middlebox(0, 1, "2s", UsersAt::Client);
+}
+
+/// The Go client understands our refresh: `flush` is a signal of the reference.
+#[test]
+fn idle_entries_are_refreshed_with_the_go_client() {
+    idle_entries_behind_a_middlebox(0, 0, "2s", UsersAt::ServerGoClient);
+}

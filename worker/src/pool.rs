@@ -143,9 +143,13 @@ impl RelayIo for Entry {
 #[derive(Default)]
 struct State {
     idle: HashMap<PoolId, Entry>,
-    /// Arrival order of the ids in `idle` (may hold ids already taken; skipped lazily).
-    order: VecDeque<PoolId>,
+    /// Arrival order of the ids in `idle`, with when each arrived (may hold ids already
+    /// taken; skipped lazily).
+    order: VecDeque<(PoolId, Instant)>,
     closed: bool,
+    /// While a refresh waits for the peer to confirm its flush (see [`Pool::fence`]): no
+    /// entry is handed out, and the entries that arrive are held back.
+    fenced: bool,
 }
 
 pub struct Pool {
@@ -273,7 +277,7 @@ impl Pool {
             return Err((PutError::Duplicate, conn));
         }
         st.idle.insert(id, conn);
-        st.order.push_back(id);
+        st.order.push_back((id, Instant::now()));
         drop(st);
         self.arrived.notify_waiters();
         Ok(())
@@ -348,6 +352,78 @@ impl Pool {
             st.idle.drain().map(|(_, c)| c).collect()
         };
         drop(drained);
+        // The client's manager refills at once instead of at its next timed round.
+        self.taken.notify_one();
+    }
+
+    /// How long the oldest idle entry has been waiting (None when the pool is empty).
+    pub fn oldest_idle_age(&self) -> Option<Duration> {
+        let st = self.lock();
+        st.order
+            .iter()
+            .find(|(id, _)| st.idle.contains_key(id))
+            .map(|(_, at)| at.elapsed())
+    }
+
+    /// Starts a refresh on the side that hands entries out: closes every idle entry (as
+    /// [`Pool::flush`]) and hands none out until [`Pool::unfence`]; entries that arrive in
+    /// between are held back. The caller sends `flush` and then waits for the peer's answer
+    /// to a ping sent after it, so no entry is handed out that the peer may be flushing.
+    pub fn fence(&self) {
+        self.lock().fenced = true;
+        self.flush();
+    }
+
+    /// Ends a refresh once the peer has answered: the entries that arrived while it was on
+    /// are closed too (the peer may have taken them before it read the `flush` and then
+    /// flushed them), and entries are handed out again.
+    pub fn unfence(&self) {
+        {
+            let mut st = self.lock();
+            if !st.fenced {
+                return;
+            }
+            st.fenced = false;
+        }
+        self.flush();
+        self.arrived.notify_waiters();
+    }
+
+    /// Closes the idle entries whose peer has closed them, so they do not hold a place in
+    /// the pool (an outgoing side never hands its entries out, so nothing else would find
+    /// them: entries the peer dropped in a refresh). Returns how many.
+    pub fn prune_closed(&self) -> usize {
+        let dead: Vec<Entry> = {
+            let mut st = self.lock();
+            let ids: Vec<PoolId> = st
+                .idle
+                .iter_mut()
+                .filter_map(|(id, e)| e.peer_closed().then_some(*id))
+                .collect();
+            ids.iter()
+                .filter_map(|id| take_by_id(&mut st, *id))
+                .collect()
+        };
+        let n = dead.len();
+        drop(dead);
+        if n > 0 {
+            self.taken.notify_one();
+        }
+        n
+    }
+
+    /// Takes the entry named `id` if it is idle now, without waiting: the outgoing side
+    /// takes a signal's entry as it reads the signal, so a `flush` read after it cannot
+    /// close that entry first.
+    pub fn try_take(&self, id: PoolId) -> Option<Entry> {
+        let got = take_by_id(&mut self.lock(), id);
+        if got.is_some() {
+            self.taken.notify_one();
+            if id == PoolId::CONTROL {
+                self.control_taken.store(true, Ordering::Release);
+            }
+        }
+        got
     }
 
     /// Flushes and refuses further entries; wakes every waiter (they get None).
@@ -378,7 +454,7 @@ fn take_by_id(st: &mut State, id: PoolId) -> Option<Entry> {
     let conn = st.idle.remove(&id)?;
     if st.order.len() > 2 * st.idle.len() + ORDER_SLACK {
         let State { idle, order, .. } = st;
-        order.retain(|i| idle.contains_key(i));
+        order.retain(|(i, _)| idle.contains_key(i));
     }
     Some(conn)
 }
@@ -389,9 +465,12 @@ const ORDER_SLACK: usize = 64;
 /// Pops the oldest idle id not in `exclude`, skipping (and closing) entries whose peer has
 /// already closed them: handing those out would only cost the peer a failed lookup.
 fn take_oldest(st: &mut State, exclude: &[PoolId]) -> Option<(PoolId, Entry)> {
+    if st.fenced {
+        return None;
+    }
     let mut i = 0;
     while i < st.order.len() {
-        let id = st.order[i];
+        let (id, _) = st.order[i];
         if exclude.contains(&id) {
             i += 1;
             continue;
@@ -526,5 +605,43 @@ mod tests {
             pool.put(PoolId([5; 4]), c5).err().map(|e| e.0),
             Some(PutError::Closed)
         );
+    }
+
+    /// A refresh: nothing is handed out while fenced, the entries that arrived meanwhile are
+    /// closed at the end (their peers see EOF), and a later entry is handed out again. The
+    /// outgoing side's idle entries whose peer closed them are pruned.
+    #[tokio::test]
+    async fn a_refresh_hands_out_nothing_until_the_peer_answered() {
+        use tokio::io::AsyncReadExt as _;
+        let pool = Pool::new(8);
+        let (old, mut far_old) = conn().await;
+        assert!(pool.put(PoolId([1; 4]), old).is_ok());
+        assert!(pool.oldest_idle_age().is_some());
+        pool.fence();
+        assert_eq!(pool.idle_count(), 0, "the fence closes the idle entries");
+        let mut b = [0u8; 1];
+        assert_eq!(far_old.read(&mut b).await.expect("eof"), 0);
+        let (during, mut far_during) = conn().await;
+        assert!(pool.put(PoolId([2; 4]), during).is_ok());
+        assert!(pool.incoming_get(Duration::from_millis(30)).await.is_none());
+        pool.unfence();
+        assert_eq!(far_during.read(&mut b).await.expect("eof"), 0);
+        let (after, _far_after) = conn().await;
+        assert!(pool.put(PoolId([3; 4]), after).is_ok());
+        let (id, _) = pool
+            .incoming_get(Duration::from_millis(100))
+            .await
+            .expect("served again");
+        assert_eq!(id, PoolId([3; 4]));
+
+        let (a, far_a) = conn().await;
+        let (b2, _far_b) = conn().await;
+        assert!(pool.put(PoolId([4; 4]), a).is_ok());
+        assert!(pool.put(PoolId([5; 4]), b2).is_ok());
+        drop(far_a);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.prune_closed(), 1);
+        assert!(pool.try_take(PoolId([5; 4])).is_some());
+        assert!(pool.try_take(PoolId([4; 4])).is_none());
     }
 }

@@ -80,6 +80,9 @@ pub async fn run(
         heard: tokio::sync::Notify::new(),
         probe_ms: AtomicU64::new(0),
         health_ping_out: AtomicBool::new(false),
+        pings: AtomicU64::new(0),
+        pongs: AtomicU64::new(0),
+        pong: tokio::sync::Notify::new(),
         peer_verify_ids: Mutex::new(Vec::new()),
         own_verify_sent: AtomicBool::new(false),
         verified,
@@ -211,36 +214,79 @@ async fn health(sess: Arc<Session>) -> anyhow::Result<()> {
                 sess.pool.idle_count()
             );
         }
+        sess.pool.prune_closed();
+        if sess.refresh_due() {
+            sess.refresh_pool().await;
+        }
         sess.checkpoint_ms
             .store(sess.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         sess.health_ping_out.store(true, Ordering::Relaxed);
-        sess.send(Signal::Ping);
+        sess.send_ping();
     }
 }
 
 impl Session {
+    /// Whether this side should refresh its idle pool now: it is the side that hands
+    /// entries out, NP_POOL_REFRESH is on, the certificate check (which takes entries of
+    /// its own) is over, and the oldest idle entry has waited NP_POOL_REFRESH.
+    fn refresh_due(&self) -> bool {
+        let limit = self.inst.tunables.pool_refresh;
+        !limit.is_zero()
+            && self.is_incoming()
+            && (!self.tls_on() || *self.verified.borrow())
+            && self.pool.oldest_idle_age().is_some_and(|age| age >= limit)
+    }
+
+    /// Replaces every idle entry before a middlebox with an idle timeout (a NAT, a load
+    /// balancer, a proxy; keep-alive probes do not cross those that end TCP) forgets it:
+    /// this side closes its idle entries and holds back new ones, sends `flush` (the peer
+    /// closes its copies, and the client opens fresh ones) and a ping after it. The peer's
+    /// pong says it has read the `flush`; the entries that arrived meanwhile are closed
+    /// too (the peer may have flushed them), and users are served again. No entry the peer
+    /// may have flushed is ever handed out, so no user is lost to the refresh; users who
+    /// arrive during it wait about one round trip. A peer that does not answer within two
+    /// report intervals is left to the silence rules.
+    async fn refresh_pool(&self) {
+        let idle = self.pool.idle_count();
+        self.pool.fence();
+        self.send(Signal::Flush);
+        let n = self.send_ping();
+        let answered = self
+            .wait_pong(n, self.inst.tunables.report_interval * 2)
+            .await;
+        self.pool.unfence();
+        tracing::debug!(
+            "Tunnel pool refreshed: {idle} idle entries replaced (peer answered: {answered})"
+        );
+    }
+
     fn dispatch(self: &Arc<Self>, sig: Signal, udp: &Arc<outgoing::UdpSessions>) {
         let url = &self.inst.url;
         match sig {
+            // The named entry is taken as the signal is read when it is already here, so a
+            // `flush` read after this signal cannot close it first.
             Signal::Tcp { remote, id } => {
                 if !url.params.notcp() {
-                    tokio::spawn(outgoing::tcp(self.clone(), remote, id));
+                    let entry = self.pool.try_take(id);
+                    tokio::spawn(outgoing::tcp(self.clone(), remote, id, entry));
                 }
             }
             Signal::Udp { remote, id } => {
                 if !url.params.noudp() {
-                    tokio::spawn(outgoing::udp(self.clone(), udp.clone(), remote, id));
+                    let entry = self.pool.try_take(id);
+                    tokio::spawn(outgoing::udp(self.clone(), udp.clone(), remote, id, entry));
                 }
             }
             Signal::Ping => self.send(Signal::Pong),
             // Only the answer to the period's health ping reports (a pong to a ping of
             // `confirm_link` only says the link lives; the reader noted that already).
             Signal::Pong if self.health_ping_out.swap(false, Ordering::Relaxed) => {
+                self.pong_heard();
                 let now = self.started.elapsed().as_millis() as u64;
                 let ping = now.saturating_sub(self.checkpoint_ms.load(Ordering::Relaxed));
                 self.inst.publish_stats(ping, self.pool.idle_count() as u64);
             }
-            Signal::Pong => {}
+            Signal::Pong => self.pong_heard(),
             Signal::Flush => {
                 self.pool.flush();
                 self.pool.reset_errors();

@@ -20,7 +20,12 @@ use super::user;
 use crate::policy::SlotKind;
 use crate::pool::Entry;
 
-async fn take_entry(sess: &Session, id: PoolId, what: &str) -> Option<Entry> {
+/// The named entry: `taken` when the control loop took it as it read the signal, else
+/// waited for (it may arrive after its signal).
+async fn take_entry(sess: &Session, id: PoolId, taken: Option<Entry>, what: &str) -> Option<Entry> {
+    if taken.is_some() {
+        return taken;
+    }
     match sess
         .pool
         .outgoing_get(id, sess.inst.tunables.pool_get_timeout)
@@ -35,8 +40,8 @@ async fn take_entry(sess: &Session, id: PoolId, what: &str) -> Option<Entry> {
     }
 }
 
-pub async fn tcp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId) {
-    let Some(mut entry) = take_entry(&sess, id, "commonTCPOnce").await else {
+pub async fn tcp(sess: Arc<Session>, remote: RemoteAddr, id: PoolId, taken: Option<Entry>) {
+    let Some(mut entry) = take_entry(&sess, id, taken, "commonTCPOnce").await else {
         return;
     };
     let inst = &sess.inst;
@@ -58,8 +63,14 @@ pub struct UdpSessions {
     generation: AtomicU64,
 }
 
-pub async fn udp(sess: Arc<Session>, table: Arc<UdpSessions>, remote: RemoteAddr, id: PoolId) {
-    let Some(entry) = take_entry(&sess, id, "commonUDPOnce").await else {
+pub async fn udp(
+    sess: Arc<Session>,
+    table: Arc<UdpSessions>,
+    remote: RemoteAddr,
+    id: PoolId,
+    taken: Option<Entry>,
+) {
+    let Some(entry) = take_entry(&sess, id, taken, "commonUDPOnce").await else {
         return;
     };
     let inst = sess.inst.clone();

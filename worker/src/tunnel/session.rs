@@ -107,6 +107,12 @@ pub struct Session {
     /// A health ping is waiting for its pong (only that pong reports a CHECK_POINT: the
     /// pongs of [`Session::confirm_link`]'s pings are not the period's figure).
     pub(super) health_ping_out: AtomicBool,
+    /// Pings this side has queued, and pongs it has read: the peer answers every ping in
+    /// order (ours and the reference alike), so once `pongs` reaches a ping's number the
+    /// peer has read everything sent before that ping (a refresh's `flush`).
+    pub(super) pings: AtomicU64,
+    pub(super) pongs: AtomicU64,
+    pub(super) pong: tokio::sync::Notify,
     /// Ids the peer has named in its `verify` (never pick one of those for ours).
     pub(super) peer_verify_ids: Mutex<Vec<PoolId>>,
     pub(super) own_verify_sent: AtomicBool,
@@ -217,7 +223,7 @@ impl Session {
                 .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            self.send(Signal::Ping);
+            self.send_ping();
         }
         let bound = Duration::from_millis((interval / 2).clamp(200, 2000));
         tokio::time::timeout(bound, self.wait_heard_since(now))
@@ -241,6 +247,39 @@ impl Session {
                 _ = woken => {}
             }
         }
+    }
+
+    /// Queues a ping; returns its number (see `pings`).
+    pub(super) fn send_ping(&self) -> u64 {
+        let n = self.pings.fetch_add(1, Ordering::AcqRel) + 1;
+        self.send(Signal::Ping);
+        n
+    }
+
+    /// Records a pong read from the peer and wakes who waits for one.
+    pub(super) fn pong_heard(&self) {
+        self.pongs.fetch_add(1, Ordering::AcqRel);
+        self.pong.notify_waiters();
+    }
+
+    /// Waits until the peer has answered ping number `n`; false when the session ends or
+    /// `limit` passes first.
+    pub(super) async fn wait_pong(&self, n: u64, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let woken = self.pong.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if self.pongs.load(Ordering::Acquire) >= n {
+                    return true;
+                }
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return false,
+                    _ = woken => {}
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
     /// Records that a line was just read from the peer and wakes who waits for one.
