@@ -93,6 +93,8 @@ struct Pump {
     /// The copy buffer while bytes are moving (see the module comment); `size` long.
     buf: Option<Box<[u8]>>,
     size: usize,
+    /// What `size` may grow to while a bulk transfer runs (see [`BULK_BUF`]).
+    max_size: usize,
     pos: usize,
     cap: usize,
     eof: bool,
@@ -107,6 +109,13 @@ struct Pump {
     idle: Option<Pin<Box<Sleep>>>,
     last_read: Instant,
 }
+
+/// The copy buffer a direction grows to while every read fills it (a bulk transfer): four
+/// full TLS records, so one read and one write (a single writev of four records on TLS;
+/// one WebSocket message or HTTP/2 data burst) move what took four of each. Measured on
+/// TLS: 1.4-1.5x the throughput of a fixed 16 KiB buffer at the same CPU (benches/RESULTS.md).
+/// Small exchanges never grow it, and an idle direction holds no buffer at all.
+const BULK_BUF: usize = 64 * 1024;
 
 /// The stack buffer an idle direction reads into (see [`Pump::take_probe`]).
 const PROBE_SIZE: usize = 4096;
@@ -124,6 +133,7 @@ impl Pump {
         Pump {
             buf: None,
             size: buf_size.max(1024),
+            max_size: buf_size.max(BULK_BUF),
             pos: 0,
             cap: 0,
             eof: false,
@@ -194,6 +204,10 @@ impl Pump {
             // paced instead of passed on at once.
             let limit = policy.rate.as_ref().map_or(usize::MAX, |rl| rl.chunk());
             let mut probe = [0u8; PROBE_SIZE];
+            if self.buf.as_ref().is_some_and(|b| b.len() < self.size) {
+                // Grown after a full read (the old bytes are all written by now).
+                self.buf = Some(vec![0u8; self.size].into_boxed_slice());
+            }
             let probing = self.buf.is_none();
             let mut rb = ReadBuf::new(match &mut self.buf {
                 Some(buf) => {
@@ -246,6 +260,15 @@ impl Pump {
                     }
                     self.pos = 0;
                     self.cap = n;
+                    if !probing
+                        && limit == usize::MAX
+                        && n == rb.capacity()
+                        && self.size < self.max_size
+                    {
+                        // A full read: a bulk transfer. The buffer is replaced by a
+                        // larger one before the next read, once these bytes are written.
+                        self.size = (self.size * 2).min(self.max_size);
+                    }
                     if self.idle.is_some() {
                         self.last_read = Instant::now();
                     }
