@@ -13,7 +13,8 @@
 //!    event reaching the last subscriber (p50/p99);
 //! 3. 100 running single-end client workers: the master's RSS and the workers' idle RSS.
 //! 4. Scale (BENCH_SCALE instances, default 1000; BENCH_SCALE=0 skips it): single-end
-//!    workers POSTed one after the other; the time from the first POST until all are
+//!    workers POSTed one after the other (BENCH_SCALE_CONCURRENCY=8: from 8 clients at
+//!    once); the time from the first POST until all are
 //!    `running`, each worker's PSS (from /proc/<pid>/smaps_rollup: shared pages counted
 //!    once across the processes that map them), the master's RSS; then the master is
 //!    stopped (SIGTERM, which stops its workers) and started again on the same state, and
@@ -109,19 +110,34 @@ fn scale(n: usize) {
     let echo = echo_server();
     let master = spawn_master(&state);
     let api = master.api.clone();
+    // BENCH_SCALE_CONCURRENCY POSTs in flight (default 1: one after the other, as a shell
+    // loop of curl calls would send them).
+    let clients: usize = std::env::var("BENCH_SCALE_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let t0 = Instant::now();
-    for _ in 0..n {
-        let r = api.call(
-            "POST",
-            "/instances",
-            Some(&format!(
-                r#"{{"url":"client://127.0.0.1:{}/{echo}?mode=1"}}"#,
-                free_port()
-            )),
-        );
-        assert_eq!(r.status, 201, "{}", r.text());
-    }
+    std::thread::scope(|s| {
+        for chunk in ports.chunks(n.div_ceil(clients).max(1)) {
+            let api = api.clone();
+            s.spawn(move || {
+                for port in chunk {
+                    let r = api.call(
+                        "POST",
+                        "/instances",
+                        Some(&format!(
+                            r#"{{"url":"client://127.0.0.1:{port}/{echo}?mode=1"}}"#
+                        )),
+                    );
+                    assert_eq!(r.status, 201, "{}", r.text());
+                }
+            });
+        }
+    });
     let posted = t0.elapsed();
+    println!("scale: {n} POSTs from {clients} client(s) at once");
     let running = wait_running(&api, n, Duration::from_secs(300));
     let started = t0.elapsed();
     std::thread::sleep(Duration::from_secs(3));
