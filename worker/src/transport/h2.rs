@@ -478,7 +478,7 @@ async fn stream(
                 "HTTP/2 pool: stream from {peer} refused (403): not the handshaking client {}",
                 edge.client_ip
             );
-            refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized");
+            refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized", req.into_body()).await;
             return;
         }
         if req.uri().path() != STREAM_PATH || req.method() != Method::POST {
@@ -487,7 +487,7 @@ async fn stream(
                 req.method(),
                 req.uri().path()
             );
-            refuse(&mut respond, StatusCode::NOT_FOUND, "not found");
+            refuse(&mut respond, StatusCode::NOT_FOUND, "not found", req.into_body()).await;
             return;
         }
         let proof = req
@@ -496,12 +496,12 @@ async fn stream(
             .and_then(|v| v.to_str().ok());
         if let Err(why) = edge.check_proof(proof) {
             tracing::debug!("HTTP/2 pool: stream from {peer} refused (403): {why}");
-            refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized");
+            refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized", req.into_body()).await;
             return;
         }
         if edge.pool.is_full() {
             tracing::debug!("HTTP/2 pool: stream from {peer} refused (404): pool full");
-            refuse(&mut respond, StatusCode::NOT_FOUND, "not found");
+            refuse(&mut respond, StatusCode::NOT_FOUND, "not found", req.into_body()).await;
             return;
         }
         let mut recv = req.into_body();
@@ -572,8 +572,17 @@ async fn first_byte(recv: &mut RecvStream) -> anyhow::Result<Bytes> {
     }
 }
 
-/// Answers with `status` and the reference's `http.Error` body (text plus a newline).
-fn refuse(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode, text: &str) {
+/// Answers with `status` and the reference's `http.Error` body (text plus a newline), then
+/// holds the stream until the client ends its request body (both clients do on a refusal)
+/// or a moment has passed. Dropping it at once would reset the stream with CANCEL while the
+/// client's request is still open, and h2 drops a reset stream's queued frames: under load
+/// the client then saw "stream no longer needed" instead of the answer.
+async fn refuse(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    status: StatusCode,
+    text: &str,
+    mut body: RecvStream,
+) {
     let response = Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")
@@ -583,7 +592,16 @@ fn refuse(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode, tex
     if let Ok(mut send) = respond.send_response(response, false) {
         let _ = send.send_data(Bytes::from(format!("{text}\n")), true);
     }
+    let drain = async {
+        while let Some(Ok(d)) = body.data().await {
+            let _ = body.flow_control().release_capacity(d.len());
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_HOLD, drain).await;
 }
+
+/// How long a refused stream is held for its answer to leave (see [`refuse`]).
+const REFUSAL_HOLD: Duration = Duration::from_secs(2);
 
 impl PoolServer for H2Server {
     fn serve(
