@@ -478,7 +478,13 @@ async fn stream(
                 "HTTP/2 pool: stream from {peer} refused (403): not the handshaking client {}",
                 edge.client_ip
             );
-            refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized", req.into_body()).await;
+            refuse(
+                &mut respond,
+                StatusCode::FORBIDDEN,
+                "unauthorized",
+                req.into_body(),
+            )
+            .await;
             return;
         }
         if req.uri().path() != STREAM_PATH || req.method() != Method::POST {
@@ -487,7 +493,13 @@ async fn stream(
                 req.method(),
                 req.uri().path()
             );
-            refuse(&mut respond, StatusCode::NOT_FOUND, "not found", req.into_body()).await;
+            refuse(
+                &mut respond,
+                StatusCode::NOT_FOUND,
+                "not found",
+                req.into_body(),
+            )
+            .await;
             return;
         }
         let proof = req
@@ -496,12 +508,24 @@ async fn stream(
             .and_then(|v| v.to_str().ok());
         if let Err(why) = edge.check_proof(proof) {
             tracing::debug!("HTTP/2 pool: stream from {peer} refused (403): {why}");
-            refuse(&mut respond, StatusCode::FORBIDDEN, "unauthorized", req.into_body()).await;
+            refuse(
+                &mut respond,
+                StatusCode::FORBIDDEN,
+                "unauthorized",
+                req.into_body(),
+            )
+            .await;
             return;
         }
         if edge.pool.is_full() {
             tracing::debug!("HTTP/2 pool: stream from {peer} refused (404): pool full");
-            refuse(&mut respond, StatusCode::NOT_FOUND, "not found", req.into_body()).await;
+            refuse(
+                &mut respond,
+                StatusCode::NOT_FOUND,
+                "not found",
+                req.into_body(),
+            )
+            .await;
             return;
         }
         let mut recv = req.into_body();

@@ -241,10 +241,10 @@ impl Session {
     /// balancer, a proxy; keep-alive probes do not cross those that end TCP) forgets it:
     /// this side closes its idle entries and holds back new ones, sends `flush` (the peer
     /// closes its copies, and the client opens fresh ones) and a ping after it. The peer's
-    /// pong says it has read the `flush`; the entries that arrived meanwhile are closed
-    /// too (the peer may have flushed them), and users are served again. No entry the peer
-    /// may have flushed is ever handed out, so no user is lost to the refresh; users who
-    /// arrive during it wait about one round trip. A peer that does not answer within two
+    /// pong says it has read the `flush`; of the entries that arrived meanwhile, those the
+    /// peer closed are dropped (see [`crate::pool::Pool::unfence`]), and users are served
+    /// again. No entry the peer flushed is handed out, so no user is lost to the refresh;
+    /// users who arrive during it wait about one round trip. A peer that does not answer within two
     /// report intervals is left to the silence rules.
     async fn refresh_pool(&self) {
         let idle = self.pool.idle_count();
