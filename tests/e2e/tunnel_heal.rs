@@ -134,7 +134,7 @@ fn a_silent_link_is_rebuilt(pool_type: u8, tls: u8) {
     let server = Proc::worker(
         "server",
         &format!(
-            "server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1&type={pool_type}&tls={tls}"
+            "server://k@127.0.0.1:{tunnel}/127.0.0.1:{uport}?mode=1&type={pool_type}&tls={tls}&log=debug"
         ),
         &[],
     );
@@ -200,8 +200,10 @@ fn a_silent_link_is_rebuilt(pool_type: u8, tls: u8) {
     let failed_during = during.iter().filter(|t| !t.ok).count();
     assert!(
         failed_during <= 4,
-        "{case}: {failed_during} of {} users who arrived in the first 1.25 s of silence failed",
-        during.len()
+        "{case}: {failed_during} of {} users who arrived in the first 1.25 s of silence failed\n{}\n{}",
+        during.len(),
+        server.dump(),
+        client.dump()
     );
     assert!(
         failed_later.is_empty(),

@@ -346,14 +346,23 @@ impl Pool {
 
     /// Closes every idle entry (in-use entries and the control channel are not here).
     pub fn flush(&self) {
+        self.drain();
+        // The client's manager refills at once instead of at its next timed round.
+        self.taken.notify_one();
+    }
+
+    fn drain(&self) {
         let drained: Vec<Entry> = {
             let mut st = self.lock();
             st.order.clear();
             st.idle.drain().map(|(_, c)| c).collect()
         };
         drop(drained);
-        // The client's manager refills at once instead of at its next timed round.
-        self.taken.notify_one();
+    }
+
+    /// Whether the session of this pool is over ([`Pool::close`]).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// How long the oldest idle entry has been waiting (None when the pool is empty).
@@ -395,8 +404,10 @@ impl Pool {
     }
 
     /// Closes the idle entries whose peer has closed them, so they do not hold a place in
-    /// the pool (an outgoing side never hands its entries out, so nothing else would find
-    /// them: entries the peer dropped in a refresh). Returns how many.
+    /// the pool. Only for the side that hands entries out, after the certificate check: a
+    /// closed entry may still be named by a signal on its way (the peer closes its
+    /// `verify` entry right after naming it; the outgoing side's entries are all named by
+    /// `tcp`/`udp` signals, and a short user's is closed right after). Returns how many.
     pub fn prune_closed(&self) -> usize {
         let dead: Vec<Entry> = {
             let mut st = self.lock();
@@ -434,7 +445,9 @@ impl Pool {
     /// Flushes and refuses further entries; wakes every waiter (they get None).
     pub fn close(&self) {
         self.lock().closed = true;
-        self.flush();
+        // No refill wake-up: a manager woken now would open entries for a session that is
+        // over, and those could reach the server's next session ahead of the client's own.
+        self.drain();
         self.arrived.notify_waiters();
     }
 

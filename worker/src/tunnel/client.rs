@@ -150,6 +150,9 @@ async fn manage(
     // early, because users took entries.
     let mut timed = true;
     loop {
+        if pool.is_closed() {
+            return; // the session is over; the next one has its own manager
+        }
         let idle = pool.idle_count();
         if timed {
             if idle < (capacity as f64 * 0.2) as usize && interval > ilo {

@@ -214,7 +214,13 @@ async fn health(sess: Arc<Session>) -> anyhow::Result<()> {
                 sess.pool.idle_count()
             );
         }
-        sess.pool.prune_closed();
+        // Only on the side that hands entries out, and once the certificate check is
+        // over: an entry the peer has closed may still be named by a signal on its way
+        // (the peer closes its `verify` entry right after naming it, and the incoming
+        // side's peer never names entries otherwise).
+        if sess.is_incoming() && (!sess.tls_on() || *sess.verified.borrow()) {
+            sess.pool.prune_closed();
+        }
         if sess.refresh_due() {
             sess.refresh_pool().await;
         }
