@@ -473,59 +473,34 @@ async fn stream(
     peer: SocketAddr,
 ) {
     {
-        if !edge.from_client(peer) {
+        let refusal = if !edge.from_client(peer) {
             tracing::debug!(
                 "HTTP/2 pool: stream from {peer} refused (403): not the handshaking client {}",
                 edge.client_ip
             );
-            refuse(
-                &mut respond,
-                StatusCode::FORBIDDEN,
-                "unauthorized",
-                req.into_body(),
-            )
-            .await;
-            return;
-        }
-        if req.uri().path() != STREAM_PATH || req.method() != Method::POST {
+            Some(StatusCode::FORBIDDEN)
+        } else if req.uri().path() != STREAM_PATH || req.method() != Method::POST {
             tracing::debug!(
                 "HTTP/2 pool: stream from {peer} refused (404): {} {} is not POST {STREAM_PATH}",
                 req.method(),
                 req.uri().path()
             );
-            refuse(
-                &mut respond,
-                StatusCode::NOT_FOUND,
-                "not found",
-                req.into_body(),
-            )
-            .await;
-            return;
-        }
-        let proof = req
-            .headers()
-            .get(ENTRY_PROOF_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if let Err(why) = edge.check_proof(proof) {
+            Some(StatusCode::NOT_FOUND)
+        } else if let Err(why) = edge.check_proof(
+            req.headers()
+                .get(ENTRY_PROOF_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        ) {
             tracing::debug!("HTTP/2 pool: stream from {peer} refused (403): {why}");
-            refuse(
-                &mut respond,
-                StatusCode::FORBIDDEN,
-                "unauthorized",
-                req.into_body(),
-            )
-            .await;
-            return;
-        }
-        if edge.pool.is_full() {
+            Some(StatusCode::FORBIDDEN)
+        } else if edge.pool.is_full() {
             tracing::debug!("HTTP/2 pool: stream from {peer} refused (404): pool full");
-            refuse(
-                &mut respond,
-                StatusCode::NOT_FOUND,
-                "not found",
-                req.into_body(),
-            )
-            .await;
+            Some(StatusCode::NOT_FOUND)
+        } else {
+            None
+        };
+        if let Some(status) = refusal {
+            refuse(&mut respond, status, req.into_body()).await;
             return;
         }
         let mut recv = req.into_body();
@@ -601,12 +576,17 @@ async fn first_byte(recv: &mut RecvStream) -> anyhow::Result<Bytes> {
 /// or a moment has passed. Dropping it at once would reset the stream with CANCEL while the
 /// client's request is still open, and h2 drops a reset stream's queued frames: under load
 /// the client then saw "stream no longer needed" instead of the answer.
+/// The text is the reference's: `unauthorized` for 403, `not found` for 404.
 async fn refuse(
     respond: &mut h2::server::SendResponse<Bytes>,
     status: StatusCode,
-    text: &str,
     mut body: RecvStream,
 ) {
+    let text = if status == StatusCode::FORBIDDEN {
+        "unauthorized"
+    } else {
+        "not found"
+    };
     let response = Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")

@@ -234,12 +234,23 @@ impl Session {
     /// Waits until a line is heard from the peer at or after `since` (ms since start);
     /// false when the session ends first.
     pub async fn wait_heard_since(&self, since: u64) -> bool {
+        self.wait_until(&self.heard, &self.heard_ms, since).await
+    }
+
+    /// Waits until `value` reaches `at_least`, woken by `moved` (notified after each
+    /// change); false when the session ends first.
+    async fn wait_until(
+        &self,
+        moved: &tokio::sync::Notify,
+        value: &AtomicU64,
+        at_least: u64,
+    ) -> bool {
         loop {
-            // Registered before the check, so a line heard in between still wakes us.
-            let woken = self.heard.notified();
+            // Registered before the check, so a change in between still wakes us.
+            let woken = moved.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if self.heard_ms.load(Ordering::Relaxed) >= since {
+            if value.load(Ordering::Acquire) >= at_least {
                 return true;
             }
             tokio::select! {
@@ -265,21 +276,9 @@ impl Session {
     /// Waits until the peer has answered ping number `n`; false when the session ends or
     /// `limit` passes first.
     pub(super) async fn wait_pong(&self, n: u64, limit: Duration) -> bool {
-        let wait = async {
-            loop {
-                let woken = self.pong.notified();
-                tokio::pin!(woken);
-                woken.as_mut().enable();
-                if self.pongs.load(Ordering::Acquire) >= n {
-                    return true;
-                }
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return false,
-                    _ = woken => {}
-                }
-            }
-        };
-        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+        tokio::time::timeout(limit, self.wait_until(&self.pong, &self.pongs, n))
+            .await
+            .unwrap_or(false)
     }
 
     /// Records that a line was just read from the peer and wakes who waits for one.
