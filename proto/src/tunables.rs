@@ -136,8 +136,10 @@ mod tests {
             ("NP_TCP_DATA_BUF_SIZE", "65536"),
             ("NP_SERVICE_COOLDOWN", "0"),
             ("NP_UDP_READ_TIMEOUT", "1m30s"),
+            ("NP_POOL_REFRESH", "0"),
         ]);
         assert!(w.is_empty());
+        assert!(t.pool_refresh.is_zero(), "0 turns the pool refresh off");
         assert_eq!(t.report_interval, Duration::from_secs(1));
         assert_eq!(t.tcp_data_buf_size, 65536);
         assert_eq!(t.service_cooldown, Duration::ZERO);

@@ -304,6 +304,12 @@ impl Pool {
             .get_with(timeout, |st| take_by_id(st, id).map(|c| (id, c)))
             .await
             .map(|(_, c)| c);
+        self.taken_by_id(id, got)
+    }
+
+    /// Notes that the entry named `id` was taken by name (the control channel's id marks
+    /// the control channel up).
+    fn taken_by_id(&self, id: PoolId, got: Option<Entry>) -> Option<Entry> {
         if got.is_some() && id == PoolId::CONTROL {
             self.control_taken.store(true, Ordering::Release);
         }
@@ -435,11 +441,8 @@ impl Pool {
         let got = take_by_id(&mut self.lock(), id);
         if got.is_some() {
             self.taken.notify_one();
-            if id == PoolId::CONTROL {
-                self.control_taken.store(true, Ordering::Release);
-            }
         }
-        got
+        self.taken_by_id(id, got)
     }
 
     /// Flushes and refuses further entries; wakes every waiter (they get None).
@@ -669,5 +672,32 @@ mod tests {
         assert_eq!(pool.prune_closed(), 1);
         assert!(pool.try_take(PoolId([5; 4])).is_some());
         assert!(pool.try_take(PoolId([4; 4])).is_none());
+    }
+
+    /// A flush wakes the client's manager to refill at once; closing the pool at the end of
+    /// a session does not (a manager woken then would open entries for a session that is
+    /// over, which could reach the server's next session ahead of the client's own).
+    #[tokio::test]
+    async fn a_flush_wakes_the_refill_a_close_does_not() {
+        let pool = Pool::new(4);
+        let (c, _far) = conn().await;
+        assert!(pool.put(PoolId([1; 4]), c).is_ok());
+        pool.flush();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), pool.entry_taken())
+                .await
+                .is_ok(),
+            "a flush asks for a refill"
+        );
+        let (c, _far) = conn().await;
+        assert!(pool.put(PoolId([2; 4]), c).is_ok());
+        pool.close();
+        assert!(pool.is_closed());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), pool.entry_taken())
+                .await
+                .is_err(),
+            "closing asks for no refill"
+        );
     }
 }

@@ -734,4 +734,65 @@ mod tests {
             assert!(totals.timed_out, "opaque={opaque}");
         }
     }
+
+    /// A source that returns at most `chunk` bytes per read, `total` in all, then EOF.
+    struct Trickle {
+        chunk: usize,
+        left: usize,
+    }
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.chunk.min(self.left).min(buf.remaining());
+            buf.put_slice(&vec![7u8; n]);
+            self.left -= n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Runs one pump direction from `src` into a sink until EOF; returns its buffer size.
+    async fn pumped(mut src: Trickle, policy: &RelayPolicy) -> (usize, u64) {
+        let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut pump = Pump::new(16 * 1024, policy);
+        let mut sink = tokio::io::sink();
+        std::future::poll_fn(|cx| {
+            pump.poll_pump(
+                cx,
+                &mut src,
+                &mut sink,
+                Counted::Source,
+                TrafficCounters { rx: &rx, tx: &tx },
+                policy,
+            )
+        })
+        .await
+        .expect("pump");
+        (pump.size, rx.load(Ordering::Relaxed))
+    }
+
+    /// A bulk transfer (every read fills the buffer) grows the copy buffer from 16 KiB to
+    /// BULK_BUF; small reads, and any read under a rate limit, leave it as it was.
+    #[tokio::test]
+    async fn the_copy_buffer_grows_only_for_bulk_transfers() {
+        let none = RelayPolicy::default();
+        let bulk = Trickle {
+            chunk: usize::MAX,
+            left: 4 << 20,
+        };
+        assert_eq!(pumped(bulk, &none).await, (BULK_BUF, 4 << 20));
+        let small = Trickle {
+            chunk: 1000,
+            left: 1 << 20,
+        };
+        assert_eq!(pumped(small, &none).await, (16 * 1024, 1 << 20));
+        let limited = RelayPolicy::new(Duration::ZERO, 1 << 30);
+        let bulk = Trickle {
+            chunk: usize::MAX,
+            left: 1 << 20,
+        };
+        assert_eq!(pumped(bulk, &limited).await.0, 16 * 1024);
+    }
 }

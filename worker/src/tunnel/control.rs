@@ -79,9 +79,10 @@ pub async fn run(
         heard_ms: AtomicU64::new(0),
         heard: tokio::sync::Notify::new(),
         probe_ms: AtomicU64::new(0),
-        health_ping_out: AtomicBool::new(false),
+        health_ping: AtomicU64::new(0),
         pings: AtomicU64::new(0),
         pongs: AtomicU64::new(0),
+        ping_order: Mutex::new(()),
         pong: tokio::sync::Notify::new(),
         peer_verify_ids: Mutex::new(Vec::new()),
         own_verify_sent: AtomicBool::new(false),
@@ -226,8 +227,7 @@ async fn health(sess: Arc<Session>) -> anyhow::Result<()> {
         }
         sess.checkpoint_ms
             .store(sess.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        sess.health_ping_out.store(true, Ordering::Relaxed);
-        sess.send_ping();
+        sess.send_health_ping();
     }
 }
 
@@ -257,9 +257,11 @@ impl Session {
         self.pool.fence();
         self.send(Signal::Flush);
         let n = self.send_ping();
-        let answered = self
-            .wait_pong(n, self.inst.tunables.report_interval * 2)
-            .await;
+        // 0: the queue refused the ping (and so, most likely, the flush): nothing to wait for.
+        let answered = n != 0
+            && self
+                .wait_pong(n, self.inst.tunables.report_interval * 2)
+                .await;
         self.pool.unfence();
         tracing::debug!(
             "Tunnel pool refreshed: {idle} idle entries replaced (peer answered: {answered})"
@@ -286,13 +288,18 @@ impl Session {
             Signal::Ping => self.send(Signal::Pong),
             // Only the answer to the period's health ping reports (a pong to a ping of
             // `confirm_link` only says the link lives; the reader noted that already).
-            Signal::Pong if self.health_ping_out.swap(false, Ordering::Relaxed) => {
-                self.pong_heard();
-                let now = self.started.elapsed().as_millis() as u64;
-                let ping = now.saturating_sub(self.checkpoint_ms.load(Ordering::Relaxed));
-                self.inst.publish_stats(ping, self.pool.idle_count() as u64);
+            Signal::Pong => {
+                let n = self.pong_heard();
+                if self
+                    .health_ping
+                    .compare_exchange(n, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let now = self.started.elapsed().as_millis() as u64;
+                    let ping = now.saturating_sub(self.checkpoint_ms.load(Ordering::Relaxed));
+                    self.inst.publish_stats(ping, self.pool.idle_count() as u64);
+                }
             }
-            Signal::Pong => self.pong_heard(),
             Signal::Flush => {
                 self.pool.flush();
                 self.pool.reset_errors();

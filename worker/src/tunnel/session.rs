@@ -104,14 +104,17 @@ pub struct Session {
     pub(super) heard: tokio::sync::Notify,
     /// When this side last sent a ping to confirm the link for a user (ms since start).
     pub(super) probe_ms: AtomicU64,
-    /// A health ping is waiting for its pong (only that pong reports a CHECK_POINT: the
-    /// pongs of [`Session::confirm_link`]'s pings are not the period's figure).
-    pub(super) health_ping_out: AtomicBool,
+    /// The number (see `pings`) of the period's health ping while its pong is awaited, 0
+    /// otherwise: only that pong reports a CHECK_POINT (the pongs of
+    /// [`Session::confirm_link`]'s pings are not the period's figure).
+    pub(super) health_ping: AtomicU64,
     /// Pings this side has queued, and pongs it has read: the peer answers every ping in
     /// order (ours and the reference alike), so once `pongs` reaches a ping's number the
     /// peer has read everything sent before that ping (a refresh's `flush`).
     pub(super) pings: AtomicU64,
     pub(super) pongs: AtomicU64,
+    /// Held while a ping is numbered and queued (see [`Session::send_ping`]).
+    pub(super) ping_order: Mutex<()>,
     pub(super) pong: tokio::sync::Notify,
     /// Ids the peer has named in its `verify` (never pick one of those for ours).
     pub(super) peer_verify_ids: Mutex<Vec<PoolId>>,
@@ -260,17 +263,46 @@ impl Session {
         }
     }
 
-    /// Queues a ping; returns its number (see `pings`).
+    /// Queues a ping; returns its number (see `pings`), or 0 when the queue refused it.
     pub(super) fn send_ping(&self) -> u64 {
-        let n = self.pings.fetch_add(1, Ordering::AcqRel) + 1;
-        self.send(Signal::Ping);
+        self.queue_ping(false)
+    }
+
+    /// Queues the period's health ping, noting its number first so that its pong is
+    /// known when it comes (see `health_ping`).
+    pub(super) fn send_health_ping(&self) {
+        self.queue_ping(true);
+    }
+
+    /// Numbers and queues one ping. Numbering and queueing happen under one lock, and a
+    /// ping the queue refuses gives its number back, so the n-th ping queued is the n-th on
+    /// the wire and the peer's n-th pong answers it.
+    fn queue_ping(&self, health: bool) -> u64 {
+        let _order = self.ping_order.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.pings.load(Ordering::Acquire) + 1;
+        if health {
+            self.health_ping.store(n, Ordering::Release);
+        }
+        if self.signals.try_send(Signal::Ping).is_err() {
+            if health {
+                self.health_ping.store(0, Ordering::Release);
+            }
+            tracing::error!(
+                "signal queue limit reached: {} (a ping was not sent)",
+                self.inst.tunables.semaphore_limit
+            );
+            return 0;
+        }
+        self.pings.store(n, Ordering::Release);
         n
     }
 
-    /// Records a pong read from the peer and wakes who waits for one.
-    pub(super) fn pong_heard(&self) {
-        self.pongs.fetch_add(1, Ordering::AcqRel);
+    /// Records a pong read from the peer, wakes who waits for one, and returns its number:
+    /// the peer answers pings in order, so the n-th pong answers the n-th ping.
+    pub(super) fn pong_heard(&self) -> u64 {
+        let n = self.pongs.fetch_add(1, Ordering::AcqRel) + 1;
         self.pong.notify_waiters();
+        n
     }
 
     /// Waits until the peer has answered ping number `n`; false when the session ends or
