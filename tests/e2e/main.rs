@@ -29,4 +29,5 @@ mod tunnel_policy_block;
 mod tunnel_policy_rate;
 mod tunnel_policy_slot;
 mod tunnel_policy_targets;
+mod tunnel_refill;
 mod tunnel_wire;

@@ -10,6 +10,7 @@
 //! process prints, `figures` the live counters.
 
 pub mod admission;
+pub mod background;
 pub mod cert;
 pub mod dns;
 pub mod figures;

@@ -44,6 +44,16 @@ pub trait PoolStream: AsyncRead + AsyncWrite + Send + Unpin {
     fn peer_cert_der(&self) -> Option<Vec<u8>> {
         None
     }
+
+    /// Moves the stream's sockets to the current runtime's reactor (see
+    /// [`crate::background::rehome_tcp`]). Only streams of transports that open in the
+    /// background implement it.
+    fn rehome(&mut self) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this pool stream cannot move between runtimes",
+        ))
+    }
 }
 
 /// One pool entry (or the control channel, which is entry `00000000`).
@@ -67,6 +77,15 @@ impl Entry {
         match self {
             Entry::Tcp(_) => None,
             Entry::Stream(s) => s.peer_cert_der(),
+        }
+    }
+
+    /// Moves an entry opened on the background runtime to the current one (see
+    /// [`crate::background`]).
+    pub fn rehome(&mut self) -> io::Result<()> {
+        match self {
+            Entry::Tcp(s) => crate::background::rehome_tcp(s),
+            Entry::Stream(s) => s.rehome(),
         }
     }
 
@@ -150,6 +169,9 @@ struct State {
     /// While a refresh waits for the peer to confirm its flush (see [`Pool::fence`]): no
     /// entry is handed out, and the entries that arrive are held back.
     fenced: bool,
+    /// The most entries that were idle at once in this session: about the capacity the
+    /// client keeps (the server never learns it otherwise).
+    peak: usize,
 }
 
 pub struct Pool {
@@ -204,6 +226,14 @@ impl Pool {
     /// Idle entries now (the `pool` figure).
     pub fn idle_count(&self) -> usize {
         self.lock().idle.len()
+    }
+
+    /// Whether at least half of the entries this session has held at most are idle: then a
+    /// replacement for a taken entry is not awaited by anybody and may be opened at a low
+    /// priority (see [`crate::background`]). False for an empty pool.
+    pub fn well_stocked(&self) -> bool {
+        let st = self.lock();
+        !st.idle.is_empty() && st.idle.len() * 2 >= st.peak
     }
 
     /// Whether the pool holds `max` idle entries: a new entry is refused (REFERENCE.md 4.1;
@@ -278,6 +308,7 @@ impl Pool {
         }
         st.idle.insert(id, conn);
         st.order.push_back((id, Instant::now()));
+        st.peak = st.peak.max(st.idle.len());
         drop(st);
         self.arrived.notify_waiters();
         Ok(())
@@ -543,6 +574,30 @@ mod tests {
                 st.idle.len()
             );
         }
+    }
+
+    /// Stocked: at least half of the most entries held at once are idle (the server's
+    /// estimate of the client's capacity); never when empty.
+    #[tokio::test]
+    async fn stocked_is_half_of_the_peak() {
+        let pool = Pool::new(16);
+        assert!(!pool.well_stocked(), "empty");
+        let mut keep = Vec::new();
+        for n in 1..=4u8 {
+            let (c, far) = conn().await;
+            keep.push(far);
+            assert!(pool.put(PoolId([0, 0, 0, n]), c).is_ok());
+        }
+        assert!(pool.well_stocked(), "4 of a peak of 4");
+        assert!(pool.incoming_get(Duration::from_millis(10)).await.is_some());
+        assert!(pool.incoming_get(Duration::from_millis(10)).await.is_some());
+        assert!(pool.well_stocked(), "2 of a peak of 4");
+        assert!(pool.incoming_get(Duration::from_millis(10)).await.is_some());
+        assert!(!pool.well_stocked(), "1 of a peak of 4");
+        let (c, far) = conn().await;
+        keep.push(far);
+        assert!(pool.put(PoolId([0, 0, 0, 9]), c).is_ok());
+        assert!(pool.well_stocked(), "2 of a peak of 4 again");
     }
 
     #[tokio::test]

@@ -143,6 +143,13 @@ pub trait PoolClient: Send + Sync {
     /// Opens one new pool entry and reads the id the server gave it. Should give up on its
     /// own within a bounded time (one pool round waits for all its opens).
     fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>>;
+
+    /// True when this transport's entries may be opened on the low-priority background
+    /// runtime ([`crate::background`]) and then moved with [`Entry::rehome`]: each entry is
+    /// a connection of its own and owns everything it is registered with.
+    fn opens_in_background(&self) -> bool {
+        false
+    }
 }
 
 /// The accept loop of a transport carried by TCP: accepts on `tunnel` until `cancel` fires

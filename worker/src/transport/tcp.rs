@@ -27,6 +27,7 @@ use super::{
     accept_each, dial_tunnel, leaf_cert_der, tune_pool_socket, Context, Entry, PoolClient,
     PoolPortAdmission, PoolServer, PoolStream, SessionEdge, ID_READ_TIMEOUT,
 };
+use crate::background::{self, Background};
 use crate::pool::tcp_peer_closed;
 
 /// How long the server waits for a pool connection's TLS handshake. The reference waits
@@ -46,6 +47,10 @@ impl PoolStream for TlsStream<TlsSocket> {
 
     fn peer_cert_der(&self) -> Option<Vec<u8>> {
         leaf_cert_der(self.get_ref().1.peer_certificates())
+    }
+
+    fn rehome(&mut self) -> io::Result<()> {
+        self.get_mut().0.rehome()
     }
 }
 
@@ -91,7 +96,15 @@ impl TcpServer {
 
     /// One connection through the admission steps ([`super::admission`]); the reference
     /// closes every refusal silently, and so does this.
-    async fn admit(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, edge: Arc<SessionEdge>) {
+    /// `home`: the runtime the entry is enrolled for, when this runs on the background one
+    /// (the entry's socket moves there first).
+    async fn admit(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        edge: Arc<SessionEdge>,
+        home: Option<tokio::runtime::Handle>,
+    ) {
         if let Err(why) = edge.check(peer) {
             tracing::debug!("Pool connection from {peer} refused: {why}");
             return;
@@ -133,7 +146,41 @@ impl TcpServer {
         if entry.write_all(&id.0).await.is_err() || entry.flush().await.is_err() {
             return;
         }
+        if let Some(home) = home {
+            let _home = home.enter();
+            if let Err(e) = entry.rehome() {
+                tracing::debug!("Pool connection from {peer} dropped: moving it failed: {e}");
+                return;
+            }
+        }
         edge.enroll(id, entry, peer, "TCP pool");
+    }
+
+    /// [`admit`](Self::admit) on the background runtime, the socket registered there for
+    /// the handshake (its readiness then wakes no thread of this runtime) and moved back to
+    /// this runtime before it is enrolled.
+    async fn admit_unhurried(
+        self: Arc<Self>,
+        bg: &'static Background,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        edge: Arc<SessionEdge>,
+    ) {
+        let home = tokio::runtime::Handle::current();
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!("Pool connection from {peer} dropped: {e}");
+                return;
+            }
+        };
+        let admitted = bg.run(async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => self.admit(tcp, peer, edge, Some(home)).await,
+                Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
+            }
+        });
+        let _ = admitted.await;
     }
 }
 
@@ -145,7 +192,17 @@ impl PoolServer for TcpServer {
     ) -> BoxFuture<'static, ()> {
         let cancel = edge.cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
-            let conn = self.clone().admit(tcp, peer, edge.clone());
+            // The client's connections while the pool is well stocked replace taken ones
+            // and nobody waits for them: their TLS handshake, proof and id run at a low
+            // priority (crate::background). The first ones of a session and those for a
+            // drained pool do not.
+            let unhurried = (edge.from_client(peer) && edge.pool.well_stocked())
+                .then(background::shared)
+                .flatten();
+            let conn: BoxFuture<'static, ()> = match unhurried {
+                Some(bg) => Box::pin(self.clone().admit_unhurried(bg, tcp, peer, edge.clone())),
+                None => Box::pin(self.clone().admit(tcp, peer, edge.clone(), None)),
+            };
             self.places
                 .admit(peer, edge.client_ip, &edge.cancel, "TCP pool", conn)
         }))
@@ -202,5 +259,9 @@ impl TcpClient {
 impl PoolClient for TcpClient {
     fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>> {
         Box::pin(self.open_entry())
+    }
+
+    fn opens_in_background(&self) -> bool {
+        true
     }
 }

@@ -350,6 +350,12 @@ impl TlsSocket {
         &self.tcp
     }
 
+    /// Moves the socket to the current runtime's reactor (see
+    /// [`crate::background::rehome_tcp`]); bytes read ahead stay.
+    pub fn rehome(&mut self) -> io::Result<()> {
+        crate::background::rehome_tcp(&mut self.tcp)
+    }
+
     /// True while bytes that were read ahead wait for rustls.
     pub fn has_buffered(&self) -> bool {
         self.pos < self.len

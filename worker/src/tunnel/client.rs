@@ -4,10 +4,12 @@
 //! the incoming side and binds its first target address after the control channel is up.
 //! It reports `ready` once all that is done, not before.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use nodepass_proto::url::TlsMode;
 use nodepass_proto::wire::Flow;
 use tokio_util::sync::CancellationToken;
@@ -15,9 +17,12 @@ use tokio_util::sync::CancellationToken;
 use super::control;
 use super::session::Verifier;
 use super::{bind_users, handshake, take_control, AbortOnDrop};
+use crate::background::{self, Background};
 use crate::instance::Instance;
+use crate::pool::Entry;
 use crate::pool::Pool;
 use crate::transport::{self, PoolClient};
+use nodepass_proto::wire::PoolId;
 
 /// Adaptive pool sizing step (REFERENCE.md 4.1).
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
@@ -119,8 +124,9 @@ pub async fn start(
 }
 
 /// Keeps the pool filled: each round adjusts the interval by how idle the pool is, opens
-/// `capacity - idle` entries at once, adjusts the capacity by how many of them worked,
-/// then sleeps the interval (REFERENCE.md 4.1), or less when the pool drains.
+/// what is missing (in the background while the pool is stocked, see the round), adjusts
+/// the capacity by how many of them worked, then sleeps the interval (REFERENCE.md 4.1),
+/// or less when users take entries.
 async fn manage(
     pool: Arc<Pool>,
     opener: Arc<dyn PoolClient>,
@@ -146,6 +152,8 @@ async fn manage(
     }
     let mut capacity = lo;
     let mut interval = ilo;
+    // Opens under way, including those of rounds the manager stopped waiting for.
+    let opening = Arc::new(AtomicUsize::new(0));
     // Whether this round was started by the timer (the reference's only kind of round) or
     // early, because users took entries.
     let mut timed = true;
@@ -162,32 +170,92 @@ async fn manage(
                 interval = (interval + INTERVAL_STEP).min(ihi);
             }
         }
-        let need = capacity.saturating_sub(idle);
+        // Refilling. While the pool is stocked (half its capacity or more idle), nobody
+        // waits for the replacements: they open at a low priority, in the time users leave
+        // (crate::background), up to the capacity; opens an earlier round left running
+        // count as coming. Below half, the foreground tops the pool up to the half mark:
+        // one open per entry taken, never a burst on the users' cores (the background
+        // ones, still under way, bring it further). An empty pool (a session's start, a
+        // burst that took everything) is filled at once in the foreground.
+        let half = capacity.div_ceil(2);
+        let off_runtime = opener
+            .opens_in_background()
+            .then(background::shared)
+            .flatten();
+        let (background, need) = match off_runtime {
+            Some(bg) if idle >= half && idle > 0 => (
+                Some(bg),
+                capacity.saturating_sub(idle + opening.load(Ordering::Acquire)),
+            ),
+            Some(_) if idle > 0 => (None, half.saturating_sub(idle)),
+            _ => (None, capacity.saturating_sub(idle)),
+        };
         let mut created = 0usize;
         if need > 0 {
-            let opens = (0..need).map(|_| {
-                let (pool, opener, last_error) = (pool.clone(), opener.clone(), last_error.clone());
-                async move {
-                    match opener.open().await {
-                        Ok((id, conn)) => pool.put(id, conn).is_ok(),
-                        Err(e) => {
-                            tracing::debug!("Pool connection failed: {e:#}");
-                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                            false
+            let opens: Vec<_> = (0..need)
+                .map(|_| {
+                    let (pool, opener, last_error) =
+                        (pool.clone(), opener.clone(), last_error.clone());
+                    let _opening = Opening::count(&opening);
+                    async move {
+                        let _opening = _opening;
+                        match open_entry(opener, background).await {
+                            Ok((id, conn)) => pool.put(id, conn).is_ok(),
+                            Err(e) => {
+                                tracing::debug!("Pool connection failed: {e:#}");
+                                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                                false
+                            }
                         }
                     }
-                }
-            });
+                })
+                .collect();
+            // Background opens go one after another: each resumes the TLS session the
+            // last one was given a ticket for (opened together, most would make a full
+            // handshake, a certificate signature each), and the background thread is never
+            // busier than one open. The foreground opens together.
+            let mut round: futures::future::BoxFuture<'static, Vec<bool>> = if background.is_some()
+            {
+                Box::pin(futures::stream::iter(opens).then(|open| open).collect())
+            } else {
+                Box::pin(futures::future::join_all(opens))
+            };
             let results = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = futures::future::join_all(opens) => r,
+                r = &mut round => Some(r),
+                // Background opens get only the time users leave: when the pool drains
+                // below half meanwhile, they go on by themselves and the next round tops
+                // it up in the foreground.
+                _ = drained(&pool, half), if background.is_some() => None,
             };
-            created = results.into_iter().filter(|ok| *ok).count();
+            match results {
+                Some(r) => created = r.into_iter().filter(|ok| *ok).count(),
+                None => {
+                    let cancel = cancel.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = round => {}
+                        }
+                    });
+                    timed = false;
+                    continue;
+                }
+            }
         }
         // The capacity follows the reference's rule on timed rounds only: early rounds
         // replace what users just took and say nothing about how busy the pool is.
+        // Its ratio is the share of the capacity that was missing, scaled by how many of
+        // this round's opens worked: what the reference's "created / capacity" is when a
+        // round opens everything that is missing (this one may open only part of it).
         if timed {
-            let ratio = created as f64 / capacity as f64;
+            let missing = capacity.saturating_sub(idle) as f64;
+            let worked = if need > 0 {
+                created as f64 / need as f64
+            } else {
+                1.0
+            };
+            let ratio = worked * missing / capacity as f64;
             if ratio < 0.2 && capacity > lo {
                 capacity -= 1;
             }
@@ -203,5 +271,43 @@ async fn manage(
             _ = tokio::time::sleep(interval) => timed = true,
             _ = pool.entry_taken() => timed = false,
         }
+    }
+}
+
+/// Opens one entry, on the background runtime when given one (then moved to this runtime).
+async fn open_entry(
+    opener: Arc<dyn PoolClient>,
+    background: Option<&'static Background>,
+) -> anyhow::Result<(PoolId, Entry)> {
+    let Some(bg) = background else {
+        return opener.open().await;
+    };
+    let (id, mut entry) = bg.run(async move { opener.open().await }).await??;
+    entry
+        .rehome()
+        .context("moving a pool entry off the background thread")?;
+    Ok((id, entry))
+}
+
+/// Returns once fewer than `half` entries are idle.
+async fn drained(pool: &Pool, half: usize) {
+    while pool.idle_count() >= half {
+        pool.entry_taken().await;
+    }
+}
+
+/// One pool open under way, counted while it lives.
+struct Opening(Arc<AtomicUsize>);
+
+impl Opening {
+    fn count(counter: &Arc<AtomicUsize>) -> Opening {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Opening(counter.clone())
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
