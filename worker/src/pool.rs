@@ -228,12 +228,15 @@ impl Pool {
         self.lock().idle.len()
     }
 
-    /// Whether at least half of the entries this session has held at most are idle: then a
-    /// replacement for a taken entry is not awaited by anybody and may be opened at a low
-    /// priority (see [`crate::background`]). False for an empty pool.
+    /// Whether the pool is being refilled while stocked: fewer entries are idle than this
+    /// session has held at once (users took some), but at least half as many. A new entry
+    /// then replaces a taken one that nobody waits for, and may be admitted at a low
+    /// priority (see [`crate::background`]). False during the first fill and for a pool
+    /// users drained.
     pub fn well_stocked(&self) -> bool {
         let st = self.lock();
-        !st.idle.is_empty() && st.idle.len() * 2 >= st.peak
+        let idle = st.idle.len();
+        idle > 0 && idle < st.peak && idle * 2 >= st.peak
     }
 
     /// Whether the pool holds `max` idle entries: a new entry is refused (REFERENCE.md 4.1;
@@ -576,8 +579,9 @@ mod tests {
         }
     }
 
-    /// Stocked: at least half of the most entries held at once are idle (the server's
-    /// estimate of the client's capacity); never when empty.
+    /// Stocked: fewer than the most entries held at once (the server's estimate of the
+    /// client's capacity) but at least half of them are idle; never during the first fill
+    /// or when empty.
     #[tokio::test]
     async fn stocked_is_half_of_the_peak() {
         let pool = Pool::new(16);
@@ -588,8 +592,9 @@ mod tests {
             keep.push(far);
             assert!(pool.put(PoolId([0, 0, 0, n]), c).is_ok());
         }
-        assert!(pool.well_stocked(), "4 of a peak of 4");
+        assert!(!pool.well_stocked(), "4 of a peak of 4: the first fill");
         assert!(pool.incoming_get(Duration::from_millis(10)).await.is_some());
+        assert!(pool.well_stocked(), "3 of a peak of 4");
         assert!(pool.incoming_get(Duration::from_millis(10)).await.is_some());
         assert!(pool.well_stocked(), "2 of a peak of 4");
         assert!(pool.incoming_get(Duration::from_millis(10)).await.is_some());

@@ -178,17 +178,15 @@ async fn manage(
         // ones, still under way, bring it further). An empty pool (a session's start, a
         // burst that took everything) is filled at once in the foreground.
         let half = capacity.div_ceil(2);
-        let off_runtime = opener
-            .opens_in_background()
-            .then(background::shared)
-            .flatten();
-        let (background, need) = match off_runtime {
-            Some(bg) if idle >= half && idle > 0 => (
-                Some(bg),
-                capacity.saturating_sub(idle + opening.load(Ordering::Acquire)),
-            ),
-            Some(_) if idle > 0 => (None, half.saturating_sub(idle)),
-            _ => (None, capacity.saturating_sub(idle)),
+        let (background, need) = if idle == 0 || !opener.opens_in_background() {
+            (None, capacity.saturating_sub(idle))
+        } else if idle >= half {
+            let need = capacity.saturating_sub(idle + opening.load(Ordering::Acquire));
+            // The thread starts with the first replacement (none for a pool never used).
+            // Without it they open in place.
+            ((need > 0).then(background::shared).flatten(), need)
+        } else {
+            (None, half.saturating_sub(idle))
         };
         let mut created = 0usize;
         if need > 0 {
