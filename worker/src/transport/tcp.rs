@@ -167,15 +167,10 @@ impl TcpServer {
         edge: Arc<SessionEdge>,
     ) {
         let home = tokio::runtime::Handle::current();
-        let tcp = match tcp.into_std() {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                tracing::debug!("Pool connection from {peer} dropped: {e}");
-                return;
-            }
-        };
+        // Every step but the accept runs there, taking the socket off this runtime's
+        // reactor included.
         let admitted = bg.run(async move {
-            match TcpStream::from_std(tcp) {
+            match tcp.into_std().and_then(TcpStream::from_std) {
                 Ok(tcp) => self.admit(tcp, peer, edge, Some(home)).await,
                 Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
             }

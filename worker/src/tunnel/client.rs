@@ -272,7 +272,8 @@ async fn manage(
     }
 }
 
-/// Opens one entry, on the background runtime when given one (then moved to this runtime).
+/// Opens one entry, on the background runtime when given one; it is moved to this runtime
+/// there, so this runtime's threads do nothing for it but take it.
 async fn open_entry(
     opener: Arc<dyn PoolClient>,
     background: Option<&'static Background>,
@@ -280,11 +281,16 @@ async fn open_entry(
     let Some(bg) = background else {
         return opener.open().await;
     };
-    let (id, mut entry) = bg.run(async move { opener.open().await }).await??;
-    entry
-        .rehome()
-        .context("moving a pool entry off the background thread")?;
-    Ok((id, entry))
+    let home = tokio::runtime::Handle::current();
+    bg.run(async move {
+        let (id, mut entry) = opener.open().await?;
+        let _home = home.enter();
+        entry
+            .rehome()
+            .context("moving a pool entry off the background thread")?;
+        Ok((id, entry))
+    })
+    .await?
 }
 
 /// Returns once fewer than `half` entries are idle.
