@@ -1,5 +1,6 @@
 //! Pool replacements opened in the background (worker/src/background.rs): fresh user
-//! connections one after another through a TCP pool, at tls 0 and 1 and in both flows. Every
+//! connections one after another through a TCP pool, at tls 0 and 1 and in both flows, and
+//! through a WebSocket pool. Every
 //! user goes through, the pool is full again afterwards, and the replacements were opened
 //! by both ends on their low-priority thread (a thread `np-refill` at nice 19 exists in
 //! each process: it starts only when a replacement is opened in the background).
@@ -49,9 +50,9 @@ fn last_pool(p: &Proc) -> Option<u64> {
     })
 }
 
-fn users_one_after_another(tls: u8, forward: bool) {
-    let case = format!("tls={tls} forward={forward}");
-    let pair = Spec::new(0, tls).worker().forward(forward).start();
+fn users_one_after_another(pool_type: u8, tls: u8, forward: bool) {
+    let case = format!("type={pool_type} tls={tls} forward={forward}");
+    let pair = Spec::new(pool_type, tls).worker().forward(forward).start();
     let users = 300;
     for i in 0..users {
         let payload = format!("user {i}");
@@ -94,15 +95,20 @@ fn users_one_after_another(tls: u8, forward: bool) {
 
 #[test]
 fn replacements_open_in_the_background_tls0() {
-    users_one_after_another(0, false);
+    users_one_after_another(0, 0, false);
 }
 
 #[test]
 fn replacements_open_in_the_background_tls1() {
-    users_one_after_another(1, false);
+    users_one_after_another(0, 1, false);
 }
 
 #[test]
 fn replacements_open_in_the_background_forward_tls1() {
-    users_one_after_another(1, true);
+    users_one_after_another(0, 1, true);
+}
+
+#[test]
+fn replacements_open_in_the_background_websocket_tls1() {
+    users_one_after_another(2, 1, false);
 }

@@ -14,8 +14,8 @@
 //! replacements go this way, while the pool is stocked: a drained pool is refilled in the
 //! foreground, users may be waiting for it (see the client's manager and the TCP pool).
 //!
-//! The thread starts on first use (only the TCP pool, whose entries are connections of their
-//! own, opens here) and lives as long as the process.
+//! The thread starts on first use (only the TCP and WebSocket pools, whose entries are
+//! connections of their own, open here) and lives as long as the process.
 
 use std::future::Future;
 use std::io;

@@ -39,6 +39,8 @@ use nodepass_proto::wire::{EntryProof, PoolId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::background::Background;
+
 pub use crate::pool::{Entry, PoolStream};
 pub(crate) use admission::PoolPortAdmission;
 pub use admission::{Refused, SessionEdge};
@@ -186,6 +188,60 @@ pub(crate) async fn accept_each<F, Fut>(
                 tracing::debug!("Pool accept failed: {e}");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
+        }
+    }
+}
+
+/// The background runtime for admitting a connection from `peer`, when it replaces an entry
+/// nobody waits for: it comes from the client while the pool is refilled but still stocked
+/// (see [`crate::background`], [`crate::pool::Pool::well_stocked`]). None otherwise: a
+/// session's first entries, a drained pool and strangers are admitted here and now.
+pub(crate) fn unhurried(edge: &SessionEdge, peer: SocketAddr) -> Option<&'static Background> {
+    (edge.from_client(peer) && edge.pool.well_stocked())
+        .then(crate::background::shared)
+        .flatten()
+}
+
+/// Runs `admit` on the background runtime `bg` with the socket registered there (its
+/// handshake's readiness then wakes no thread of this runtime). `admit` gets this runtime's
+/// handle to move the entry back before enrolling it.
+pub(crate) async fn admit_in_background<F, Fut>(
+    bg: &'static Background,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admit: F,
+) where
+    F: FnOnce(TcpStream, tokio::runtime::Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let home = tokio::runtime::Handle::current();
+    // Every step but the accept runs there, taking the socket off this runtime's reactor
+    // included.
+    let admitted = bg.run(async move {
+        match tcp.into_std().and_then(TcpStream::from_std) {
+            Ok(tcp) => admit(tcp, home).await,
+            Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
+        }
+    });
+    let _ = admitted.await;
+}
+
+/// Moves `entry` to `home` (when admitted on the background runtime) before it is enrolled;
+/// false when that failed (the connection is dropped).
+pub(crate) fn move_home(
+    entry: &mut Entry,
+    home: Option<&tokio::runtime::Handle>,
+    peer: SocketAddr,
+) -> bool {
+    let Some(home) = home else {
+        return true;
+    };
+    let _home = home.enter();
+    match entry.rehome() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("Pool connection from {peer} dropped: moving it failed: {e}");
+            false
         }
     }
 }

@@ -24,10 +24,10 @@ use tokio_rustls::TlsStream;
 
 use super::tls::{ClientTls, ServerTls, TlsSocket};
 use super::{
-    accept_each, dial_tunnel, leaf_cert_der, tune_pool_socket, Context, Entry, PoolClient,
-    PoolPortAdmission, PoolServer, PoolStream, SessionEdge, ID_READ_TIMEOUT,
+    accept_each, admit_in_background, dial_tunnel, leaf_cert_der, move_home, tune_pool_socket,
+    unhurried, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
+    ID_READ_TIMEOUT,
 };
-use crate::background::{self, Background};
 use crate::pool::tcp_peer_closed;
 
 /// How long the server waits for a pool connection's TLS handshake. The reference waits
@@ -146,36 +146,10 @@ impl TcpServer {
         if entry.write_all(&id.0).await.is_err() || entry.flush().await.is_err() {
             return;
         }
-        if let Some(home) = home {
-            let _home = home.enter();
-            if let Err(e) = entry.rehome() {
-                tracing::debug!("Pool connection from {peer} dropped: moving it failed: {e}");
-                return;
-            }
+        if !move_home(&mut entry, home.as_ref(), peer) {
+            return;
         }
         edge.enroll(id, entry, peer, "TCP pool");
-    }
-
-    /// [`admit`](Self::admit) on the background runtime, the socket registered there for
-    /// the handshake (its readiness then wakes no thread of this runtime) and moved back to
-    /// this runtime before it is enrolled.
-    async fn admit_unhurried(
-        self: Arc<Self>,
-        bg: &'static Background,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        edge: Arc<SessionEdge>,
-    ) {
-        let home = tokio::runtime::Handle::current();
-        // Every step but the accept runs there, taking the socket off this runtime's
-        // reactor included.
-        let admitted = bg.run(async move {
-            match tcp.into_std().and_then(TcpStream::from_std) {
-                Ok(tcp) => self.admit(tcp, peer, edge, Some(home)).await,
-                Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
-            }
-        });
-        let _ = admitted.await;
     }
 }
 
@@ -187,15 +161,14 @@ impl PoolServer for TcpServer {
     ) -> BoxFuture<'static, ()> {
         let cancel = edge.cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
-            // The client's connections while the pool is well stocked replace taken ones
-            // and nobody waits for them: their TLS handshake, proof and id run at a low
-            // priority (crate::background). The first ones of a session and those for a
-            // drained pool do not.
-            let unhurried = (edge.from_client(peer) && edge.pool.well_stocked())
-                .then(background::shared)
-                .flatten();
-            let conn: BoxFuture<'static, ()> = match unhurried {
-                Some(bg) => Box::pin(self.clone().admit_unhurried(bg, tcp, peer, edge.clone())),
+            // A replacement's TLS handshake, proof and id run at a low priority.
+            let conn: BoxFuture<'static, ()> = match unhurried(&edge, peer) {
+                Some(bg) => {
+                    let (me, edge) = (self.clone(), edge.clone());
+                    Box::pin(admit_in_background(bg, tcp, peer, move |tcp, home| {
+                        me.admit(tcp, peer, edge, Some(home))
+                    }))
+                }
                 None => Box::pin(self.clone().admit(tcp, peer, edge.clone(), None)),
             };
             self.places

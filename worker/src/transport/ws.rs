@@ -52,8 +52,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::tls::{ClientTls, ServerTls};
 use super::{
-    accept_each, dial_tunnel, leaf_cert_der, tune_pool_socket, Context, Entry, PoolClient,
-    PoolPortAdmission, PoolServer, PoolStream, Refused, SessionEdge, ID_READ_TIMEOUT,
+    accept_each, admit_in_background, dial_tunnel, leaf_cert_der, move_home, tune_pool_socket,
+    unhurried, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, Refused,
+    SessionEdge, ID_READ_TIMEOUT,
 };
 
 /// The only path that upgrades (the reference's client always asks for it).
@@ -101,6 +102,7 @@ fn ws_config() -> WebSocketConfig {
 /// What a WebSocket connection runs over: a TCP socket, or TLS on one.
 pub trait Carrier: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn tcp(&self) -> &TcpStream;
+    fn tcp_mut(&mut self) -> &mut TcpStream;
     fn peer_cert_der(&self) -> Option<Vec<u8>> {
         None
     }
@@ -110,11 +112,19 @@ impl Carrier for TcpStream {
     fn tcp(&self) -> &TcpStream {
         self
     }
+
+    fn tcp_mut(&mut self) -> &mut TcpStream {
+        self
+    }
 }
 
 impl Carrier for TlsStream<TcpStream> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
+    }
+
+    fn tcp_mut(&mut self) -> &mut TcpStream {
+        self.get_mut().0
     }
 
     fn peer_cert_der(&self) -> Option<Vec<u8>> {
@@ -360,6 +370,10 @@ impl<S: Carrier> PoolStream for WsStream<S> {
     fn peer_cert_der(&self) -> Option<Vec<u8>> {
         self.ws.get_ref().peer_cert_der()
     }
+
+    fn rehome(&mut self) -> io::Result<()> {
+        crate::background::rehome_tcp(self.ws.get_mut().tcp_mut())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -387,9 +401,16 @@ impl WsServer {
         }
     }
 
-    async fn admit(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, edge: Arc<SessionEdge>) {
+    /// `home`: the runtime the entry is enrolled for, when this runs on the background one.
+    async fn admit(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        edge: Arc<SessionEdge>,
+        home: Option<tokio::runtime::Handle>,
+    ) {
         tune_pool_socket(&tcp, self.keepalive);
-        let session = Session { edge, peer };
+        let session = Session { edge, peer, home };
         let refused = match &self.tls {
             None => session.upgrade(tcp).await,
             Some(tls) => {
@@ -410,6 +431,7 @@ impl WsServer {
 struct Session {
     edge: Arc<SessionEdge>,
     peer: SocketAddr,
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl Session {
@@ -466,8 +488,10 @@ impl Session {
         ws.write_all(&id.0).await.context("sending the id")?;
         ws.flush().await.context("sending the id")?;
         tracing::trace!("Pool WebSocket {id} from {peer} (half-close: {half_close})");
-        self.edge
-            .enroll(id, Entry::Stream(Box::new(ws)), peer, "WebSocket pool");
+        let mut entry = Entry::Stream(Box::new(ws));
+        if move_home(&mut entry, self.home.as_ref(), peer) {
+            self.edge.enroll(id, entry, peer, "WebSocket pool");
+        }
         Ok(())
     }
 }
@@ -562,7 +586,16 @@ impl PoolServer for WsServer {
     ) -> BoxFuture<'static, ()> {
         let cancel = edge.cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
-            let conn = self.clone().admit(tcp, peer, edge.clone());
+            // A replacement's TLS handshake, upgrade and id run at a low priority.
+            let conn: BoxFuture<'static, ()> = match unhurried(&edge, peer) {
+                Some(bg) => {
+                    let (me, edge) = (self.clone(), edge.clone());
+                    Box::pin(admit_in_background(bg, tcp, peer, move |tcp, home| {
+                        me.admit(tcp, peer, edge, Some(home))
+                    }))
+                }
+                None => Box::pin(self.clone().admit(tcp, peer, edge.clone(), None)),
+            };
             self.places
                 .admit(peer, edge.client_ip, &edge.cancel, "WebSocket pool", conn)
         }))
@@ -696,6 +729,10 @@ async fn finish<S: Carrier>(
 }
 
 impl PoolClient for WsClient {
+    fn opens_in_background(&self) -> bool {
+        true
+    }
+
     fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>> {
         Box::pin(self.open_entry())
     }
