@@ -520,8 +520,11 @@ async fn stream(
                 return;
             }
         };
-        // The first entry of a session (after the checks) is the control channel.
-        let id = match edge.assign() {
+        // The first entry of a session (after the checks) is the control channel. A stream
+        // that arrives before the session has taken it waits for it instead of being reset:
+        // a client opens its next entries right behind the first, and under load they
+        // arrived first (the client then saw its stream reset, "stream no longer needed").
+        let id = match edge.assign_waiting(CONTROL_WAIT).await {
             Ok(id) => id,
             Err(why) => {
                 tracing::debug!("HTTP/2 pool: stream from {peer} refused: {why}");
@@ -603,6 +606,9 @@ async fn refuse(
     };
     let _ = tokio::time::timeout(REFUSAL_HOLD, drain).await;
 }
+
+/// How long a stream waits for the session to take its control channel (see `stream`).
+const CONTROL_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a refused stream is held for its answer to leave (see [`refuse`]).
 const REFUSAL_HOLD: Duration = Duration::from_secs(2);
