@@ -228,15 +228,20 @@ impl Pool {
         self.lock().idle.len()
     }
 
-    /// Whether the pool is being refilled while stocked: fewer entries are idle than this
-    /// session has held at once (users took some), but at least half as many. A new entry
-    /// then replaces a taken one that nobody waits for, and may be admitted at a low
-    /// priority (see [`crate::background`]). False during the first fill and for a pool
-    /// users drained.
+    /// Whether at least half of `capacity` entries are idle (and one at least): then a
+    /// replacement for a taken entry is awaited by nobody and may be opened or admitted at
+    /// a low priority (see [`crate::background`]). The one rule for both ends: the client
+    /// asks with its capacity, the server with [`well_stocked`](Self::well_stocked).
+    pub fn stocked(&self, capacity: usize) -> bool {
+        stocked(self.idle_count(), capacity)
+    }
+
+    /// [`stocked`](Self::stocked) for the server, which never learns the client's
+    /// capacity: measured against the most entries this session has held at once, and only
+    /// while fewer are idle (users took some; the first fill is never stocked).
     pub fn well_stocked(&self) -> bool {
         let st = self.lock();
-        let idle = st.idle.len();
-        idle > 0 && idle < st.peak && idle * 2 >= st.peak
+        st.idle.len() < st.peak && stocked(st.idle.len(), st.peak)
     }
 
     /// Whether the pool holds `max` idle entries: a new entry is refused (REFERENCE.md 4.1;
@@ -505,6 +510,11 @@ impl Pool {
 /// `order` is compacted once it holds more than twice the idle ids plus a margin: the
 /// outgoing side, which only ever takes by id, keeps memory proportional to what is idle,
 /// not to how many entries a session has used.
+/// See [`Pool::stocked`].
+pub(crate) fn stocked(idle: usize, capacity: usize) -> bool {
+    idle > 0 && idle * 2 >= capacity
+}
+
 fn take_by_id(st: &mut State, id: PoolId) -> Option<Entry> {
     let conn = st.idle.remove(&id)?;
     if st.order.len() > 2 * st.idle.len() + ORDER_SLACK {

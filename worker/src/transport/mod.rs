@@ -39,8 +39,6 @@ use nodepass_proto::wire::{EntryProof, PoolId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::background::Background;
-
 pub use crate::pool::{Entry, PoolStream};
 pub(crate) use admission::PoolPortAdmission;
 pub use admission::{Refused, SessionEdge};
@@ -192,38 +190,42 @@ pub(crate) async fn accept_each<F, Fut>(
     }
 }
 
-/// The background runtime for admitting a connection from `peer`, when it replaces an entry
-/// nobody waits for: it comes from the client while the pool is refilled but still stocked
-/// (see [`crate::background`], [`crate::pool::Pool::well_stocked`]). None otherwise: a
-/// session's first entries, a drained pool and strangers are admitted here and now.
-pub(crate) fn unhurried(edge: &SessionEdge, peer: SocketAddr) -> Option<&'static Background> {
-    (edge.from_client(peer) && edge.pool.well_stocked())
-        .then(crate::background::shared)
-        .flatten()
-}
-
-/// Runs `admit` on the background runtime `bg` with the socket registered there (its
-/// handshake's readiness then wakes no thread of this runtime). `admit` gets this runtime's
-/// handle to move the entry back before enrolling it.
-pub(crate) async fn admit_in_background<F, Fut>(
-    bg: &'static Background,
+/// What a server transport whose entries are connections of their own (TCP, WebSocket)
+/// runs for one accepted connection: `admit` (its admission steps), here and now, or on the
+/// low-priority background runtime when the connection replaces an entry nobody waits for:
+/// it comes from the client while the pool is refilled but still stocked
+/// ([`crate::pool::Pool::well_stocked`]; a session's first entries, a drained pool and
+/// strangers are admitted here). There the socket is registered with the background
+/// runtime (its handshake's readiness wakes no thread of this one) and `admit` gets this
+/// runtime's handle, to move the entry back with [`move_home`] before enrolling it.
+pub(crate) fn admit_connection<F, Fut>(
+    edge: &SessionEdge,
     tcp: TcpStream,
     peer: SocketAddr,
     admit: F,
-) where
-    F: FnOnce(TcpStream, tokio::runtime::Handle) -> Fut + Send + 'static,
+) -> BoxFuture<'static, ()>
+where
+    F: FnOnce(TcpStream, Option<tokio::runtime::Handle>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let unhurried = (edge.from_client(peer) && edge.pool.well_stocked())
+        .then(crate::background::shared)
+        .flatten();
+    let Some(bg) = unhurried else {
+        return Box::pin(admit(tcp, None));
+    };
     let home = tokio::runtime::Handle::current();
-    // Every step but the accept runs there, taking the socket off this runtime's reactor
-    // included.
-    let admitted = bg.run(async move {
-        match tcp.into_std().and_then(TcpStream::from_std) {
-            Ok(tcp) => admit(tcp, home).await,
-            Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
-        }
-    });
-    let _ = admitted.await;
+    Box::pin(async move {
+        // Every step but the accept runs there, taking the socket off this runtime's
+        // reactor included.
+        let admitted = bg.run(async move {
+            match tcp.into_std().and_then(TcpStream::from_std) {
+                Ok(tcp) => admit(tcp, Some(home)).await,
+                Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
+            }
+        });
+        let _ = admitted.await;
+    })
 }
 
 /// Moves `entry` to `home` (when admitted on the background runtime) before it is enrolled;

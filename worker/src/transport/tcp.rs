@@ -24,8 +24,8 @@ use tokio_rustls::TlsStream;
 
 use super::tls::{ClientTls, ServerTls, TlsSocket};
 use super::{
-    accept_each, admit_in_background, dial_tunnel, leaf_cert_der, move_home, tune_pool_socket,
-    unhurried, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
+    accept_each, admit_connection, dial_tunnel, leaf_cert_der, move_home, tune_pool_socket,
+    Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
     ID_READ_TIMEOUT,
 };
 use crate::pool::tcp_peer_closed;
@@ -162,15 +162,10 @@ impl PoolServer for TcpServer {
         let cancel = edge.cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
             // A replacement's TLS handshake, proof and id run at a low priority.
-            let conn: BoxFuture<'static, ()> = match unhurried(&edge, peer) {
-                Some(bg) => {
-                    let (me, edge) = (self.clone(), edge.clone());
-                    Box::pin(admit_in_background(bg, tcp, peer, move |tcp, home| {
-                        me.admit(tcp, peer, edge, Some(home))
-                    }))
-                }
-                None => Box::pin(self.clone().admit(tcp, peer, edge.clone(), None)),
-            };
+            let (me, e) = (self.clone(), edge.clone());
+            let conn = admit_connection(&edge, tcp, peer, move |tcp, home| {
+                me.admit(tcp, peer, e, home)
+            });
             self.places
                 .admit(peer, edge.client_ip, &edge.cancel, "TCP pool", conn)
         }))

@@ -52,9 +52,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::tls::{ClientTls, ServerTls};
 use super::{
-    accept_each, admit_in_background, dial_tunnel, leaf_cert_der, move_home, tune_pool_socket,
-    unhurried, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, Refused,
-    SessionEdge, ID_READ_TIMEOUT,
+    accept_each, admit_connection, dial_tunnel, leaf_cert_der, move_home, tune_pool_socket,
+    Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, Refused, SessionEdge,
+    ID_READ_TIMEOUT,
 };
 
 /// The only path that upgrades (the reference's client always asks for it).
@@ -587,15 +587,10 @@ impl PoolServer for WsServer {
         let cancel = edge.cancel.clone();
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
             // A replacement's TLS handshake, upgrade and id run at a low priority.
-            let conn: BoxFuture<'static, ()> = match unhurried(&edge, peer) {
-                Some(bg) => {
-                    let (me, edge) = (self.clone(), edge.clone());
-                    Box::pin(admit_in_background(bg, tcp, peer, move |tcp, home| {
-                        me.admit(tcp, peer, edge, Some(home))
-                    }))
-                }
-                None => Box::pin(self.clone().admit(tcp, peer, edge.clone(), None)),
-            };
+            let (me, e) = (self.clone(), edge.clone());
+            let conn = admit_connection(&edge, tcp, peer, move |tcp, home| {
+                me.admit(tcp, peer, e, home)
+            });
             self.places
                 .admit(peer, edge.client_ip, &edge.cancel, "WebSocket pool", conn)
         }))

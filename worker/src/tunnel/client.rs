@@ -20,7 +20,7 @@ use super::{bind_users, handshake, take_control, AbortOnDrop};
 use crate::background::{self, Background};
 use crate::instance::Instance;
 use crate::pool::Entry;
-use crate::pool::Pool;
+use crate::pool::{stocked, Pool};
 use crate::transport::{self, PoolClient};
 use nodepass_proto::wire::PoolId;
 
@@ -74,6 +74,7 @@ pub async fn start(
             inst.tunables.max_pool_interval,
         ),
         cancel.clone(),
+        background::shared,
     ));
     let _stop_manager = AbortOnDrop(manager);
     tracing::info!("Getting tunnel pool ready...");
@@ -134,6 +135,8 @@ async fn manage(
     (min, max): (usize, usize),
     (min_interval, max_interval): (Duration, Duration),
     cancel: CancellationToken,
+    // The background runtime, started on first use: the process's shared one.
+    background_runtime: impl Fn() -> Option<&'static Background> + Send,
 ) {
     let (mut lo, mut hi) = (min.max(1), max.max(1));
     if lo > hi {
@@ -180,15 +183,16 @@ async fn manage(
         let half = capacity.div_ceil(2);
         let (background, need) = if idle == 0 || !opener.opens_in_background() {
             (None, capacity.saturating_sub(idle))
-        } else if idle >= half {
+        } else if stocked(idle, capacity) {
             let need = capacity.saturating_sub(idle + opening.load(Ordering::Acquire));
             // The thread starts with the first replacement (none for a pool never used).
             // Without it they open in place.
-            ((need > 0).then(background::shared).flatten(), need)
+            ((need > 0).then(&background_runtime).flatten(), need)
         } else {
             (None, half.saturating_sub(idle))
         };
         let mut created = 0usize;
+        let mut look_again = false;
         if need > 0 {
             let opens: Vec<_> = (0..need)
                 .map(|_| {
@@ -224,10 +228,16 @@ async fn manage(
                 // Background opens get only the time users leave: when the pool drains
                 // below half meanwhile, they go on by themselves and the next round tops
                 // it up in the foreground.
-                _ = drained(&pool, half), if background.is_some() => None,
+                _ = drained(&pool, capacity), if background.is_some() => None,
             };
             match results {
-                Some(r) => created = r.into_iter().filter(|ok| *ok).count(),
+                Some(r) => {
+                    created = r.into_iter().filter(|ok| *ok).count();
+                    // Waiting for the drain took the wake-ups of entries taken meanwhile:
+                    // look again at once rather than sleep on them (unless nothing opened,
+                    // so a failing server is not asked again without a pause).
+                    look_again = background.is_some() && created > 0;
+                }
                 None => {
                     let cancel = cancel.clone();
                     tokio::spawn(async move {
@@ -261,6 +271,10 @@ async fn manage(
                 capacity += 1;
             }
         }
+        if look_again {
+            timed = false;
+            continue;
+        }
         // Sleep the interval, but replace taken entries at once: the reference waits the
         // full interval (up to NP_MAX_POOL_INTERVAL), so a burst of new connections finds the
         // pool empty and each waits for the next round.
@@ -293,9 +307,9 @@ async fn open_entry(
     .await?
 }
 
-/// Returns once fewer than `half` entries are idle.
-async fn drained(pool: &Pool, half: usize) {
-    while pool.idle_count() >= half {
+/// Returns once the pool is no longer stocked for `capacity` (see [`Pool::stocked`]).
+async fn drained(pool: &Pool, capacity: usize) {
+    while pool.stocked(capacity) {
         pool.entry_taken().await;
     }
 }
@@ -313,5 +327,190 @@ impl Opening {
 impl Drop for Opening {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Opens real loopback connections (kept open by an accept loop) and numbers them;
+    /// records which thread each open ran on and the most opens at once.
+    struct Loopback {
+        addr: SocketAddr,
+        next: AtomicU32,
+        now: AtomicUsize,
+        most: AtomicUsize,
+        threads: Mutex<Vec<String>>,
+    }
+
+    impl Loopback {
+        async fn start() -> Arc<Loopback> {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((s, _)) = listener.accept().await {
+                    held.push(s);
+                }
+            });
+            Arc::new(Loopback {
+                addr,
+                next: AtomicU32::new(1),
+                now: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+                threads: Mutex::new(Vec::new()),
+            })
+        }
+
+        /// Forgets what was recorded so far.
+        fn reset(&self) {
+            self.most.store(0, Ordering::SeqCst);
+            self.threads.lock().expect("lock").clear();
+        }
+
+        fn threads(&self) -> Vec<String> {
+            self.threads.lock().expect("lock").clone()
+        }
+    }
+
+    impl PoolClient for Loopback {
+        fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>> {
+            Box::pin(async move {
+                let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                self.threads.lock().expect("lock").push(name);
+                let tcp = TcpStream::connect(self.addr).await;
+                // Long enough for opens of one round to overlap if they run together.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.now.fetch_sub(1, Ordering::SeqCst);
+                let id = self.next.fetch_add(1, Ordering::SeqCst).to_be_bytes();
+                Ok((PoolId(id), Entry::Tcp(tcp?)))
+            })
+        }
+
+        fn opens_in_background(&self) -> bool {
+            true
+        }
+    }
+
+    const BG: &str = "np-test-refill";
+
+    /// Starts a manager of capacity 8 with its own background runtime; returns once the
+    /// first fill is in.
+    async fn managed() -> (
+        Arc<Pool>,
+        Arc<Loopback>,
+        &'static Background,
+        CancellationToken,
+    ) {
+        let bg: &'static Background = Box::leak(Box::new(
+            Background::start(BG, background::NICE).expect("background thread"),
+        ));
+        let (pool, opener) = (Arc::new(Pool::new(64)), Loopback::start().await);
+        let cancel = CancellationToken::new();
+        tokio::spawn(manage(
+            pool.clone(),
+            opener.clone(),
+            Arc::new(std::sync::Mutex::new(None)),
+            (8, 8),
+            (Duration::from_secs(60), Duration::from_secs(60)),
+            cancel.clone(),
+            move || Some(bg),
+        ));
+        until(&pool, 8).await;
+        (pool, opener, bg, cancel)
+    }
+
+    async fn until(pool: &Pool, idle: usize) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while pool.idle_count() < idle {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the pool stayed at {} of {idle}", pool.idle_count()));
+    }
+
+    async fn take(pool: &Pool, n: usize) -> Vec<Entry> {
+        let mut taken = Vec::new();
+        for _ in 0..n {
+            let (_, e) = pool
+                .incoming_get(Duration::from_secs(5))
+                .await
+                .expect("an idle entry");
+            taken.push(e);
+        }
+        taken
+    }
+
+    /// Replacements for a stocked pool are opened on the background thread, one after
+    /// another (each resumes TLS with the last one's ticket); the first fill is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replacements_open_on_the_background_thread_one_at_a_time() {
+        let (pool, opener, _bg, cancel) = managed().await;
+        assert!(
+            opener.threads().iter().all(|t| t != BG),
+            "the first fill ran in the background: {:?}",
+            opener.threads()
+        );
+        assert!(
+            opener.most.load(Ordering::SeqCst) > 1,
+            "the first fill opens at once"
+        );
+        opener.reset();
+        let _taken = take(&pool, 3).await;
+        until(&pool, 8).await;
+        let threads = opener.threads();
+        assert!(
+            !threads.is_empty() && threads.iter().all(|t| t == BG),
+            "{threads:?}"
+        );
+        assert_eq!(
+            opener.most.load(Ordering::SeqCst),
+            1,
+            "background opens overlapped"
+        );
+        cancel.cancel();
+    }
+
+    /// With the background thread stuck, a pool drained below half is topped up to half
+    /// in the foreground: users are never left waiting for the background.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_drained_pool_is_topped_up_in_the_foreground_when_the_background_is_stuck() {
+        let (pool, opener, bg, cancel) = managed().await;
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let (blocked_tx, blocked) = tokio::sync::oneshot::channel::<()>();
+        bg.handle().spawn(async move {
+            let _ = blocked_tx.send(());
+            let _ = stuck.recv();
+        });
+        blocked
+            .await
+            .expect("the background thread took the blocking task");
+        opener.reset();
+        // One at a time: the first replacements go to the (stuck) background thread, then
+        // the pool falls below half.
+        let mut taken = Vec::new();
+        for _ in 0..6 {
+            taken.extend(take(&pool, 1).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        until(&pool, 4).await;
+        let threads = opener.threads();
+        let _ = release.send(());
+        assert!(
+            threads.iter().any(|t| t != BG),
+            "nothing opened in the foreground: {threads:?}"
+        );
+        cancel.cancel();
     }
 }
