@@ -3,16 +3,18 @@
 //! Each user connection takes a pool entry and the pool opens a replacement at once. That
 //! opening (a TCP handshake, with tls 1/2 a TLS handshake, the proof and the id, on both
 //! ends) competed with the user's own first round trip for the same cores and threads: at
-//! tls=1 a fresh connection through the tunnel took ~510 us (median, 2 cores, connections
-//! one after another), ~400 us with the replacements opened here.
+//! tls=1 a fresh connection through the tunnel took 531-596 us (median, 2 cores,
+//! connections one after another, three runs in benches/RESULTS.md), 407-445 us with the
+//! replacements opened here.
 //!
 //! So replacements are opened here, on a runtime of their own on one thread that the kernel
 //! schedules at the lowest normal priority ([`NICE`]): they use the time users leave. The
 //! client opens the entry here (its socket registered with this runtime) and the server
 //! admits it here (TLS handshake, proof, id); then the entry moves to the runtime that will
 //! relay it ([`rehome_tcp`]), so its readiness never waits for this thread. Only
-//! replacements go this way, while the pool is stocked: a drained pool is refilled in the
-//! foreground, users may be waiting for it (see the client's manager and the TCP pool).
+//! replacements go this way, while the pool is stocked ([`crate::pool::Pool::stocked`]), and
+//! one after another: a drained pool is refilled in the foreground, users may be waiting for
+//! it (see the client's manager and `transport::admit_connection`).
 //!
 //! The thread starts on first use (only the TCP and WebSocket pools, whose entries are
 //! connections of their own, open here) and lives as long as the process.
