@@ -78,6 +78,22 @@ impl Background {
             .map_err(|e| io::Error::other(format!("background task: {e}")))
     }
 
+    /// Blocks the thread (for tests) until the returned sender is used or dropped; returns
+    /// once it is blocked.
+    #[cfg(test)]
+    pub async fn stall(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let (blocked_tx, blocked) = tokio::sync::oneshot::channel::<()>();
+        self.handle.spawn(async move {
+            let _ = blocked_tx.send(());
+            let _ = stuck.recv();
+        });
+        blocked
+            .await
+            .expect("the background thread took the blocking task");
+        release
+    }
+
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
@@ -160,15 +176,7 @@ mod tests {
         rehome_tcp(&mut s).expect("rehome");
 
         // Block the background thread until the end of the test, and wait until it is.
-        let (release, stuck) = std::sync::mpsc::channel::<()>();
-        let (blocked_tx, blocked) = tokio::sync::oneshot::channel::<()>();
-        bg.handle().spawn(async move {
-            let _ = blocked_tx.send(());
-            let _ = stuck.recv();
-        });
-        blocked
-            .await
-            .expect("the background thread took the blocking task");
+        let release = bg.stall().await;
 
         let round_trip = async {
             peer.write_all(b"ping").await?;

@@ -487,15 +487,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_drained_pool_is_topped_up_in_the_foreground_when_the_background_is_stuck() {
         let (pool, opener, bg, cancel) = managed().await;
-        let (release, stuck) = std::sync::mpsc::channel::<()>();
-        let (blocked_tx, blocked) = tokio::sync::oneshot::channel::<()>();
-        bg.handle().spawn(async move {
-            let _ = blocked_tx.send(());
-            let _ = stuck.recv();
-        });
-        blocked
-            .await
-            .expect("the background thread took the blocking task");
+        let release = bg.stall().await;
         opener.reset();
         // One at a time: the first replacements go to the (stuck) background thread, then
         // the pool falls below half.
