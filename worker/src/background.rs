@@ -11,10 +11,12 @@
 //! schedules at the lowest normal priority ([`NICE`]): they use the time users leave. The
 //! client opens the entry here (its socket registered with this runtime) and the server
 //! admits it here (TLS handshake, proof, id); then the entry moves to the runtime that will
-//! relay it ([`rehome_tcp`]), so its readiness never waits for this thread. Only
-//! replacements go this way, while the pool is stocked ([`crate::pool::Pool::stocked`]), and
-//! one after another: a drained pool is refilled in the foreground, users may be waiting for
-//! it (see the client's manager and `transport::admit_connection`).
+//! relay it ([`rehome_tcp`]), so its readiness never waits for this thread. The server's
+//! relay runtime only accepts the connection and hands it over; nothing there waits for
+//! the admission. Only replacements go this way, while the pool is stocked
+//! ([`crate::pool::Pool::stocked`]), and two at a time (the client's `BACKGROUND_OPENS`): a
+//! drained pool is refilled in the foreground, users may be waiting for it (see the
+//! client's manager and `transport::admit_connection`).
 //!
 //! The thread starts on first use (only the TCP and WebSocket pools, whose entries are
 //! connections of their own, open here) and lives as long as the process.

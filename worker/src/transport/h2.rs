@@ -51,8 +51,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::tls::{ClientTls, ServerTls};
 use super::{
-    accept_each, dial_tunnel, tune_pool_socket, Context, Entry, PoolClient, PoolPortAdmission,
-    PoolServer, PoolStream, SessionEdge, ID_READ_TIMEOUT,
+    accept_each, dial_tunnel, tune_pool_socket, Admission, Context, Entry, PoolClient,
+    PoolPortAdmission, PoolServer, PoolStream, SessionEdge, ID_READ_TIMEOUT,
 };
 
 /// The ALPN protocol both sides must agree on.
@@ -624,6 +624,7 @@ impl PoolServer for H2Server {
             let conn = self.clone().connection(tcp, peer, edge.clone());
             self.places
                 .admit(peer, edge.client_ip, &edge.cancel, "HTTP/2 pool", conn)
+                .map(Admission::here)
         }))
     }
 }

@@ -152,17 +152,30 @@ pub trait PoolClient: Send + Sync {
     }
 }
 
+/// One accepted connection's admission steps and the runtime they run on.
+pub(crate) struct Admission {
+    pub(crate) steps: BoxFuture<'static, ()>,
+    /// None: the accepting runtime; else the background one (see [`admit_connection`]).
+    pub(crate) on: Option<&'static crate::background::Background>,
+}
+
+impl Admission {
+    /// Steps that run on the accepting runtime.
+    pub(crate) fn here(steps: BoxFuture<'static, ()>) -> Admission {
+        Admission { steps, on: None }
+    }
+}
+
 /// The accept loop of a transport carried by TCP: accepts on `tunnel` until `cancel` fires
-/// and runs what `admit` makes of each connection in its own task, which `cancel` ends too.
-/// `admit` returns None to drop a connection at once. A failed accept (out of descriptors
-/// and the like) pauses instead of spinning.
-pub(crate) async fn accept_each<F, Fut>(
+/// and runs what `admit` makes of each connection in a task of its own (on the runtime the
+/// admission names), which `cancel` ends too. `admit` returns None to drop a connection at
+/// once. A failed accept (out of descriptors and the like) pauses instead of spinning.
+pub(crate) async fn accept_each<F>(
     tunnel: Arc<TcpListener>,
     cancel: CancellationToken,
     mut admit: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
-    Fut: Future<Output = ()> + Send + 'static,
+    F: FnMut(TcpStream, SocketAddr) -> Option<Admission>,
 {
     loop {
         let accepted = tokio::select! {
@@ -171,16 +184,22 @@ pub(crate) async fn accept_each<F, Fut>(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let Some(task) = admit(tcp, peer) else {
+                let Some(Admission { steps, on }) = admit(tcp, peer) else {
                     continue;
                 };
                 let cancel = cancel.clone();
-                tokio::spawn(async move {
+                let task = async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
-                        _ = task => {}
+                        _ = steps => {}
                     }
-                });
+                };
+                // A background admission is not waited for here: its end wakes no thread
+                // of this runtime.
+                match on {
+                    Some(bg) => drop(bg.handle().spawn(task)),
+                    None => drop(tokio::spawn(task)),
+                }
             }
             Err(e) => {
                 tracing::debug!("Pool accept failed: {e}");
@@ -203,7 +222,7 @@ pub(crate) fn admit_connection<F, Fut>(
     tcp: TcpStream,
     peer: SocketAddr,
     admit: F,
-) -> BoxFuture<'static, ()>
+) -> Admission
 where
     F: FnOnce(TcpStream, Option<tokio::runtime::Handle>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -212,20 +231,20 @@ where
         .then(crate::background::shared)
         .flatten();
     let Some(bg) = unhurried else {
-        return Box::pin(admit(tcp, None));
+        return Admission::here(Box::pin(admit(tcp, None)));
     };
     let home = tokio::runtime::Handle::current();
-    Box::pin(async move {
-        // Every step but the accept runs there, taking the socket off this runtime's
-        // reactor included.
-        let admitted = bg.run(async move {
+    Admission {
+        // Every step but the accept runs there (see accept_each), taking the socket off
+        // this runtime's reactor first.
+        steps: Box::pin(async move {
             match tcp.into_std().and_then(TcpStream::from_std) {
                 Ok(tcp) => admit(tcp, Some(home)).await,
                 Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
             }
-        });
-        let _ = admitted.await;
-    })
+        }),
+        on: Some(bg),
+    }
 }
 
 /// Moves `entry` to `home` (when admitted on the background runtime) before it is enrolled;

@@ -27,6 +27,13 @@ use nodepass_proto::wire::PoolId;
 /// Adaptive pool sizing step (REFERENCE.md 4.1).
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
+/// Background replacements under way at once. One at a time fell behind steady users at
+/// tls=1 (a resumed handshake waits for two low-priority threads, one per end): the pool
+/// sank to half and 14-20 % of the replacements were made in the foreground, on the users'
+/// threads; two at a time keeps up (2.5 %). Each open takes one TLS ticket and brings one,
+/// and the client keeps eight per server, so two never run out (see benches/RESULTS.md).
+const BACKGROUND_OPENS: usize = 2;
+
 /// One start of the dual-end client; returns when the session ends.
 /// One start of the dual-end client; returns when the session ends. The user listeners of
 /// flow `+` are bound on the first session that needs them and kept in `users_kept`.
@@ -212,13 +219,17 @@ async fn manage(
                     }
                 })
                 .collect();
-            // Background opens go one after another: each resumes the TLS session the
-            // last one was given a ticket for (opened together, most would make a full
-            // handshake, a certificate signature each), and the background thread is never
-            // busier than one open. The foreground opens together.
+            // Background opens go [`BACKGROUND_OPENS`] at a time: each resumes a TLS
+            // session an earlier one was given a ticket for (opened together, most would
+            // make a full handshake, a certificate signature each). The foreground opens
+            // together.
             let mut round: futures::future::BoxFuture<'static, Vec<bool>> = if background.is_some()
             {
-                Box::pin(futures::stream::iter(opens).then(|open| open).collect())
+                Box::pin(
+                    futures::stream::iter(opens)
+                        .buffer_unordered(BACKGROUND_OPENS)
+                        .collect(),
+                )
             } else {
                 Box::pin(futures::future::join_all(opens))
             };
@@ -452,10 +463,11 @@ mod tests {
         taken
     }
 
-    /// Replacements for a stocked pool are opened on the background thread, one after
-    /// another (each resumes TLS with the last one's ticket); the first fill is not.
+    /// Replacements for a stocked pool are opened on the background thread, at most
+    /// [`BACKGROUND_OPENS`] at a time (each resumes TLS with an earlier one's ticket); the
+    /// first fill is not.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replacements_open_on_the_background_thread_one_at_a_time() {
+    async fn replacements_open_on_the_background_thread_a_few_at_a_time() {
         let (pool, opener, _bg, cancel) = managed().await;
         assert!(
             opener.threads().iter().all(|t| t != BG),
@@ -467,17 +479,18 @@ mod tests {
             "the first fill opens at once"
         );
         opener.reset();
-        let _taken = take(&pool, 3).await;
+        // Four of eight: the pool stays stocked (half), so all four go to the background.
+        let _taken = take(&pool, 4).await;
         until(&pool, 8).await;
         let threads = opener.threads();
         assert!(
             !threads.is_empty() && threads.iter().all(|t| t == BG),
             "{threads:?}"
         );
-        assert_eq!(
-            opener.most.load(Ordering::SeqCst),
-            1,
-            "background opens overlapped"
+        let most = opener.most.load(Ordering::SeqCst);
+        assert!(
+            (1..=BACKGROUND_OPENS).contains(&most),
+            "{most} background opens at once"
         );
         cancel.cancel();
     }
