@@ -14,7 +14,7 @@
 //! relay it ([`rehome_tcp`]), so its readiness never waits for this thread. The server's
 //! relay runtime only accepts the connection and hands it over; nothing there waits for
 //! the admission. Only replacements go this way, while the pool is stocked
-//! ([`crate::pool::Pool::stocked`]), and two at a time (the client's `BACKGROUND_OPENS`): a
+//! ([`crate::pool::Pool::stocked`]), and a few at a time (`PoolClient::background_opens`): a
 //! drained pool is refilled in the foreground, users may be waiting for it (see the
 //! client's manager and `transport::admit_connection`).
 //!

@@ -144,11 +144,12 @@ pub trait PoolClient: Send + Sync {
     /// own within a bounded time (one pool round waits for all its opens).
     fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>>;
 
-    /// True when this transport's entries may be opened on the low-priority background
-    /// runtime ([`crate::background`]) and then moved with [`Entry::rehome`]: each entry is
-    /// a connection of its own and owns everything it is registered with.
-    fn opens_in_background(&self) -> bool {
-        false
+    /// How many of this transport's entries may open at once on the low-priority
+    /// background runtime ([`crate::background`]), to be moved with [`Entry::rehome`]; 0:
+    /// none (they open in the foreground). Only a transport whose entries are connections
+    /// of their own, owning everything they are registered with, may say more than 0.
+    fn background_opens(&self) -> usize {
+        0
     }
 }
 

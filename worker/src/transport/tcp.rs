@@ -225,7 +225,12 @@ impl PoolClient for TcpClient {
         Box::pin(self.open_entry())
     }
 
-    fn opens_in_background(&self) -> bool {
-        true
+    /// Two: one at a time fell behind steady users at tls=1 (a resumed handshake waits for
+    /// a low-priority thread at each end): the pool sank to half and 14-20 % of the
+    /// replacements were made in the foreground, on the users' threads; two at a time keep
+    /// up (2.5 %). Each open takes one TLS ticket and brings one back, and the client keeps
+    /// eight per server, so two at once still resume (benches/RESULTS.md).
+    fn background_opens(&self) -> usize {
+        2
     }
 }

@@ -27,13 +27,6 @@ use nodepass_proto::wire::PoolId;
 /// Adaptive pool sizing step (REFERENCE.md 4.1).
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
-/// Background replacements under way at once. One at a time fell behind steady users at
-/// tls=1 (a resumed handshake waits for two low-priority threads, one per end): the pool
-/// sank to half and 14-20 % of the replacements were made in the foreground, on the users'
-/// threads; two at a time keeps up (2.5 %). Each open takes one TLS ticket and brings one,
-/// and the client keeps eight per server, so two never run out (see benches/RESULTS.md).
-const BACKGROUND_OPENS: usize = 2;
-
 /// One start of the dual-end client; returns when the session ends.
 /// One start of the dual-end client; returns when the session ends. The user listeners of
 /// flow `+` are bound on the first session that needs them and kept in `users_kept`.
@@ -188,7 +181,7 @@ async fn manage(
         // ones, still under way, bring it further). An empty pool (a session's start, a
         // burst that took everything) is filled at once in the foreground.
         let half = capacity.div_ceil(2);
-        let (background, need) = if idle == 0 || !opener.opens_in_background() {
+        let (background, need) = if idle == 0 || opener.background_opens() == 0 {
             (None, capacity.saturating_sub(idle))
         } else if stocked(idle, capacity) {
             let need = capacity.saturating_sub(idle + opening.load(Ordering::Acquire));
@@ -219,7 +212,7 @@ async fn manage(
                     }
                 })
                 .collect();
-            // Background opens go [`BACKGROUND_OPENS`] at a time: each resumes a TLS
+            // Background opens go a few at a time (`background_opens`): each resumes a TLS
             // session an earlier one was given a ticket for (opened together, most would
             // make a full handshake, a certificate signature each). The foreground opens
             // together.
@@ -227,7 +220,7 @@ async fn manage(
             {
                 Box::pin(
                     futures::stream::iter(opens)
-                        .buffer_unordered(BACKGROUND_OPENS)
+                        .buffer_unordered(opener.background_opens().max(1))
                         .collect(),
                 )
             } else {
@@ -408,8 +401,8 @@ mod tests {
             })
         }
 
-        fn opens_in_background(&self) -> bool {
-            true
+        fn background_opens(&self) -> usize {
+            2
         }
     }
 
@@ -464,7 +457,7 @@ mod tests {
     }
 
     /// Replacements for a stocked pool are opened on the background thread, at most
-    /// [`BACKGROUND_OPENS`] at a time (each resumes TLS with an earlier one's ticket); the
+    /// `background_opens` at a time (each resumes TLS with an earlier one's ticket); the
     /// first fill is not.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replacements_open_on_the_background_thread_a_few_at_a_time() {
@@ -489,7 +482,7 @@ mod tests {
         );
         let most = opener.most.load(Ordering::SeqCst);
         assert!(
-            (1..=BACKGROUND_OPENS).contains(&most),
+            (1..=opener.background_opens()).contains(&most),
             "{most} background opens at once"
         );
         cancel.cancel();
