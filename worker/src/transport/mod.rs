@@ -528,4 +528,50 @@ mod tests {
         cancel.cancel();
         serving.await.expect("serve ends on cancel");
     }
+
+    /// An admission that names the background runtime runs there, with nothing left on
+    /// this one, and the session's end still ends it.
+    #[tokio::test]
+    async fn a_background_admission_runs_there_and_ends_with_the_session() {
+        let bg: &'static crate::background::Background = Box::leak(Box::new(
+            crate::background::Background::start("np-test-admit", crate::background::NICE)
+                .expect("background thread"),
+        ));
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let (ran_on, mut threads) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (held_tx, held) = tokio::sync::oneshot::channel::<()>();
+        let mut held_tx = Some(held_tx);
+        let accepting = tokio::spawn(accept_each(listener, cancel.clone(), move |tcp, _| {
+            let ran_on = ran_on.clone();
+            // Admissions here never end by themselves; the first holds the sender, which
+            // only the session's end drops.
+            let held_tx = held_tx.take();
+            Some(Admission {
+                steps: Box::pin(async move {
+                    let _keep = (tcp, held_tx);
+                    let name = std::thread::current().name().unwrap_or("").to_string();
+                    let _ = ran_on.send(name);
+                    std::future::pending::<()>().await;
+                }),
+                on: Some(bg),
+            })
+        }));
+        let _first = TcpStream::connect(addr).await.expect("connect");
+        let _second = TcpStream::connect(addr).await.expect("connect");
+        for _ in 0..2 {
+            let name = tokio::time::timeout(Duration::from_secs(20), threads.recv())
+                .await
+                .expect("the admission ran")
+                .expect("a thread name");
+            assert_eq!(name, "np-test-admit");
+        }
+        cancel.cancel();
+        accepting.await.expect("the accept loop ends on cancel");
+        tokio::time::timeout(Duration::from_secs(20), held)
+            .await
+            .expect("the session's end did not end the admission")
+            .expect_err("nothing is ever sent");
+    }
 }
