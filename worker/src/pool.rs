@@ -80,9 +80,10 @@ impl Entry {
         }
     }
 
-    /// Moves an entry opened on the background runtime to the current one (see
-    /// [`crate::background`]).
-    pub fn rehome(&mut self) -> io::Result<()> {
+    /// Moves an entry opened on the background runtime to the runtime of `home` (see
+    /// [`crate::background`]): its sockets are registered with that runtime's reactor.
+    pub fn move_to(&mut self, home: &tokio::runtime::Handle) -> io::Result<()> {
+        let _home = home.enter();
         match self {
             Entry::Tcp(s) => crate::background::rehome_tcp(s),
             Entry::Stream(s) => s.rehome(),

@@ -145,7 +145,7 @@ pub trait PoolClient: Send + Sync {
     fn open(&self) -> BoxFuture<'_, anyhow::Result<(PoolId, Entry)>>;
 
     /// How many of this transport's entries may open at once on the low-priority
-    /// background runtime ([`crate::background`]), to be moved with [`Entry::rehome`]; 0:
+    /// background runtime ([`crate::background`]), to be moved with [`Entry::move_to`]; 0:
     /// none (they open in the foreground). Only a transport whose entries are connections
     /// of their own, owning everything they are registered with, may say more than 0.
     fn background_opens(&self) -> usize {
@@ -211,19 +211,23 @@ pub(crate) async fn accept_each<F>(
 }
 
 /// What a server transport whose entries are connections of their own (TCP, WebSocket)
-/// runs for one accepted connection: `admit` (its admission steps), here and now, or on the
-/// low-priority background runtime when the connection replaces an entry nobody waits for:
-/// it comes from the client while the pool is refilled but still stocked
-/// ([`crate::pool::Pool::well_stocked`]; a session's first entries, a drained pool and
-/// strangers are admitted here). There the socket is registered with the background
-/// runtime (its handshake's readiness wakes no thread of this one) and `admit` gets this
-/// runtime's handle, to move the entry back with [`move_home`] before enrolling it.
+/// makes of one accepted connection, for [`accept_each`]: it takes a place in the port's
+/// admission table `places` (None: refused there, `what` names the pool in the log), then
+/// runs `admit` (the transport's admission steps) here, or on the low-priority background
+/// runtime when the connection replaces an entry nobody waits for: it comes from the client
+/// while the pool is refilled but still stocked ([`crate::pool::Pool::well_stocked`]; a
+/// session's first entries, a drained pool and strangers are admitted here). There the
+/// socket is registered with the background runtime (its handshake's readiness wakes no
+/// thread of this one) and `admit` gets this runtime's handle, to move the entry back with
+/// [`move_home`] before enrolling it; the place is held until the steps end.
 pub(crate) fn admit_connection<F, Fut>(
     edge: &SessionEdge,
+    places: &PoolPortAdmission,
+    what: &str,
     tcp: TcpStream,
     peer: SocketAddr,
     admit: F,
-) -> Admission
+) -> Option<Admission>
 where
     F: FnOnce(TcpStream, Option<tokio::runtime::Handle>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -231,21 +235,23 @@ where
     let unhurried = (edge.from_client(peer) && edge.pool.well_stocked())
         .then(crate::background::shared)
         .flatten();
-    let Some(bg) = unhurried else {
-        return Admission::here(Box::pin(admit(tcp, None)));
+    let (steps, on): (BoxFuture<'static, ()>, _) = match unhurried {
+        None => (Box::pin(admit(tcp, None)), None),
+        Some(bg) => {
+            let home = tokio::runtime::Handle::current();
+            // Every step but the accept runs there (see accept_each), taking the socket
+            // off this runtime's reactor first.
+            let steps = async move {
+                match tcp.into_std().and_then(TcpStream::from_std) {
+                    Ok(tcp) => admit(tcp, Some(home)).await,
+                    Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
+                }
+            };
+            (Box::pin(steps), Some(bg))
+        }
     };
-    let home = tokio::runtime::Handle::current();
-    Admission {
-        // Every step but the accept runs there (see accept_each), taking the socket off
-        // this runtime's reactor first.
-        steps: Box::pin(async move {
-            match tcp.into_std().and_then(TcpStream::from_std) {
-                Ok(tcp) => admit(tcp, Some(home)).await,
-                Err(e) => tracing::debug!("Pool connection from {peer} dropped: {e}"),
-            }
-        }),
-        on: Some(bg),
-    }
+    let steps = places.admit(peer, edge.client_ip, &edge.cancel, what, steps)?;
+    Some(Admission { steps, on })
 }
 
 /// Moves `entry` to `home` (when admitted on the background runtime) before it is enrolled;
@@ -258,8 +264,7 @@ pub(crate) fn move_home(
     let Some(home) = home else {
         return true;
     };
-    let _home = home.enter();
-    match entry.rehome() {
+    match entry.move_to(home) {
         Ok(()) => true,
         Err(e) => {
             tracing::debug!("Pool connection from {peer} dropped: moving it failed: {e}");

@@ -25,7 +25,7 @@ use tokio_rustls::TlsStream;
 use super::tls::{ClientTls, ServerTls, TlsSocket};
 use super::{
     accept_each, admit_connection, dial_tunnel, leaf_cert_der, move_home, tune_pool_socket,
-    Admission, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
+    Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, SessionEdge,
     ID_READ_TIMEOUT,
 };
 use crate::pool::tcp_peer_closed;
@@ -163,12 +163,14 @@ impl PoolServer for TcpServer {
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
             // A replacement's TLS handshake, proof and id run at a low priority.
             let (me, e) = (self.clone(), edge.clone());
-            let Admission { steps, on } = admit_connection(&edge, tcp, peer, move |tcp, home| {
-                me.admit(tcp, peer, e, home)
-            });
-            self.places
-                .admit(peer, edge.client_ip, &edge.cancel, "TCP pool", steps)
-                .map(|steps| Admission { steps, on })
+            admit_connection(
+                &edge,
+                &self.places,
+                "TCP pool",
+                tcp,
+                peer,
+                move |tcp, home| me.admit(tcp, peer, e, home),
+            )
         }))
     }
 }

@@ -53,8 +53,8 @@ use tokio_tungstenite::WebSocketStream;
 use super::tls::{ClientTls, ServerTls};
 use super::{
     accept_each, admit_connection, dial_tunnel, leaf_cert_der, move_home, tune_pool_socket,
-    Admission, Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, Refused,
-    SessionEdge, ID_READ_TIMEOUT,
+    Context, Entry, PoolClient, PoolPortAdmission, PoolServer, PoolStream, Refused, SessionEdge,
+    ID_READ_TIMEOUT,
 };
 
 /// The only path that upgrades (the reference's client always asks for it).
@@ -588,12 +588,14 @@ impl PoolServer for WsServer {
         Box::pin(accept_each(tunnel, cancel, move |tcp, peer| {
             // A replacement's TLS handshake, upgrade and id run at a low priority.
             let (me, e) = (self.clone(), edge.clone());
-            let Admission { steps, on } = admit_connection(&edge, tcp, peer, move |tcp, home| {
-                me.admit(tcp, peer, e, home)
-            });
-            self.places
-                .admit(peer, edge.client_ip, &edge.cancel, "WebSocket pool", steps)
-                .map(|steps| Admission { steps, on })
+            admit_connection(
+                &edge,
+                &self.places,
+                "WebSocket pool",
+                tcp,
+                peer,
+                move |tcp, home| me.admit(tcp, peer, e, home),
+            )
         }))
     }
 }

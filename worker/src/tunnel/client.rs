@@ -302,9 +302,8 @@ async fn open_entry(
     let home = tokio::runtime::Handle::current();
     bg.run(async move {
         let (id, mut entry) = opener.open().await?;
-        let _home = home.enter();
         entry
-            .rehome()
+            .move_to(&home)
             .context("moving a pool entry off the background thread")?;
         Ok((id, entry))
     })
