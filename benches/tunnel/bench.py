@@ -23,12 +23,13 @@ idle after start and while 1000 relayed connections are held open.
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchkit import free_port, kill_all, spawn, wait_echo
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECS = float(os.environ.get("BENCH_SECS", "3"))
@@ -48,48 +49,11 @@ if not (os.path.isfile(GO_NODEPASS) and os.access(GO_NODEPASS, os.X_OK)):
 # BENCH_ONLY=np-tls0,np-tls1: run just these variants (for quick checks while working).
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 CLK = os.sysconf("SC_CLK_TCK")
-procs = []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def spawn(args, env=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=e)
-    procs.append(p)
-    return p
 
 
 def cleanup(*_):
-    for p in procs:
-        try:
-            p.kill()
-        except Exception:
-            pass
+    kill_all()
     sys.exit(1)
-
-
-def wait_echo(addr, timeout=30):
-    host, port = addr.rsplit(":", 1)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection((host, int(port)), timeout=2) as c:
-                c.sendall(b"E")
-                if c.recv(1) == b"E":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"no echo through {addr}")
 
 
 def cpu_seconds(pids):
@@ -292,16 +256,11 @@ def main():
               f"{f(m['per_conn_kib'], '{:.1f}')} |")
     print()
     print("raw: " + json.dumps(res))
-    for p in procs:
-        p.kill()
+    kill_all()
 
 
 if __name__ == "__main__":
     try:
         main()
     finally:
-        for p in procs:
-            try:
-                p.kill()
-            except Exception:
-                pass
+        kill_all()

@@ -21,55 +21,17 @@ import argparse
 import collections
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
+from benchkit import free_port, kill_all, spawn, wait_echo
+
 SCRATCH = os.environ.get("BENCH_DIR", "/tmp/np-bench")
 LOADGEN = os.environ.get("LOADGEN_BIN", f"{SCRATCH}/loadgen/release/np-loadgen")
 SPLICE = os.environ.get("SPLICE_BIN", f"{SCRATCH}/splice/release/splice-fwd")
 CLK = os.sysconf("SC_CLK_TCK")
-procs = []
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(args, env=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=e)
-    procs.append(p)
-    return p
-
-
-def cleanup(*_):
-    for p in procs:
-        try:
-            p.kill()
-        except OSError:
-            pass
-
-
-def wait_echo(addr, timeout=30):
-    host, port = addr.rsplit(":", 1)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection((host, int(port)), timeout=2) as c:
-                c.sendall(b"E")
-                if c.recv(1) == b"E":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"no echo through {addr}")
 
 
 def thread_ticks(pids):
@@ -112,7 +74,7 @@ def main():
     for tool in (LOADGEN, SPLICE):
         if not os.access(tool, os.X_OK):
             sys.exit(f"{tool} is missing: run benches/tunnel/run.sh once to build it")
-    signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
+    signal.signal(signal.SIGTERM, lambda *_: (kill_all(), sys.exit(1)))
 
     target = f"127.0.0.1:{free_port()}"
     spawn([LOADGEN, "serve", target])
@@ -179,4 +141,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        cleanup()
+        kill_all()
