@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use nodepass_proto::url::TlsMode;
 use nodepass_proto::wire::Flow;
 use tokio_util::sync::CancellationToken;
@@ -157,6 +156,13 @@ async fn manage(
     let mut interval = ilo;
     // Opens under way, including those of rounds the manager stopped waiting for.
     let opening = Arc::new(AtomicUsize::new(0));
+    // Background opens run `background_opens` at a time, across rounds too (a round the
+    // manager stopped waiting for goes on beside the next): each resumes a TLS session an
+    // earlier one was given a ticket for (opened together, most would make a full
+    // handshake, a certificate signature each). Foreground opens go together.
+    let background_turns = Arc::new(tokio::sync::Semaphore::new(
+        opener.background_opens().max(1),
+    ));
     // Whether this round was started by the timer (the reference's only kind of round) or
     // early, because users took entries.
     let mut timed = true;
@@ -199,8 +205,13 @@ async fn manage(
                     let (pool, opener, last_error) =
                         (pool.clone(), opener.clone(), last_error.clone());
                     let _opening = Opening::count(&opening);
+                    let turns = background.map(|_| background_turns.clone());
                     async move {
                         let _opening = _opening;
+                        let _turn = match &turns {
+                            Some(turns) => turns.acquire().await.ok(),
+                            None => None,
+                        };
                         match open_entry(opener, background).await {
                             Ok((id, conn)) => pool.put(id, conn).is_ok(),
                             Err(e) => {
@@ -212,20 +223,7 @@ async fn manage(
                     }
                 })
                 .collect();
-            // Background opens go a few at a time (`background_opens`): each resumes a TLS
-            // session an earlier one was given a ticket for (opened together, most would
-            // make a full handshake, a certificate signature each). The foreground opens
-            // together.
-            let mut round: futures::future::BoxFuture<'static, Vec<bool>> = if background.is_some()
-            {
-                Box::pin(
-                    futures::stream::iter(opens)
-                        .buffer_unordered(opener.background_opens().max(1))
-                        .collect(),
-                )
-            } else {
-                Box::pin(futures::future::join_all(opens))
-            };
+            let mut round = futures::future::join_all(opens);
             let results = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = &mut round => Some(r),
